@@ -1,0 +1,160 @@
+"""``ris-model``: simulate scenes, run the classical baselines, train and evaluate.
+
+Every option can also come from the environment with the ``RIS_MODEL_`` prefix (e.g.
+``RIS_MODEL_TRAIN_DEVICE=cpu``). A user error (bad config key or value, missing run dir)
+ends with one sentence and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from ris_model.config import PRESETS, ConfigError
+
+PRESET = click.Choice(sorted(PRESETS))
+DEVICE = click.Choice(["auto", "cpu", "cuda"])
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the errors a user can fix into click's clean ``Error: ...`` (exit 2)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, FileNotFoundError) as exc:
+            raise click.UsageError(str(exc)) from None
+
+    return wrapper
+
+
+def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                      help="Override one config value, e.g. --set train.lr=3e-4 (repeatable).")(fn)
+    fn = click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                      help="A .toml, .yaml or .json config file (applied over the preset).")(fn)
+    fn = click.option("--preset", type=PRESET, default=None, help="System preset (default: small).")(fn)
+    return fn
+
+
+def _load(preset: str | None, config_file: str | None, overrides: tuple[str, ...]):
+    from ris_model.config import load_config
+
+    return load_config(preset, config_file, list(overrides))
+
+
+@click.group(context_settings={"auto_envvar_prefix": "RIS_MODEL", "help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ris-health")
+def main() -> None:
+    """RIS-assisted multi-source localisation: simulate, baseline, train, evaluate."""
+
+
+@main.command()
+@config_options
+@click.option("--keys", is_flag=True, help="List every config key with its type, default and meaning.")
+@user_errors
+def config(preset, config_file, overrides, keys):
+    """Print the resolved config (with each value's source) as JSON."""
+    if keys:
+        from ris_model.config import describe_keys
+
+        for key, type_name, default, doc in describe_keys():
+            click.echo(f"{key:34} {type_name:22} {default!s:10} {doc}")
+        return
+    click.echo(json.dumps(_load(preset, config_file, overrides).to_json(), indent=2))
+
+
+@main.command()
+@config_options
+@click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Number of scenes.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Dataset directory to write.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True)
+@user_errors
+def simulate(preset, config_file, overrides, n, seed, out, shard_size):
+    """Simulate N scenes and write them as cached shards with a manifest."""
+    from ris_model.data import write_dataset
+
+    cfg = _load(preset, config_file, overrides)
+    path = write_dataset(cfg.system, n, seed, out, shard_size=shard_size)
+    click.echo(f"wrote {n} {cfg.system.preset} scenes to {path}")
+
+
+@main.command()
+@config_options
+@click.option("--snr", "snr_db", type=float, required=True, help="SNR in dB for every scene.")
+@click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--k", "k", type=click.IntRange(min=1), default=None, help="Sources per scene (default: random).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@user_errors
+def baseline(preset, config_file, overrides, snr_db, n, k, seed, as_json):
+    """Classical estimators and the CRB on N simulated scenes: the yardstick for learning."""
+    from ris_model.baseline import render_baseline, run_baseline
+
+    cfg = _load(preset, config_file, overrides)
+    if k is not None and k > cfg.system.k_max:
+        raise click.UsageError(f"--k {k} is more than this preset's k_max={cfg.system.k_max}")
+    result = run_baseline(cfg, snr_db=snr_db, n=n, k=k, seed=seed)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        render_baseline(result)
+
+
+@main.command()
+@config_options
+@click.option("--run-dir", type=click.Path(file_okay=False), required=True, help="Where the run is written.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Shortcut for --set train.epochs=E.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--resume", "resume", is_flag=True, help="Continue the run in --run-dir from checkpoints/last.pt.")
+@click.option("--wandb", "wandb_mode", type=click.Choice(["off", "offline", "online"]), default=None,
+              envvar="RIS_MODEL_WANDB", help="W&B mode (default offline; env RIS_MODEL_WANDB).")
+@click.option("--no-health", is_flag=True, help="Do not attach the health monitor.")
+@click.option("--health-policy", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A health policy file (TOML/YAML/JSON) for the monitor.")
+@click.option("--eval-n", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Held-out scenes for the closing eval table (0 skips it).")
+@user_errors
+def train(preset, config_file, overrides, run_dir, epochs, device, resume, wandb_mode, no_health,
+          health_policy, eval_n):
+    """Train the covariance network, monitored, and end with an eval table."""
+    from ris_model.run import train_command
+
+    overrides = list(overrides) + ([f"train.epochs={epochs}"] if epochs is not None else [])
+    code = train_command(preset=preset, config_file=config_file, overrides=overrides, run_dir=Path(run_dir),
+                         device=device, resume=resume, wandb_mode=wandb_mode, health=not no_health,
+                         health_policy=health_policy, eval_n=eval_n)
+    sys.exit(code)
+
+
+@main.command("eval")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--snr", "snr_db", type=float, default=10.0, show_default=True)
+@click.option("--k", "k", type=click.IntRange(min=1), default=None)
+@click.option("--seed", type=click.IntRange(min=0), default=12345, show_default=True)
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def evaluate(run_dir, n, snr_db, k, seed, checkpoint, device, as_json):
+    """MUSIC on the learned covariance next to the classical baselines and the CRB."""
+    from ris_model.baseline import render_baseline
+    from ris_model.evaluation import evaluate_run
+
+    result = evaluate_run(Path(run_dir), n=n, snr_db=snr_db, k=k, seed=seed, checkpoint=checkpoint, device=device)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        render_baseline(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Callbacks contributed by other packages, found through an entry-point group.
+
+``ris_model`` never imports the health harness: ``healthcheck`` registers a factory in
+the ``ris_model.callbacks`` entry-point group, and the CLI asks every registered factory
+for callbacks. Anyone can plug their own monitor into ``ris-model train`` the same way.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any
+
+from ris_model.callbacks import Callback
+
+GROUP = "ris_model.callbacks"
+
+
+def plugin_callbacks(options: dict[str, Any], *, disabled: set[str] = frozenset()) -> list[Callback]:
+    """Callbacks from every registered factory ``factory(options) -> list[Callback]``."""
+    found: list[Callback] = []
+    for ep in entry_points(group=GROUP):
+        if ep.name in disabled:
+            continue
+        factory = ep.load()
+        found.extend(factory(options))
+    return found
+
+
+def available_plugins() -> list[str]:
+    return sorted(ep.name for ep in entry_points(group=GROUP))

@@ -1,0 +1,381 @@
+"""The Trainer: the loop, its measurements, callbacks, checkpoints and the run directory.
+
+One optimizer step is measured as it happens (docs/run-dir.md, ``kind: "step"``): the
+exact loss that was back-propagated, each unweighted term and its effective weight, the
+LR of every param group, gradient / update / parameter norms per top-level module, the
+AMP scaler state, and steps taken against batches seen. The numbers are gathered on
+the device and read back in one host sync per phase, so measuring costs little.
+
+Callbacks (``ris_model.callbacks``) see those numbers at fixed points and may veto a step
+or ask for a clean stop. The Trainer never imports the health harness; the harness
+attaches as a callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ris_model.batches import TrainingScenes, build_scenes
+from ris_model.callbacks import Callback, CallbackList, Metrics
+from ris_model.config import Config, ConfigError, LossWeights
+from ris_model.distributed import DistContext
+from ris_model.loss import HybridLoss, LossOutput
+from ris_model.model import CovarianceNet, count_parameters
+from ris_model.measure import ModuleNorms
+from ris_model.rundir import RunDir, load_checkpoint
+from ris_model.schedule import warmup_cosine
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but no CUDA device is available; use --device cpu or auto")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"unknown device {device!r}; choose auto, cpu or cuda")
+    return torch.device(device)
+
+
+@dataclass
+class FitResult:
+    """How fitting ended: ``stop_reason`` is None when every epoch ran."""
+
+    epochs_done: int
+    steps_taken: int
+    batches_seen: int
+    best_val_loss: float
+    last_val_loss: float
+    stop_reason: str | None = None
+    interrupted: bool = False
+
+
+@dataclass
+class TrainerState:
+    """Counters that define where a run is; saved in every checkpoint."""
+
+    epoch: int = 0  # current epoch (0-based)
+    batch_in_epoch: int = 0  # batches of the current epoch already consumed
+    batches_seen: int = 0
+    steps_taken: int = 0
+    best_val_loss: float = math.inf
+    last_val_loss: float = math.nan
+
+
+class Trainer:
+    """Fits a CovarianceNet with HybridLoss on simulated scenes and writes a run directory."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, *, device: str = "auto",
+                 callbacks: list[Callback] | None = None, wandb: Any = None,
+                 train_scenes: TrainingScenes | None = None, val_scenes: TrainingScenes | None = None,
+                 dist: DistContext | None = None, log: Any = None) -> None:
+        self.cfg = cfg
+        self.dist = dist or DistContext.from_env()
+        self.device = resolve_device(device) if self.dist.device is None else self.dist.device
+        self.run = RunDir(run_dir, writer=self.dist.is_main)
+        self.callbacks = CallbackList(callbacks or [])
+        self.wandb = wandb
+        self.log = log or (lambda msg: None)
+        self.state = TrainerState()
+        self._stop_reason: str | None = None
+
+        tc = cfg.train
+        torch.manual_seed(tc.seed)
+        self.model = CovarianceNet(cfg.system, cfg.model).to(self.device)
+        self.n_parameters = count_parameters(self.model)
+        self.loss_fn = HybridLoss(cfg.loss.weights, system=cfg.system,
+                                  allow_zero_primary=cfg.loss.ablation_zero_primary,
+                                  peak_offset_deg=cfg.loss.peak_offset_deg).to(self.device)
+        self.net = self.dist.wrap(self.model)
+        self.optimizer = build_optimizer(self.model, lr=tc.lr, weight_decay=tc.weight_decay)
+        self.train_data = train_scenes if train_scenes is not None else build_scenes(cfg.system, tc.train_scenes, tc.seed)
+        self.val_data = val_scenes if val_scenes is not None else build_scenes(cfg.system, tc.val_scenes, tc.seed + 10_007)
+        self.steps_per_epoch = math.ceil(self.dist.shard_size(len(self.train_data)) / tc.batch_size)
+        self.total_steps = self.steps_per_epoch * tc.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(tc.warmup_steps, self.total_steps, tc.warmup_start, tc.min_lr_ratio))
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tc.amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.amp == "fp16")
+        self.ema = EMA(self.model, tc.ema) if tc.ema > 0 else None
+        self.norms = ModuleNorms(self.model)
+        self.weight_sources: dict[str, str] = {t: cfg.source_of(f"loss.weights.{t}") for t in LossWeights.terms()}
+
+    # ------------------------------------------------------------------ control
+    def request_stop(self, reason: str) -> None:
+        """Ask for a clean stop at the next safe point (a checkpoint and a final line follow)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._stop_reason
+
+    def set_loss_weights(self, weights: LossWeights, source: str) -> None:
+        """Change the loss weights mid-run (schedules, HPO); the change and its source are logged."""
+        self.loss_fn.set_weights(weights)
+        self.weight_sources = {t: source for t in LossWeights.terms()}
+
+    # ------------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.shadow.state_dict() if self.ema else None,
+            "trainer": dataclasses.asdict(self.state),
+            "rng": torch.get_rng_state(),
+            "config_hash": self.cfg.hash,
+            "loss_weights": self.loss_fn.weights.as_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema and state.get("ema") is not None:
+            self.ema.shadow.load_state_dict(state["ema"])
+        self.state = TrainerState(**state["trainer"])
+        torch.set_rng_state(state["rng"])
+        self.loss_fn.set_weights(LossWeights.from_mapping(state["loss_weights"]))
+
+    def resume_from(self, path: str | Path) -> None:
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+
+    # --------------------------------------------------------------------- loop
+    def fit(self) -> FitResult:
+        tc = self.cfg.train
+        self.log(f"model: CovarianceNet, {self.n_parameters:,} trainable parameters")
+        self.run.write_config(self.config_blob())
+        self.callbacks.on_fit_start(self)
+        interrupted = False
+        previous = signal.getsignal(signal.SIGINT)
+        if self.dist.is_main and _can_handle_signals():
+            signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupted (SIGINT)"))
+        try:
+            while self.state.epoch < tc.epochs and self._stop_reason is None:
+                self._train_epoch()
+                if self._stop_reason is not None:
+                    break
+                self._validate()
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+                self._checkpoint("last.pt")
+        except KeyboardInterrupt:
+            interrupted = True
+            self.request_stop("interrupted")
+        finally:
+            if _can_handle_signals():
+                signal.signal(signal.SIGINT, previous)
+        if self._stop_reason is not None:
+            interrupted = interrupted or self._stop_reason.startswith("interrupted")
+            self._checkpoint("last.pt")
+            self.run.log({"kind": "stop", "step": self.state.batches_seen, "epoch": self.state.epoch,
+                          "time": time.time(), "rank": self.dist.rank, "reason": self._stop_reason})
+        self.callbacks.on_fit_end(self)
+        self.run.close()
+        return FitResult(epochs_done=self.state.epoch, steps_taken=self.state.steps_taken,
+                         batches_seen=self.state.batches_seen, best_val_loss=self.state.best_val_loss,
+                         last_val_loss=self.state.last_val_loss, stop_reason=self._stop_reason,
+                         interrupted=interrupted)
+
+    def _batches(self) -> Iterator[TrainingScenes]:
+        """This rank's batches of the current epoch, reproducible from (seed, epoch).
+
+        With ``train.fresh_scenes`` every epoch draws new scenes; otherwise the fixed
+        split is reshuffled. The order depends only on (seed, epoch), so a run resumed
+        mid-epoch skips exactly the batches it had already seen.
+        """
+        tc = self.cfg.train
+        data = self.train_data
+        if tc.fresh_scenes and self.state.epoch > 0:
+            data = build_scenes(self.cfg.system, tc.train_scenes, tc.seed + 7919 * self.state.epoch)
+        g = torch.Generator().manual_seed(tc.seed * 100_003 + self.state.epoch)
+        order = self.dist.shard(torch.randperm(len(data), generator=g))
+        for b in range(self.state.batch_in_epoch, self.steps_per_epoch):
+            idx = order[b * tc.batch_size:(b + 1) * tc.batch_size]
+            if len(idx) == 0:
+                break
+            yield data.take(idx).to(self.device)
+
+    def _forward(self, batch: TrainingScenes, net: nn.Module | None = None) -> LossOutput:
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
+                    else contextlib.nullcontext())
+        with autocast:
+            pred = (net or self.net)(batch.rbp, batch.snr_db)
+        return self.loss_fn(pred, batch.R, batch.phi, batch.theta, batch.r, batch.mask)
+
+    def _train_epoch(self) -> None:
+        tc = self.cfg.train
+        self.net.train()
+        sums: dict[str, float] = {}
+        count = 0
+        for batch in self._batches():
+            self.callbacks.on_batch_start(self, self.state.batch_in_epoch)
+            out = self._forward(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out.total).backward()
+            self.scaler.unscale_(self.optimizer)  # norms and clipping see true gradients
+            metrics = self._step_metrics(out)
+            self.callbacks.on_after_backward(self, metrics)
+            veto = self.callbacks.on_before_optimizer_step(self, metrics)
+            if self._stop_reason is not None:
+                break  # a stop decided on these gradients must not apply them
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            applied = False
+            self.norms.snapshot()
+            if veto is None:
+                scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                applied = scale_before is None or self.scaler.get_scale() >= scale_before
+                self.scheduler.step()
+                if self.ema:
+                    self.ema.update(self.model)
+            self.state.batches_seen += 1
+            self.state.batch_in_epoch += 1
+            self.state.steps_taken += int(applied)
+            self._finish_step_metrics(metrics, applied, veto)
+            self.run.log(metrics)
+            if self.wandb is not None:
+                self.wandb.log_step(metrics)
+            self.callbacks.on_after_optimizer_step(self, metrics)
+            for name, value in [("loss", metrics["loss"]), *metrics["terms"].items()]:
+                sums[name] = sums.get(name, 0.0) + value
+            count += 1
+            if self.dist.any_stop(self._stop_reason is not None):
+                self.request_stop(self._stop_reason or "stop requested on another rank")
+            if self._stop_reason is not None:
+                break
+        if count and self._stop_reason is None:
+            means = {k: v / count for k, v in sums.items()}
+            line = {"kind": "epoch", "step": self.state.batches_seen - 1, "epoch": self.state.epoch,
+                    "time": time.time(), "rank": self.dist.rank, "loss": means.pop("loss"), "terms": means,
+                    "weights": self.loss_fn.weights.as_dict(), "primary": self.loss_fn.primary,
+                    "lr": [g["lr"] for g in self.optimizer.param_groups],
+                    "steps_taken": self.state.steps_taken, "batches_seen": self.state.batches_seen}
+            self.run.log(line)
+            self.callbacks.on_epoch_end(self, line)
+
+    def _step_metrics(self, out: LossOutput) -> Metrics:
+        """Everything known after backward, read back from the device in one sync."""
+        names = list(out.terms)
+        grad = self.norms.grad_norms()
+        packed = torch.cat([out.total.detach().float().reshape(1),
+                            torch.stack([out.terms[n].detach().float() for n in names]), grad.float()])
+        packed = self.dist.mean(packed)
+        values = packed.tolist()
+        loss, terms, grads = values[0], values[1:1 + len(names)], values[1 + len(names):]
+        grad_norm = self.norms.as_dict(grads)
+        grad_norm["_total"] = math.sqrt(sum(g * g for g in grads))
+        metrics: Metrics = {
+            "kind": "step", "step": self.state.batches_seen, "epoch": self.state.epoch, "time": time.time(),
+            "rank": self.dist.rank, "loss": loss, "terms": dict(zip(names, terms)),
+            "weights": dict(out.weights), "weight_sources": dict(self.weight_sources),
+            "primary": self.loss_fn.primary, "lr": [g["lr"] for g in self.optimizer.param_groups],
+            "grad_norm": grad_norm, "steps_taken": self.state.steps_taken,
+            "batches_seen": self.state.batches_seen,
+        }
+        if self.scaler.is_enabled():
+            metrics["amp"] = {"scale": float(self.scaler.get_scale()), "found_inf": False}
+        return metrics
+
+    def _finish_step_metrics(self, metrics: Metrics, applied: bool, veto: str | None) -> None:
+        both = torch.cat([self.norms.update_norms(), self.norms.param_norms()]).tolist()
+        k = len(self.norms.names)
+        metrics["update_norm"] = self.norms.as_dict(both[:k])
+        metrics["param_norm"] = self.norms.as_dict(both[k:])
+        metrics["skipped"] = not applied
+        metrics["steps_taken"] = self.state.steps_taken
+        metrics["batches_seen"] = self.state.batches_seen
+        if veto is not None:
+            metrics["veto"] = veto
+        if "amp" in metrics:
+            metrics["amp"]["found_inf"] = not applied and veto is None
+
+    @torch.no_grad()
+    def _validate(self) -> None:
+        net = self.ema.shadow if self.ema else self.net
+        net.eval()
+        sums: dict[str, float] = {}
+        count = 0
+        bs = self.cfg.train.batch_size
+        for start in range(0, len(self.val_data), bs):
+            batch = self.val_data.take(slice(start, start + bs)).to(self.device)
+            out = self._forward(batch, net)
+            n = len(batch)
+            sums["loss"] = sums.get("loss", 0.0) + float(out.total) * n
+            for name, value in out.terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value) * n
+            count += n
+        means = {k: v / max(count, 1) for k, v in sums.items()}
+        val_loss = means.pop("loss")
+        self.state.last_val_loss = val_loss
+        line = {"kind": "eval", "step": max(self.state.batches_seen - 1, 0), "epoch": self.state.epoch,
+                "time": time.time(), "rank": self.dist.rank, "loss": val_loss, "terms": means,
+                "weights": self.loss_fn.weights.as_dict(), "metrics": {}}
+        self.run.log(line)
+        if self.wandb is not None:
+            self.wandb.log_eval(line)
+        if math.isfinite(val_loss) and val_loss < self.state.best_val_loss:
+            self.state.best_val_loss = val_loss
+            self._checkpoint("best.pt")
+        self.callbacks.on_validation_end(self, line)
+
+    def _checkpoint(self, name: str) -> None:
+        self.run.save_checkpoint(self.state_dict(), name)
+
+    def config_blob(self) -> dict[str, Any]:
+        blob = self.cfg.to_json()
+        blob["n_parameters"] = self.n_parameters
+        blob["world_size"] = self.dist.world_size
+        return blob
+
+
+def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with two groups derived from the parameters: matrices decay, vectors do not.
+
+    Decaying LayerNorm gains and biases pulls them toward 0 for no benefit; the split is
+    made from each parameter's shape so a new module cannot fall outside both groups.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+class EMA:
+    """Exponential moving average of the weights, used for validation and eval."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = copy.deepcopy(model).eval()
+        for p in self.shadow.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema = list(self.shadow.parameters())
+        torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1.0 - self.decay)
+
+
+def _can_handle_signals() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+__all__ = ["EMA", "FitResult", "Trainer", "TrainerState", "build_optimizer", "resolve_device"]

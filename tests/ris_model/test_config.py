@@ -1,0 +1,98 @@
+import json
+
+import pytest
+
+from ris_model.config import (DEFAULT_LOSS_WEIGHTS, PRESETS, Config, ConfigError, LossWeights, describe_keys,
+                              leaf_keys, load_config)
+
+
+def test_sources_follow_precedence(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[train]\nlr = 5e-4\nepochs = 7\n[system]\npreset = "tiny"\n')
+    cfg = load_config(None, f, ["train.epochs=3"])
+    assert cfg.system.preset == "tiny" and cfg.system.nx == 4  # the file picked the preset
+    assert cfg.train.lr == 5e-4 and cfg.source_of("train.lr") == f"file:{f}"
+    assert cfg.train.epochs == 3 and cfg.source_of("train.epochs") == "cli"
+    assert cfg.source_of("system.nx") == "preset:tiny"
+    assert cfg.source_of("train.weight_decay") == "default"
+
+
+def test_yaml_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("loss:\n  weights:\n    subspace: 0.3\n")
+    cfg = load_config("tiny", f)
+    assert cfg.loss.weights.subspace == 0.3 and cfg.loss.weights.cov == DEFAULT_LOSS_WEIGHTS.cov
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_json_round_trip_keeps_values_sources_and_hash(preset):
+    cfg = load_config(preset, overrides=["train.lr=3e-4", "loss.weights.peak=0.2"])
+    blob = json.loads(json.dumps(cfg.to_json()))
+    back = Config.from_json(blob)
+    assert back == cfg and back.hash == cfg.hash
+    assert {k: back.source_of(k) for k in leaf_keys()} == {k: cfg.source_of(k) for k in leaf_keys()}
+
+
+def test_hash_depends_on_values_only():
+    a = load_config("tiny")
+    b = load_config("tiny", overrides=["train.lr=0.001"])  # same value as the default, other source
+    c = load_config("tiny", overrides=["train.lr=0.002"])
+    assert a.train.lr == b.train.lr and a.hash == b.hash
+    assert a.hash != c.hash
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.lrr=1", "did you mean 'train.lr'"),
+    ("loss.weights.peek=1", "did you mean 'loss.weights.peak'"),
+    ("trian.lr=1", "did you mean 'train.lr'"),
+    ("train.lr=-1", "out of range"),
+    ("train.lr=abc", "not a valid float"),
+    ("train.epochs=1.5", "not a valid int"),
+    ("train.lr=nan", "not finite"),
+    ("system.field=mid", "choose one of far, near"),
+    ("system", "not of the form dotted.key=value"),
+    ("system=3", "is a section"),
+    ("loss.weights.cov=0", "primary"),
+    ("system.k_min=5", "larger than system.k_max"),
+])
+def test_bad_overrides_name_the_problem(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", overrides=[override])
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_zero_primary_needs_the_ablation_switch():
+    cfg = load_config("tiny", overrides=["loss.ablation_zero_primary=true", "loss.weights.cov=0"])
+    assert cfg.loss.weights.cov == 0
+
+
+def test_unknown_key_in_file_is_rejected(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"train": {"learning_rate": 1e-3}}))
+    with pytest.raises(ConfigError, match="unknown config key 'train.learning_rate'"):
+        load_config("tiny", f)
+
+
+def test_missing_and_unparsable_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("tiny", tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nlr=")
+    with pytest.raises(ConfigError, match="could not be parsed"):
+        load_config("tiny", bad)
+
+
+def test_loss_weights_have_no_fallback_defaults():
+    with pytest.raises(TypeError):
+        LossWeights(subspace=0.05, peak=0.1, ortho=0.03)  # the seed report's call, minus cov
+    with pytest.raises(ConfigError, match="primary loss term 'cov'"):
+        LossWeights.from_mapping({"subspace": 0.05, "peak": 0.1, "ortho": 0.03})
+    with pytest.raises(ConfigError, match="'subspace' must be finite and >= 0"):
+        LossWeights(cov=1.0, subspace=-0.1, peak=0.0, ortho=0.0)
+
+
+def test_every_key_is_described():
+    rows = describe_keys()
+    assert [r[0] for r in rows] == leaf_keys()
+    assert all(doc for *_, doc in rows)

@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from ris_model.config import load_config
+from ris_model.model import CovarianceNet, count_parameters, hermitian_features
+
+BUDGET = {"tiny": 300_000, "small": 2_000_000, "paper": 20_000_000}
+
+
+@pytest.mark.parametrize("preset", sorted(BUDGET))
+def test_parameter_budget(preset):
+    cfg = load_config(preset)
+    with torch.device("meta"):
+        model = CovarianceNet(cfg.system, cfg.model)
+    assert count_parameters(model) <= BUDGET[preset]
+
+
+def test_hermitian_features_determine_the_matrix():
+    a = torch.randn(3, 5, 5, dtype=torch.complex64)
+    R = a @ a.mH
+    f = hermitian_features(R)
+    assert f.shape == (3, 25)
+    n = 5
+    iu, ius = torch.triu_indices(n, n), torch.triu_indices(n, n, 1)
+    rebuilt = torch.zeros_like(R)
+    rebuilt[:, iu[0], iu[1]] = torch.complex(f[:, : iu.shape[1]], torch.zeros_like(f[:, : iu.shape[1]]))
+    rebuilt[:, ius[0], ius[1]] += 1j * f[:, iu.shape[1]:]
+    rebuilt = rebuilt + rebuilt.mH - torch.diag_embed(torch.diagonal(rebuilt, dim1=-2, dim2=-1))
+    torch.testing.assert_close(rebuilt.real, R.real, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rebuilt.imag, R.imag, rtol=1e-5, atol=1e-5)
+
+
+def test_prediction_is_a_trace_n_psd_low_rank_covariance():
+    cfg = load_config("tiny")
+    model = CovarianceNet(cfg.system, cfg.model)
+    rbp = torch.randn(4, 16, 16, dtype=torch.complex64)
+    pred = model(rbp @ rbp.mH, torch.zeros(4))
+    R = pred.covariance
+    n = cfg.system.n_elements
+    torch.testing.assert_close(torch.diagonal(R, dim1=-2, dim2=-1).real.sum(-1), torch.full((4,), float(n)))
+    evals = torch.linalg.eigvalsh(R)
+    assert (evals > -1e-4).all()
+    assert ((evals > 1e-4 * n).sum(-1) <= cfg.system.k_max).all()
