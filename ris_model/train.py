@@ -35,6 +35,7 @@ from ris_model.model import CovarianceNet, count_parameters
 from ris_model.measure import ModuleNorms
 from ris_model.rundir import RunDir, load_checkpoint
 from ris_model.schedule import warmup_cosine
+from ris_model.weights import WeightChange, WeightPlan
 
 
 def resolve_device(device: str) -> torch.device:
@@ -109,7 +110,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.amp == "fp16")
         self.ema = EMA(self.model, tc.ema) if tc.ema > 0 else None
         self.norms = ModuleNorms(self.model)
-        self.weight_sources: dict[str, str] = {t: cfg.source_of(f"loss.weights.{t}") for t in LossWeights.terms()}
+        self.weight_plan = WeightPlan(cfg)
+        weights, self.weight_sources = self.weight_plan.at_epoch(0)
+        self.loss_fn.set_weights(weights)
+        self.weights_history: list[WeightChange] = self.weight_plan.initial_history()
 
     # ------------------------------------------------------------------ control
     def request_stop(self, reason: str) -> None:
@@ -121,10 +125,22 @@ class Trainer:
     def stop_reason(self) -> str | None:
         return self._stop_reason
 
-    def set_loss_weights(self, weights: LossWeights, source: str) -> None:
-        """Change the loss weights mid-run (schedules, HPO); the change and its source are logged."""
+    def set_loss_weights(self, weights: LossWeights, source: str | dict[str, str]) -> None:
+        """Change the loss weights mid-run; every changed value is recorded with its source."""
+        sources = source if isinstance(source, dict) else {t: source for t in LossWeights.terms()}
+        old = self.loss_fn.weights.as_dict()
+        for term, value in weights.as_dict().items():
+            if value != old[term]:
+                self.weights_history.append(WeightChange(term, value, sources[term], epoch=self.state.epoch,
+                                                         step=self.state.batches_seen))
+                self.weight_sources[term] = sources[term]
         self.loss_fn.set_weights(weights)
-        self.weight_sources = {t: source for t in LossWeights.terms()}
+        self.run.write_config(self.config_blob())
+
+    def _apply_weight_plan(self) -> None:
+        weights, sources = self.weight_plan.at_epoch(self.state.epoch)
+        if weights != self.loss_fn.weights:
+            self.set_loss_weights(weights, sources)
 
     # ------------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
@@ -138,6 +154,8 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "config_hash": self.cfg.hash,
             "loss_weights": self.loss_fn.weights.as_dict(),
+            "weight_sources": dict(self.weight_sources),
+            "weights_history": [c.as_dict() for c in self.weights_history],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -150,6 +168,8 @@ class Trainer:
         self.state = TrainerState(**state["trainer"])
         torch.set_rng_state(state["rng"])
         self.loss_fn.set_weights(LossWeights.from_mapping(state["loss_weights"]))
+        self.weight_sources = dict(state["weight_sources"])
+        self.weights_history = [WeightChange(**c) for c in state["weights_history"]]
 
     def resume_from(self, path: str | Path) -> None:
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
@@ -166,6 +186,7 @@ class Trainer:
             signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupted (SIGINT)"))
         try:
             while self.state.epoch < tc.epochs and self._stop_reason is None:
+                self._apply_weight_plan()
                 self._train_epoch()
                 if self._stop_reason is not None:
                     break
@@ -340,6 +361,7 @@ class Trainer:
 
     def config_blob(self) -> dict[str, Any]:
         blob = self.cfg.to_json()
+        blob["weights_history"] = [c.as_dict() for c in self.weights_history]
         blob["n_parameters"] = self.n_parameters
         blob["world_size"] = self.dist.world_size
         return blob

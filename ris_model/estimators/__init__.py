@@ -2,6 +2,7 @@
 
 from ris_model.estimators.covariance import EXACT_MAX_UNKNOWNS, LSInfo, ls_ridge, normalise_trace, r_bp, r_ls
 from ris_model.estimators.grid import DEFAULT_STEP_DEG, SearchGrid, range_planes, search_grid
+from ris_model.estimators.metrics import Matching, evaluate_estimates, localization_metrics, match_sources
 from ris_model.estimators.order import estimate_order, mdl_order, threshold_order
 from ris_model.estimators.refine import peak_objective, refine_peaks, steering_and_jacobian
 from ris_model.estimators.search import Estimates, localize, localize_factor
@@ -10,8 +11,8 @@ from ris_model.estimators.spectra import (
     mvdr_spectrum, mvdr_whitener, signal_basis_eigh, signal_basis_qr)
 
 __all__ = [
-    "DEFAULT_STEP_DEG", "EXACT_MAX_UNKNOWNS", "Estimates", "LSInfo", "NULL_FLOOR", "SearchGrid",
-    "estimate_order", "localize", "localize_factor", "ls_ridge", "mdl_order", "music_null_spectrum",
+    "DEFAULT_STEP_DEG", "EXACT_MAX_UNKNOWNS", "Estimates", "LSInfo", "Matching", "NULL_FLOOR", "SearchGrid",
+    "estimate_order", "evaluate_estimates", "localization_metrics", "match_sources", "localize", "localize_factor", "ls_ridge", "mdl_order", "music_null_spectrum",
     "music_null_spectrum_eigh", "music_spectrum", "music_spectrum_factor", "mvdr_spectrum", "mvdr_whitener",
     "normalise_trace", "peak_objective", "r_bp", "r_ls", "range_planes", "refine_peaks", "search_grid",
     "signal_basis_eigh", "signal_basis_qr", "steering_and_jacobian", "threshold_order",

@@ -56,6 +56,20 @@ class Estimates:
     def __len__(self) -> int:
         return self.phi.shape[0]
 
+    @classmethod
+    def cat(cls, parts: "list[Estimates]") -> "Estimates":
+        """Concatenate along scenes, padding every part to the widest K."""
+        if not parts:
+            raise ValueError("cannot concatenate an empty list of Estimates")
+        width = max(p.phi.shape[1] for p in parts)
+
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            return nnf.pad(t, (0, width - t.shape[1])) if t.shape[1] < width else t
+
+        return cls(phi=torch.cat([pad(p.phi) for p in parts]), theta=torch.cat([pad(p.theta) for p in parts]),
+                   r=torch.cat([pad(p.r) for p in parts]), mask=torch.cat([pad(p.mask) for p in parts]),
+                   k=torch.cat([p.k for p in parts]), score=torch.cat([pad(p.score) for p in parts]))
+
 
 def _resolve_k(k: int | torch.Tensor | None, R: torch.Tensor, system: SystemConfig,
                order: str, threshold: float) -> torch.Tensor:
@@ -88,20 +102,27 @@ def _grid_maps(kind: str, payload: torch.Tensor, mask: torch.Tensor | None, grid
     chunk = max(1, _CHUNK_ENTRIES // (gp * gt * max(width, 1)))
     best = torch.full((b, gp * gt), -math.inf, dtype=grid.steering.real.dtype, device=payload.device)
     plane_idx = torch.zeros((b, gp * gt), dtype=torch.long, device=payload.device)
+    # One 2-D matmul per plane and chunk: (G, N) @ (N, chunk * width). A batched matmul
+    # would broadcast the grid to (chunk, G, N) first.
+    if kind == "music":
+        right = payload.conj()  # |a^H q|^2 = |a^T conj(q)|^2
+    else:
+        right = payload.mT  # ||W a||^2 = ||a^T W^T||^2
     for p in range(planes):
         A = grid.steering[p].reshape(gp * gt, n)  # (G, N)
         for lo in range(0, b, chunk):
             sl = slice(lo, lo + chunk)
+            c = right[sl].shape[0]
+            x = right[sl].permute(1, 0, 2).reshape(n, c * width)
+            prod = (A @ x).view(gp * gt, c, width)  # (G, c, width)
+            energy = prod.real.square() + prod.imag.square()
             if kind == "music":
-                prod = A.conj() @ payload[sl]  # (c, G, K)
-                energy = prod.real.square() + prod.imag.square()
                 if maskf is not None:
-                    energy = energy * maskf[sl].unsqueeze(-2)
-                value = 1.0 - energy.sum(-1)  # ||a||^2 = 1
-                value = -value.clamp_min(NULL_FLOOR).log()
+                    energy = energy * maskf[sl]
+                value = -(1.0 - energy.sum(-1)).clamp_min(NULL_FLOOR).log()  # ||a||^2 = 1
             else:
-                wa = A @ payload[sl].mT  # (c, G, N)
-                value = -(wa.real.square() + wa.imag.square()).sum(-1).log()
+                value = -energy.sum(-1).log()
+            value = value.T  # (c, G)
             better = value > best[sl]
             best[sl] = torch.where(better, value, best[sl])
             plane_idx[sl] = torch.where(better, torch.full_like(plane_idx[sl], p), plane_idx[sl])

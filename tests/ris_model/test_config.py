@@ -35,8 +35,8 @@ def test_json_round_trip_keeps_values_sources_and_hash(preset):
 
 def test_hash_depends_on_values_only():
     a = load_config("tiny")
-    b = load_config("tiny", overrides=["train.lr=0.001"])  # same value as the default, other source
-    c = load_config("tiny", overrides=["train.lr=0.002"])
+    b = load_config("tiny", overrides=[f"train.lr={a.train.lr}"])  # same value, other source
+    c = load_config("tiny", overrides=[f"train.lr={a.train.lr * 2}"])
     assert a.train.lr == b.train.lr and a.hash == b.hash
     assert a.hash != c.hash
 
