@@ -49,6 +49,12 @@ def _load(preset: str | None, config_file: str | None, overrides: tuple[str, ...
     return load_config(preset, config_file, list(overrides))
 
 
+def _print_table(table: Any) -> None:
+    from rich.console import Console
+
+    Console().print(table)
+
+
 @click.group(context_settings={"auto_envvar_prefix": "RIS_MODEL", "help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ris-health")
 def main() -> None:
@@ -105,7 +111,7 @@ def baseline(preset, config_file, overrides, snr_db, n, k, seed, as_json):
     if as_json:
         click.echo(json.dumps(result))
     else:
-        render_baseline(result)
+        _print_table(render_baseline(result))
 
 
 @main.command()
@@ -153,7 +159,7 @@ def evaluate(run_dir, n, snr_db, k, seed, checkpoint, device, as_json):
     if as_json:
         click.echo(json.dumps(result))
     else:
-        render_baseline(result)
+        _print_table(render_baseline(result))
 
 
 if __name__ == "__main__":

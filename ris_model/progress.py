@@ -58,7 +58,7 @@ class ProgressCallback(Callback):
         elif time.monotonic() - self._last_print >= self.every_s:
             self._last_print = time.monotonic()
             self.console.print(f"epoch {trainer.state.epoch} step {trainer.state.batches_seen}/{trainer.total_steps}  "
-                               f"{stats}", highlight=False)
+                               f"{stats}", highlight=False, soft_wrap=True)
 
     def on_validation_end(self, trainer, metrics):
         text = f"epoch {metrics['epoch']}  val loss {_fmt(metrics['loss'])}"

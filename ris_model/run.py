@@ -66,8 +66,9 @@ def train_command(*, preset: str | None, config_file: str | None, overrides: lis
     if resume:
         trainer.resume_from(run_dir / "checkpoints" / "last.pt")
         console.print(f"resumed at epoch {trainer.state.epoch}, step {trainer.state.batches_seen}")
-    console.print(f"run dir: {run_dir}  preset: {cfg.system.preset}  config {cfg.hash}  device: {trainer.device}"
-                  f"  W&B: {mode if wandb.active or mode == 'off' else 'off (failed to start)'}", highlight=False)
+    if dist.is_main:
+        console.print(f"run dir: {run_dir}  preset: {cfg.system.preset}  config {cfg.hash}  device: {trainer.device}"
+                      f"  W&B: {mode if wandb.active or mode == 'off' else 'off (failed to start)'}", highlight=False)
     result = trainer.fit()
     code = EXIT_OK
     if result.interrupted:
@@ -84,7 +85,7 @@ def train_command(*, preset: str | None, config_file: str | None, overrides: lis
 
         snr = 10.0
         console.print(f"eval on {eval_n} held-out scenes at {snr:g} dB:")
-        render_baseline(evaluate_run(run_dir, n=eval_n, snr_db=snr, seed=cfg.train.seed + 99_991,
-                                     device=str(trainer.device)))
+        Console().print(render_baseline(evaluate_run(run_dir, n=eval_n, snr_db=snr, seed=cfg.train.seed + 99_991,
+                                                     device=str(trainer.device))))
     dist.close()
     return code

@@ -1,0 +1,76 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ris_model.cli import main
+
+SMALL_RUN = ["--preset", "tiny", "--epochs", "1", "--set", "train.train_scenes=64", "--set", "train.val_scenes=16",
+             "--set", "model.width=32", "--wandb", "off", "--no-health"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    result = CliRunner().invoke(main, ["train", *SMALL_RUN, "--run-dir", str(run_dir), "--eval-n", "20"])
+    assert result.exit_code == 0, result.output
+    return run_dir, result
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--set", "train.lrr=1"], "did you mean 'train.lr'"),
+    (["--set", "train.lr=-3"], "out of range"),
+    (["--set", "loss.weights.cov=0"], "primary loss term"),
+    (["--device", "gpu"], "'gpu' is not one of"),
+])
+def test_bad_input_exits_2_with_one_sentence(tmp_path, args, fragment):
+    result = CliRunner().invoke(main, ["train", "--preset", "tiny", "--run-dir", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2
+    assert fragment in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
+def test_train_writes_a_run_and_ends_with_an_eval_table(trained):
+    run_dir, result = trained
+    assert "music_learned" in result.output and "music_ls" in result.output
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+
+
+def test_train_refuses_to_overwrite_a_run(trained):
+    run_dir, _ = trained
+    result = CliRunner().invoke(main, ["train", *SMALL_RUN, "--run-dir", str(run_dir)])
+    assert result.exit_code == 2 and "--resume" in result.output
+
+
+def test_resume_extends_a_run(trained, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained[0], run_dir)
+    result = CliRunner().invoke(main, ["train", "--run-dir", str(run_dir), "--resume", "--epochs", "2",
+                                       "--wandb", "off", "--no-health", "--eval-n", "0"])
+    assert result.exit_code == 0, result.output
+    epochs = [json.loads(l)["epoch"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(set(epochs)) == [0, 1]
+
+
+def test_eval_json_has_the_baseline_shape_plus_learned(trained):
+    run_dir, _ = trained
+    result = CliRunner().invoke(main, ["eval", str(run_dir), "--n", "10", "--snr", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert {"preset", "snr_db", "n", "estimators", "crb"} <= out.keys()
+    assert set(out["estimators"]) == {"music_true", "music_ls", "music_bp", "mvdr_ls", "music_learned"}
+    for row in out["estimators"].values():
+        assert set(row) == {"rmse_phi_deg", "rmse_theta_deg", "rmse_r_m", "within_1deg"}
+    assert out["estimators"]["music_true"]["rmse_phi_deg"] < 0.05
+
+
+def test_eval_of_a_missing_run_dir_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["eval", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_config_keys_lists_every_key():
+    result = CliRunner().invoke(main, ["config", "--keys"])
+    assert result.exit_code == 0 and "loss.weights.cov" in result.output and "train.lr" in result.output
