@@ -82,13 +82,17 @@ def config(preset, config_file, overrides, keys):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Dataset directory to write.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace a dataset already in --out.")
 @user_errors
-def simulate(preset, config_file, overrides, n, seed, out, shard_size):
+def simulate(preset, config_file, overrides, n, seed, out, shard_size, overwrite):
     """Simulate N scenes and write them as cached shards with a manifest."""
     from ris_model.data import write_dataset
 
     cfg = _load(preset, config_file, overrides)
-    path = write_dataset(cfg.system, n, seed, out, shard_size=shard_size)
+    try:
+        path = write_dataset(cfg.system, n, seed, out, shard_size=shard_size, overwrite=overwrite)
+    except FileExistsError:
+        raise click.UsageError(f"{out!r} already holds a dataset; pass --overwrite to replace it") from None
     click.echo(f"wrote {n} {cfg.system.preset} scenes to {path}")
 
 

@@ -128,15 +128,19 @@ class SimulatedDataset(Dataset):
 
 
 # ----------------------------------------------------------------- fresh scenes
-def fresh_batches(system: SystemConfig, batch_size: int, seed: int, epoch: int, *, n_batches: int,
-                  snr_db: Any = None, k: int | None = None, device: torch.device | str | None = None,
+def fresh_batches(system: SystemConfig, batch_size: int, seed: int, epoch: int, *,
+                  n_batches: int | None = None, snr_db: Any = None, k: int | None = None,
+                  device: torch.device | str | None = None,
                   dtype: torch.dtype = torch.complex64) -> Iterator[SceneBatch]:
-    """``n_batches`` batches of new scenes, a pure function of (seed, epoch, batch index)."""
-    if batch_size < 1 or n_batches < 0:
+    """Batches of new scenes, a pure function of (seed, epoch, batch index); endless when
+    ``n_batches`` is None."""
+    if batch_size < 1 or (n_batches is not None and n_batches < 0):
         raise ValueError(f"need batch_size >= 1 and n_batches >= 0 but got {batch_size=}, {n_batches=}")
-    for i in range(n_batches):
+    i = 0
+    while n_batches is None or i < n_batches:
         yield simulate(system, batch_size, seed=derive_seed(seed, "fresh", epoch, i), snr_db=snr_db,
                        k=k, device=device, dtype=dtype)
+        i += 1
 
 
 class FreshScenes(IterableDataset):

@@ -127,20 +127,27 @@ class Trainer:
 
     def set_loss_weights(self, weights: LossWeights, source: str | dict[str, str]) -> None:
         """Change the loss weights mid-run; every changed value is recorded with its source."""
-        sources = source if isinstance(source, dict) else {t: source for t in LossWeights.terms()}
         old = self.loss_fn.weights.as_dict()
         for term, value in weights.as_dict().items():
             if value != old[term]:
-                self.weights_history.append(WeightChange(term, value, sources[term], epoch=self.state.epoch,
+                where = source.get(term, "runtime") if isinstance(source, dict) else source
+                self.weights_history.append(WeightChange(term, value, where, epoch=self.state.epoch,
                                                          step=self.state.batches_seen))
-                self.weight_sources[term] = sources[term]
+                self.weight_sources[term] = where
         self.loss_fn.set_weights(weights)
         self.run.write_config(self.config_blob())
 
     def _apply_weight_plan(self) -> None:
-        weights, sources = self.weight_plan.at_epoch(self.state.epoch)
-        if weights != self.loss_fn.weights:
-            self.set_loss_weights(weights, sources)
+        """At an epoch where the schedule starts a phase, apply exactly the terms it changes.
+
+        Only the planned changes are written: anything else that altered the live weights
+        stays visible to the monitor instead of being quietly repaired here.
+        """
+        changes = self.weight_plan.changes_at(self.state.epoch)
+        if changes:
+            values = self.loss_fn.weights.as_dict()
+            values.update({c.term: c.value for c in changes})
+            self.set_loss_weights(LossWeights(**values), {c.term: c.source for c in changes})
 
     # ------------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
@@ -250,14 +257,17 @@ class Trainer:
             self.scaler.scale(out.total).backward()
             self.scaler.unscale_(self.optimizer)  # norms and clipping see true gradients
             metrics = self._step_metrics(out)
+            self.norms.snapshot()  # parameters as they are before this step, for its update norm
             self.callbacks.on_after_backward(self, metrics)
             veto = self.callbacks.on_before_optimizer_step(self, metrics)
-            if self._stop_reason is not None:
-                break  # a stop decided on these gradients must not apply them
+            if self._agree_on_stop():  # a stop decided on these gradients must not apply them
+                self.state.batches_seen += 1
+                self._finish_step_metrics(metrics, applied=False, veto="stop: " + str(self._stop_reason))
+                self.run.log(metrics)
+                break
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
             applied = False
-            self.norms.snapshot()
             if veto is None:
                 scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
                 self.scaler.step(self.optimizer)
@@ -277,9 +287,7 @@ class Trainer:
             for name, value in [("loss", metrics["loss"]), *metrics["terms"].items()]:
                 sums[name] = sums.get(name, 0.0) + value
             count += 1
-            if self.dist.any_stop(self._stop_reason is not None):
-                self.request_stop(self._stop_reason or "stop requested on another rank")
-            if self._stop_reason is not None:
+            if self._agree_on_stop():
                 break
         if count and self._stop_reason is None:
             means = {k: v / count for k, v in sums.items()}
@@ -290,6 +298,13 @@ class Trainer:
                     "steps_taken": self.state.steps_taken, "batches_seen": self.state.batches_seen}
             self.run.log(line)
             self.callbacks.on_epoch_end(self, line)
+
+    def _agree_on_stop(self) -> bool:
+        """True when any rank asked to stop; every rank then stops at the same point."""
+        if self.dist.any_stop(self._stop_reason is not None):
+            self.request_stop(self._stop_reason or "stop requested on another rank")
+            return True
+        return False
 
     def _step_metrics(self, out: LossOutput) -> Metrics:
         """Everything known after backward, read back from the device in one sync."""

@@ -21,6 +21,17 @@ import math
 import torch
 
 
+def spherical_phase(w: torch.Tensor, rho: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+    """(d_n - r) per element from w = u . q_n, rho = 1/r (broadcast) and q2 = |q_n|^2.
+
+    d_n - r = (rho |q|^2 - 2 u.q) / (1 + s_n), s_n = |u - rho q_n| = d_n / r: the exact
+    spherical wave without the cancellation of d_n - r at large r, and rho = 0 gives the
+    far-field -u.q without a special case.
+    """
+    s = torch.sqrt((1 - 2 * rho * w + rho.square() * q2).clamp_min(0.0))
+    return (rho * q2 - 2 * w) / (1 + s)
+
+
 def steering_and_jacobian(x: torch.Tensor, positions: torch.Tensor, k0: float
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """a(phi, theta, rho) and da/d(phi, theta, rho) for x (P, 3) real: (P, N) and (P, N, 3).

@@ -24,14 +24,11 @@ def random_phase_codes(n: int, snapshots: int, elements: int, bits: int, *,
     if not 1 <= bits <= 16:
         raise ValueError(f"code bits must be in 1..16 but got {bits=}")
     levels = 2 ** bits
-    level_dtype = torch.uint8 if levels <= 256 else torch.int32  # a quarter of the memory of int64
-    idx = torch.randint(levels, (n, snapshots, elements), generator=generator, device=generator.device,
-                        dtype=level_dtype).long()
+    idx = torch.randint(levels, (n, snapshots, elements), generator=generator, device=generator.device)
     # A table lookup: far cheaper than evaluating cos/sin (or polar) per element.
     angle = torch.arange(levels, dtype=torch.float64, device=generator.device) * (2 * math.pi / levels)
-    real = dtype.to_real()
-    cos, sin = torch.cos(angle).to(real), torch.sin(angle).to(real)
-    return torch.view_as_complex(torch.stack([torch.take(cos, idx), torch.take(sin, idx)], dim=-1))
+    table = torch.polar(torch.ones_like(angle), angle).to(dtype)  # (levels,)
+    return torch.take(table, idx)
 
 
 def dft_codebook(nx: int, ny: int, *, device: torch.device | str | None = None) -> torch.Tensor:

@@ -11,7 +11,9 @@ knowing them.
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,8 +26,8 @@ from ris_model.physics.steering import ris_steering
 
 SteeringFn = Callable[[torch.Tensor], torch.Tensor]  # (B, K, D) locations -> (B, K, N) steering
 
-# Scenes whose Jacobians are held at once: (P, chunk, L, M, M) complex128 is ~50 MB for the
-# paper preset at 32 scenes.
+# Scenes whose covariance derivatives are held at once: (chunk, P, L, M, M) complex128 is
+# ~45 MB for the paper preset (P = 21) at 32 scenes.
 _CHUNK = 32
 
 
@@ -40,6 +42,16 @@ class CRBResult:
     fim: torch.Tensor  # (B, P, P) float64: the Fisher information, parameters ordered as in fisher_information()
 
 
+@functools.cache
+def _warm_forward_mode() -> None:
+    """The first forward-mode call makes torch script its jvp decompositions, which warns
+    about torch.jit.script's deprecation inside torch itself; do it once, quietly."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
+        x = torch.zeros(1, dtype=torch.float64)
+        torch.func.jvp(torch.sin, (x,), (x,))
+
+
 def fisher_information(phi_meas: torch.Tensor, steering_fn: SteeringFn, params: torch.Tensor,
                        power: torch.Tensor, noise_var: torch.Tensor | float, *,
                        mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -51,6 +63,7 @@ def fisher_information(phi_meas: torch.Tensor, steering_fn: SteeringFn, params: 
     Parameter order: the K*D locations (source-major: k0d0, k0d1, ..., k1d0, ...), then the
     K powers, then sigma^2. Rows and columns of padded slots are 0 (they have no effect).
     """
+    _warm_forward_mode()
     params = params.to(torch.float64)
     b, k, d = params.shape
     phi_meas = phi_meas.to(torch.complex128)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -184,8 +185,9 @@ def simulate(system: SystemConfig, n: int, *, seed: int | None = None,
     k: a fixed number of sources for every scene (1..k_max), else uniform in [k_min, k_max].
     device: where the returned tensors live (default: the generator's device, CPU for a seed).
     """
-    if not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"the number of scenes must be a positive int but got {n=}")
+    n = int(n)
     if not dtype.is_complex:
         raise ValueError(f"dtype must be a complex dtype but got {dtype=}")
     gen = _make_generator(seed, generator)
