@@ -144,6 +144,46 @@ def train(preset, config_file, overrides, run_dir, epochs, device, resume, wandb
     sys.exit(code)
 
 
+@main.command()
+@config_options
+@click.option("--study-dir", type=click.Path(file_okay=False), required=True,
+              help="Where the study's trials, SQLite storage and gate.json live.")
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="Finished trials wanted (default hpo.trials).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs per trial (default hpo.epochs).")
+@click.option("--storage", default=None, help="optuna storage URL (default: sqlite in --study-dir).")
+@click.option("--study", "study_name", default="ris-model", show_default=True, help="Study name in the storage.")
+@click.option("--gate", "gate_mode", type=click.Choice(["require", "auto", "skip"]), default="require",
+              show_default=True, help="require: a passing gate.json for this config; auto: run the gate first.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="TPE sampler seed.")
+@user_errors
+def hpo(preset, config_file, overrides, study_dir, trials, epochs, storage, study_name, gate_mode, device, seed):
+    """Hyper-parameter search with optuna, gated on health and watched by it."""
+    from rich.console import Console
+
+    from ris_model.hpo import StudySettings, gate_status, render_study, run_gate_plugin, run_study
+
+    console = Console(stderr=True)
+    cfg = _load(preset, config_file, overrides)
+    study_path = Path(study_dir)
+    if gate_mode == "auto":
+        study_path.mkdir(parents=True, exist_ok=True)
+        console.print("running the gate first (--gate auto)")
+        run_gate_plugin(cfg, study_path, device)
+    if gate_mode != "skip":
+        ok, why = gate_status(study_path, cfg)
+        if not ok:
+            raise click.UsageError(f"refusing to start HPO: {why}")
+        console.print(why)
+    else:
+        console.print("[yellow]warning:[/] --gate skip: HPO runs without a preflight gate")
+    settings = StudySettings(study_dir=study_path, study_name=study_name, storage=storage,
+                             trials=trials or cfg.hpo.trials, epochs=epochs or cfg.hpo.epochs,
+                             device=device, seed=seed)
+    study = run_study(cfg, settings, log=lambda m: console.print(m, highlight=False))
+    _print_table(render_study(study))
+
+
 @main.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True)

@@ -109,4 +109,9 @@ def search_grid(system: SystemConfig, *, step_deg: float = DEFAULT_STEP_DEG,
     return _cached_grid(system, float(step_deg), dtype, device)
 
 
-__all__ = ["DEFAULT_STEP_DEG", "SearchGrid", "range_planes", "search_grid"]
+def clear_grid_cache() -> None:
+    """Drop every cached grid (they hold up to a few hundred MB for the paper preset)."""
+    _cached_grid.cache_clear()
+
+
+__all__ = ["DEFAULT_STEP_DEG", "SearchGrid", "clear_grid_cache", "range_planes", "search_grid"]

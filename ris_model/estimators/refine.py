@@ -1,7 +1,7 @@
 """Off-grid refinement of spectrum peaks by Levenberg–Marquardt.
 
-Both MUSIC and MVDR peaks are minima of ||W a(x)||^2 for a per-scene matrix W: the
-noise projector I - Q Q^H for MUSIC, the whitener (R + delta I)^(-1/2) for MVDR. That is
+Both MUSIC and MVDR peaks are minima of ||g(a(x))||^2 for a per-scene linear map g: the
+noise projector a - Q Q^H a for MUSIC, the whitener (R + delta I)^(-1/2) for MVDR. That is
 a nonlinear least-squares problem in x = (phi, theta[, rho = 1/r]), so Gauss–Newton
 converges quadratically where the residual vanishes (MUSIC on the exact R: errors far
 below 1e-6 deg in a few steps) and Marquardt damping keeps every step a descent step
@@ -17,6 +17,7 @@ The range is refined as rho = 1/r, the variable in which the phase is (nearly) l
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -60,63 +61,100 @@ def steering_and_jacobian(x: torch.Tensor, positions: torch.Tensor, k0: float
     return a, 1j * a.unsqueeze(-1) * dpsi
 
 
-def _objective(x: torch.Tensor, W: torch.Tensor, positions: torch.Tensor, k0: float, dims: int
+@dataclass(frozen=True, eq=False)
+class PeakResidual:
+    """The per-scene linear map a -> g whose energy ||g||^2 a peak minimises.
+
+    Either a noise projector given by an orthonormal signal basis Q (B, N, K), applied as
+    a - Q (Q^H a) in O(N K) (MUSIC; zero columns of Q are ignored), or a matrix W (B, m, N)
+    applied as W a in O(m N) (MVDR's whitener).
+    """
+
+    basis: torch.Tensor | None = None
+    matrix: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.basis is None) == (self.matrix is None):
+            raise ValueError("a PeakResidual needs exactly one of basis= or matrix=")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return (self.basis if self.basis is not None else self.matrix).dtype  # type: ignore[union-attr]
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """(B, N, X) -> (B, m, X)."""
+        if self.basis is not None:
+            return v - self.basis @ (self.basis.mH @ v)
+        return self.matrix @ v  # type: ignore[operator]
+
+
+def _objective(x: torch.Tensor, residual: PeakResidual, positions: torch.Tensor, k0: float, dims: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """f = ||W a||^2, gradient Re(J^H g) and Gauss–Newton matrix Re(J^H J) in the first ``dims``."""
-    a, da = steering_and_jacobian(x, positions, k0)
-    g = (W @ a.unsqueeze(-1)).squeeze(-1)  # (P, m)
-    jac = W @ da[..., :dims]  # (P, m, dims)
+    """f = ||g||^2, gradient Re(J^H g) and Gauss-Newton matrix Re(J^H J) over the first
+    ``dims`` coordinates, for x (B, C, 3): (B, C), (B, C, dims), (B, C, dims, dims)."""
+    b, c, _ = x.shape
+    a, da = steering_and_jacobian(x, positions, k0)  # (B, C, N), (B, C, N, 3)
+    v = torch.cat([a.unsqueeze(-1), da[..., :dims]], dim=-1)  # (B, C, N, 1 + dims)
+    n = v.shape[2]
+    out = residual(v.permute(0, 2, 1, 3).reshape(b, n, c * (1 + dims)))  # one matmul per scene
+    out = out.reshape(b, -1, c, 1 + dims).permute(0, 2, 1, 3)  # (B, C, m, 1 + dims)
+    g, jac = out[..., 0], out[..., 1:]
     f = g.real.square().sum(-1) + g.imag.square().sum(-1)
-    grad = (jac.conj().mT @ g.unsqueeze(-1)).squeeze(-1).real  # (P, dims)
-    gn = (jac.conj().mT @ jac).real  # (P, dims, dims)
+    grad = (jac.conj().mT @ g.unsqueeze(-1)).squeeze(-1).real
+    gn = (jac.conj().mT @ jac).real
     return f, grad, gn
 
 
-def peak_objective(x: torch.Tensor, W: torch.Tensor, positions: torch.Tensor, k0: float) -> torch.Tensor:
-    """||W_p a(x_p)||^2 for x (P, 3) and W (P, m, N): the quantity refinement minimises, (P,)."""
-    a, _ = steering_and_jacobian(x, positions, k0)
-    g = (W @ a.unsqueeze(-1)).squeeze(-1)
-    return g.real.square().sum(-1) + g.imag.square().sum(-1)
+def peak_objective(x: torch.Tensor, residual: PeakResidual, positions: torch.Tensor, k0: float) -> torch.Tensor:
+    """||g(a(x))||^2 for x (B, C, 3): the quantity refinement minimises, (B, C)."""
+    a, _ = steering_and_jacobian(x.to(residual.dtype.to_real()), positions.to(residual.dtype.to_real()), k0)
+    g = residual(a.mT)  # (B, m, C)
+    return g.real.square().sum(-2) + g.imag.square().sum(-2)
 
 
-def refine_peaks(x0: torch.Tensor, W: torch.Tensor, positions: torch.Tensor, k0: float, *,
+def refine_peaks(x0: torch.Tensor, residual: PeakResidual, positions: torch.Tensor, k0: float, *,
                  lower: torch.Tensor, upper: torch.Tensor, near_field: bool,
-                 iterations: int = 40, damping: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimise ||W_p a(x_p)||^2 from x0 for every peak p; returns (x, f), (P, 3) and (P,).
+                 iterations: int = 40, damping: float = 1e-3, xtol: float = 1e-12
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise ||g(a(x))||^2 from x0 (B, C, 3) for every candidate; returns x (B, C, 3), f (B, C).
 
-    x0 (P, 3) = (phi, theta, rho) in radians and 1/m; W (P, m, N) per peak; the result is
-    clamped to [lower, upper] (3,). The far field refines (phi, theta) with rho fixed.
-    Every accepted step lowers f, so the result is never worse than the grid point it
-    started from. Cost O(iterations * m * N) per peak.
+    x = (phi, theta, rho) in radians and 1/m, clamped to [lower, upper] (3,). The far
+    field refines (phi, theta) with rho fixed. Every accepted step lowers f, so the result
+    is never worse than the grid point it started from. A candidate stops once its
+    accepted step is below ``xtol`` or no damping makes progress; the loop ends when all
+    have stopped. Cost O(iterations (N K + N)) per candidate for a projector,
+    O(iterations m N) for a matrix.
     """
     dims = 3 if near_field else 2
-    work = W.dtype
-    real = work.to_real()
+    real = residual.dtype.to_real()
     x = x0.to(real).clone()
     positions = positions.to(real)
-    lower, upper = lower.to(x), upper.to(x)
-    mu = torch.full(x.shape[:1], damping, dtype=real, device=x.device)
-    f, grad, gn = _objective(x, W, positions, k0, dims)
+    lower, upper = lower.to(x)[:dims], upper.to(x)[:dims]
+    mu = torch.full(x.shape[:2], damping, dtype=real, device=x.device)
+    active = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    f, grad, gn = _objective(x, residual, positions, k0, dims)
     eye = torch.eye(dims, dtype=real, device=x.device)
     tiny = torch.finfo(real).tiny
     for _ in range(iterations):
-        diag = torch.diagonal(gn, dim1=-2, dim2=-1)  # (P, dims)
+        diag = torch.diagonal(gn, dim1=-2, dim2=-1)  # (B, C, dims)
         scale = diag + diag.amax(-1, keepdim=True) * 1e-12 + tiny
-        lhs = gn + mu[:, None, None] * torch.diag_embed(scale)
-        step = -torch.linalg.solve(lhs + tiny * eye, grad.unsqueeze(-1)).squeeze(-1)  # (P, dims)
+        lhs = gn + mu[..., None, None] * torch.diag_embed(scale) + tiny * eye
+        step = -torch.linalg.solve(lhs, grad.unsqueeze(-1)).squeeze(-1)  # (B, C, dims)
         step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
         x_new = x.clone()
-        x_new[:, :dims] = torch.minimum(torch.maximum(x[:, :dims] + step, lower[:dims]), upper[:dims])
-        f_new, grad_new, gn_new = _objective(x_new, W, positions, k0, dims)
-        better = f_new < f
-        x = torch.where(better[:, None], x_new, x)
+        x_new[..., :dims] = torch.minimum(torch.maximum(x[..., :dims] + step, lower), upper)
+        f_new, grad_new, gn_new = _objective(x_new, residual, positions, k0, dims)
+        better = (f_new < f) & active
+        moved = (x_new[..., :dims] - x[..., :dims]).abs().amax(-1)
+        x = torch.where(better[..., None], x_new, x)
         f = torch.where(better, f_new, f)
-        grad = torch.where(better[:, None], grad_new, grad)
-        gn = torch.where(better[:, None, None], gn_new, gn)
+        grad = torch.where(better[..., None], grad_new, grad)
+        gn = torch.where(better[..., None, None], gn_new, gn)
         mu = torch.where(better, (mu / 3).clamp_min(1e-12), (mu * 4).clamp_max(1e12))
-        if bool((~better & (mu >= 1e12)).all()):
+        active = active & ~(better & (moved < xtol)) & ~(~better & (mu >= 1e8))
+        if not bool(active.any()):
             break
     return x, f
 
 
-__all__ = ["peak_objective", "refine_peaks", "steering_and_jacobian"]
+__all__ = ["PeakResidual", "peak_objective", "refine_peaks", "spherical_phase", "steering_and_jacobian"]

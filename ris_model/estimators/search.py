@@ -4,10 +4,10 @@
    plane at a time, keeping per (phi, theta) the best plane: a 2-D map whose local
    maxima are the candidate directions. Sources are at least ``min_separation_deg``
    apart in angle, so one 2-D maximum per source suffices even in the near field.
-2. Take the K strongest local maxima with non-maximum suppression (if a scene has fewer
-   maxima than K, its strongest other points fill in, still suppressed).
-3. Refine each peak off the grid (:mod:`.refine`), in complex128, to far below the grid
-   step.
+2. Take the 2K + 2 strongest local maxima with non-maximum suppression (if a scene has
+   fewer, its strongest other points fill in, still suppressed).
+3. Refine each candidate off the grid (:mod:`.refine`), in complex128, to far below the
+   grid step, and keep the K strongest distinct refined peaks.
 
 K is the oracle count (an int or a (B,) tensor) or, when None, estimated by MDL or an
 eigenvalue threshold (:mod:`.order`). Everything is batched over scenes and follows the
@@ -26,10 +26,12 @@ import torch.nn.functional as nnf
 from ris_model.config import SystemConfig
 from ris_model.estimators.grid import DEFAULT_STEP_DEG, SearchGrid, search_grid
 from ris_model.estimators.order import estimate_order
-from ris_model.estimators.refine import peak_objective, refine_peaks
+from ris_model.estimators.refine import PeakResidual, peak_objective, refine_peaks
 from ris_model.estimators.spectra import NULL_FLOOR, mvdr_whitener, signal_basis_eigh, signal_basis_qr
 from ris_model.physics.geometry import system_positions, unit_direction, wavenumber
 
+# MVDR's default grid step: its grid stage is O(G N^2) against MUSIC's O(G N K).
+MVDR_STEP_DEG = 2.0
 # Candidates per scene that peak picking considers (local maxima first).
 _CANDIDATES = 256
 # Scene-chunk budget for the grid stage, in complex entries of the (chunk, G, width)
@@ -129,9 +131,34 @@ def _grid_maps(kind: str, payload: torch.Tensor, mask: torch.Tensor | None, grid
     return best.view(b, gp, gt), plane_idx.view(b, gp, gt)
 
 
-def _pick_peaks(value: torch.Tensor, k: torch.Tensor, k_out: int, grid: SearchGrid, nms: float
+def _greedy_nms(key: torch.Tensor, u: torch.Tensor, count: int, limit: torch.Tensor, cos_nms: float
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat grid indices (B, k_out) of the k strongest suppressed maxima, and their validity."""
+    """Pick up to ``limit`` (B,) of the candidates by decreasing ``key`` (B, C), dropping every
+    candidate within the suppression angle of a pick (directions ``u`` (B, C, 3)).
+
+    Returns candidate positions (B, count) and their validity (B, count).
+    """
+    b = key.shape[0]
+    rows = torch.arange(b, device=key.device)
+    picks = torch.zeros((b, count), dtype=torch.long, device=key.device)
+    valid = torch.zeros((b, count), dtype=torch.bool, device=key.device)
+    for j in range(count):
+        best = key.argmax(-1)  # (B,)
+        ok = torch.isfinite(key[rows, best]) & (j < limit)
+        picks[:, j] = best
+        valid[:, j] = ok
+        near = (u * u[rows, best].unsqueeze(1)).sum(-1) >= cos_nms  # (B, C), includes the pick
+        key = torch.where(near & ok.unsqueeze(-1), torch.full_like(key, -math.inf), key)
+    return picks, valid
+
+
+def _grid_candidates(value: torch.Tensor, count: int, grid: SearchGrid, cos_nms: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat grid indices (B, count) of the strongest suppressed local maxima, and validity.
+
+    Local maxima rank above every other point; if a scene has fewer than ``count`` of
+    them, its strongest other points (still suppressed) fill in.
+    """
     b, gp, gt = value.shape
     value = torch.nan_to_num(value, nan=-math.inf)
     pooled = nnf.max_pool2d(nnf.pad(value.unsqueeze(1), (1, 1, 1, 1), value=-math.inf), 3, stride=1)
@@ -139,55 +166,52 @@ def _pick_peaks(value: torch.Tensor, k: torch.Tensor, k_out: int, grid: SearchGr
     flat = value.reshape(b, -1)
     finite = torch.where(torch.isfinite(flat), flat, torch.zeros_like(flat))
     span = (finite.amax(-1, keepdim=True) - finite.amin(-1, keepdim=True)) + 1.0
-    key = torch.where(is_max, flat + span, flat)  # every local maximum ranks above every other point
-    n_cand = min(_CANDIDATES, key.shape[-1])
-    cand_key, cand_idx = key.topk(n_cand, dim=-1)  # (B, C)
+    key = torch.where(is_max, flat + span, flat)
+    cand_key, cand_idx = key.topk(min(_CANDIDATES, key.shape[-1]), dim=-1)  # (B, C)
     pp, tt = torch.meshgrid(grid.phi, grid.theta, indexing="ij")
     u = unit_direction(pp.reshape(-1), tt.reshape(-1)).to(value.device)[cand_idx]  # (B, C, 3)
-    cos_nms = math.cos(nms)
-    picks = torch.zeros((b, k_out), dtype=torch.long, device=value.device)
-    valid = torch.zeros((b, k_out), dtype=torch.bool, device=value.device)
-    rows = torch.arange(b, device=value.device)
-    for j in range(k_out):
-        best = cand_key.argmax(-1)  # (B,)
-        ok = torch.isfinite(cand_key[rows, best]) & (j < k)
-        picks[:, j] = cand_idx[rows, best]
-        valid[:, j] = ok
-        near = (u * u[rows, best].unsqueeze(1)).sum(-1) >= cos_nms  # (B, C), includes the pick
-        cand_key = torch.where(near & ok.unsqueeze(-1), torch.full_like(cand_key, -math.inf), cand_key)
-    return picks, valid
+    limit = torch.full((b,), count, device=value.device)
+    sel, valid = _greedy_nms(cand_key, u, count, limit, cos_nms)
+    return cand_idx.gather(1, sel), valid
 
 
-def _locate(kind: str, grid_payload: torch.Tensor, grid_mask: torch.Tensor | None, W: torch.Tensor,
+def _locate(kind: str, grid_payload: torch.Tensor, grid_mask: torch.Tensor | None, residual: PeakResidual,
             k: torch.Tensor, system: SystemConfig, *, refine: bool, step_deg: float,
             nms_deg: float | None, iterations: int) -> Estimates:
-    b = W.shape[0]
-    device = W.device
+    """Grid candidates -> refinement -> the k strongest distinct refined peaks.
+
+    More candidates than sources are refined (2k + 2): the grid ranks peaks by their value
+    at the nearest grid point, which can put a shoulder of a strong peak above a weaker
+    source; after refinement the shoulder either lands on the strong peak (a duplicate,
+    suppressed) or stays weak, and the ranking is that of the continuous spectrum.
+    """
+    b = grid_payload.shape[0]
+    device = grid_payload.device
     grid = search_grid(system, step_deg=step_deg, device=device)
     k_out = int(k.max()) if b else 0
-    value, plane = _grid_maps(kind, grid_payload, grid_mask, grid)
+    n_cand = 2 * k_out + 2 if k_out else 0
     if nms_deg is None:
         nms_deg = max(0.5 * system.min_separation_deg, 1.5 * step_deg)
-    picks, valid = _pick_peaks(value, k, k_out, grid, math.radians(nms_deg))
+    cos_nms = math.cos(math.radians(nms_deg))
+    value, plane = _grid_maps(kind, grid_payload, grid_mask, grid)
+    picks, cand_valid = _grid_candidates(value, n_cand, grid, cos_nms)  # (B, C)
     gt = grid.theta.numel()
-    phi0 = grid.phi[picks // gt]
-    theta0 = grid.theta[picks % gt]
-    rho0 = grid.rho[plane.reshape(b, -1).gather(1, picks)]
-    x = torch.stack([phi0, theta0, rho0], dim=-1).reshape(-1, 3)  # (B * k_out, 3)
-    scene = torch.arange(b, device=device).repeat_interleave(k_out)
+    x = torch.stack([grid.phi[picks // gt], grid.theta[picks % gt],
+                     grid.rho[plane.reshape(b, -1).gather(1, picks)]], dim=-1)  # (B, C, 3)
     positions = system_positions(system, device=device)
-    if refine and x.shape[0]:
-        x, f = refine_peaks(x, W[scene], positions, wavenumber(system), lower=grid.lower(),
+    if refine and x.numel():
+        x, f = refine_peaks(x, residual, positions, wavenumber(system), lower=grid.lower(),
                             upper=grid.upper(), near_field=grid.near_field, iterations=iterations)
     else:
-        f = peak_objective(x.to(W.real.dtype), W[scene], positions.to(W.real.dtype), wavenumber(system))
-    x = x.reshape(b, k_out, 3)
-    score = -f.reshape(b, k_out).clamp_min(torch.finfo(f.dtype).tiny).log()
+        f = peak_objective(x, residual, positions, wavenumber(system))
+        x = x.to(f.dtype)
+    score = -f.clamp_min(torch.finfo(f.dtype).tiny).log()
+    key = torch.where(cand_valid, score, torch.full_like(score, -math.inf))
+    sel, valid = _greedy_nms(key, unit_direction(x[..., 0], x[..., 1]), k_out, k, cos_nms)  # (B, K)
+    x = x.gather(1, sel.unsqueeze(-1).expand(-1, -1, 3))
+    score = score.gather(1, sel)
     zero = torch.zeros((), dtype=x.dtype, device=device)
-    if system.near_field:
-        r = 1.0 / x[..., 2]
-    else:
-        r = torch.full_like(x[..., 2], math.inf)
+    r = 1.0 / x[..., 2] if system.near_field else torch.full_like(x[..., 2], math.inf)
     return Estimates(phi=torch.where(valid, x[..., 0], zero), theta=torch.where(valid, x[..., 1], zero),
                      r=torch.where(valid, r, zero), mask=valid, k=valid.sum(-1),
                      score=torch.where(valid, score, zero))
@@ -196,15 +220,17 @@ def _locate(kind: str, grid_payload: torch.Tensor, grid_mask: torch.Tensor | Non
 def localize(R: torch.Tensor, system: SystemConfig, k: int | torch.Tensor | None, *,
              method: Literal["music", "mvdr"] = "music", refine: bool = True,
              order: Literal["mdl", "threshold"] = "mdl", threshold: float = 0.05,
-             loading: float = 1e-2, step_deg: float = DEFAULT_STEP_DEG,
+             loading: float = 1e-2, step_deg: float | None = None,
              nms_deg: float | None = None, iterations: int = 40) -> Estimates:
     """Localise the sources of every covariance R (B, N, N) of ``system``.
 
     k: the number of sources (oracle), an int or (B,) tensor; None estimates it by
     ``order`` ("mdl" on the eigenvalues, or eigenvalues above ``threshold`` x the largest)
     within [1, k_max]. method: MUSIC (signal subspace of R by eigh) or MVDR with diagonal
-    ``loading`` relative to tr(R)/N. nms_deg: suppression radius of peak picking
-    (default half the system's minimum source separation). Refinement runs in complex128.
+    ``loading`` relative to tr(R)/N. step_deg: grid step; by default 1 deg for MUSIC and
+    2 deg for MVDR, whose grid stage costs O(G N^2) and whose peaks are smooth, about a
+    beam wide. nms_deg: suppression radius of peak picking (default half the system's
+    minimum source separation). Refinement runs in complex128.
 
     Cost per scene: O(N^3) eigh, the grid stage O(G N K) for MUSIC or O(G N^2) for MVDR
     with G = planes x G_phi x G_theta, and O(iterations K N^2) for refinement.
@@ -215,14 +241,14 @@ def localize(R: torch.Tensor, system: SystemConfig, k: int | torch.Tensor | None
         raise ValueError(f"R must be (B, N, N) with N={system.n_elements} but got {tuple(R.shape)=}")
     R = R.to(torch.complex128)
     k_t = _resolve_k(k, R, system, order, threshold)
+    if step_deg is None:
+        step_deg = DEFAULT_STEP_DEG if method == "music" else MVDR_STEP_DEG
     if method == "music":
-        basis, mask = signal_basis_eigh(R, k_t)  # (B, N, K), (B, K)
-        eye = torch.eye(R.shape[-1], dtype=R.dtype, device=R.device)
-        W = eye - basis @ basis.mH  # noise projector; masked columns are zero
-        return _locate("music", basis, mask, W, k_t, system, refine=refine, step_deg=step_deg,
+        basis, mask = signal_basis_eigh(R, k_t)  # (B, N, K), (B, K); masked columns are zero
+        return _locate("music", basis, mask, PeakResidual(basis=basis), k_t, system, refine=refine, step_deg=step_deg,
                        nms_deg=nms_deg, iterations=iterations)
     W = mvdr_whitener(R, loading=loading)
-    return _locate("mvdr", W, None, W, k_t, system, refine=refine, step_deg=step_deg,
+    return _locate("mvdr", W, None, PeakResidual(matrix=W), k_t, system, refine=refine, step_deg=step_deg,
                    nms_deg=nms_deg, iterations=iterations)
 
 
@@ -239,10 +265,8 @@ def localize_factor(F: torch.Tensor, system: SystemConfig, *, refine: bool = Tru
     F = F.detach().to(torch.complex128)
     basis = signal_basis_qr(F)
     k_t = torch.full((F.shape[0],), F.shape[-1], dtype=torch.long, device=F.device)
-    eye = torch.eye(F.shape[1], dtype=F.dtype, device=F.device)
-    W = eye - basis @ basis.mH
-    return _locate("music", basis, None, W, k_t, system, refine=refine, step_deg=step_deg,
+    return _locate("music", basis, None, PeakResidual(basis=basis), k_t, system, refine=refine, step_deg=step_deg,
                    nms_deg=nms_deg, iterations=iterations)
 
 
-__all__ = ["Estimates", "localize", "localize_factor"]
+__all__ = ["Estimates", "MVDR_STEP_DEG", "localize", "localize_factor"]

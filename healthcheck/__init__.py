@@ -1,0 +1,57 @@
+"""healthcheck: catch silent training failures while they happen.
+
+Detectors judge each step of a training loop (loss and its terms, loss weights,
+gradients, parameter updates, learning rates, skipped steps, validation), a policy
+decides what each finding deserves (record, warn, stop, prune), and sinks write it down
+(health.jsonl, the console, W&B, optuna). The quickest start, in a plain PyTorch loop::
+
+    health = healthcheck.TrainingHealth(model, optimizer, run_dir="runs/x")
+    loss.backward(); health.after_backward(loss, terms=terms, weights=weights)
+    optimizer.step(); health.after_step()      # if health.should_stop: break
+
+Importing the package is cheap: names are loaded on first use, and torch, wandb and
+optuna are imported only by the parts that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "HealthEvent": "events", "Severity": "events", "CODES": "events", "HealthLogWriter": "events",
+    "read_events": "events", "codes_table_markdown": "events", "register_code": "events",
+    "StepRecord": "observe", "LiveView": "observe", "MetricsWriter": "observe",
+    "read_records": "observe", "ModuleNorms": "observe", "measure": "observe",
+    "Detector": "detectors", "default_detectors": "detectors",
+    "Policy": "policy", "PolicyError": "policy",
+    "Monitor": "monitor", "judge_records": "monitor",
+    "JsonlSink": "sinks", "ConsoleSink": "sinks", "WandbSink": "sinks", "OptunaSink": "sinks",
+    "TrainingHealth": "hooks.torch_loop", "HealthStop": "hooks.torch_loop",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'healthcheck' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .detectors import Detector, default_detectors
+    from .events import (CODES, HealthEvent, HealthLogWriter, Severity, codes_table_markdown,
+                         read_events, register_code)
+    from .hooks.torch_loop import HealthStop, TrainingHealth
+    from .monitor import Monitor, judge_records
+    from .observe import LiveView, MetricsWriter, ModuleNorms, StepRecord, measure, read_records
+    from .policy import Policy, PolicyError
+    from .sinks import ConsoleSink, JsonlSink, OptunaSink, WandbSink

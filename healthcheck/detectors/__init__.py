@@ -1,0 +1,42 @@
+"""Detectors: one small class per check, grouped by family. See `base` for the contract."""
+
+from __future__ import annotations
+
+from .base import NO_EVENTS, PHASES, Detector, DetectorState
+from .gradients import ExplodingGrad, NoneGrad, NonFiniteGrad, VanishingGrad, ZeroGrad
+from .loss import ConstantLoss, DeadTerm, Divergence, NonFiniteLoss, PrimaryShare, ZeroLoss
+from .outputs import ChanceLevel, CollapsedPredictions, ExpectedRange, SaturatedOutputs
+from .parameters import FrozenParams, NotInOptimizer, UpdateRatio
+from .schedule import InvalidLR, TinyLR, ZeroLR
+from .steps import AmpOverflow, AmpScaleCollapse, SkippedSteps
+from .validation import ValConstant, ValPlateau
+from .weights import PrimaryWeightZero, WeightChanged
+
+
+def default_detectors() -> list[Detector]:
+    """A fresh instance of every detector that needs no run-specific setting.
+
+    Left out: `ChanceLevel` (needs the number of classes) and `ExpectedRange` (needs a
+    declared range).
+    """
+    return [
+        # before the optimizer step: what must stop a step comes first
+        NonFiniteLoss(), PrimaryWeightZero(), InvalidLR(), NonFiniteGrad(),
+        ZeroLoss(), DeadTerm(), PrimaryShare(), WeightChanged(),
+        NoneGrad(), ZeroGrad(), VanishingGrad(), ExplodingGrad(), NotInOptimizer(),
+        ZeroLR(), TinyLR(),
+        # after the step
+        ConstantLoss(), Divergence(), FrozenParams(), UpdateRatio(), SkippedSteps(),
+        AmpOverflow(), AmpScaleCollapse(), SaturatedOutputs(),
+        # epochs and evaluations
+        ValConstant(), ValPlateau(), CollapsedPredictions(),
+    ]
+
+__all__ = [
+    "AmpOverflow", "AmpScaleCollapse", "ChanceLevel", "CollapsedPredictions", "ConstantLoss",
+    "DeadTerm", "Detector", "DetectorState", "Divergence", "ExpectedRange", "ExplodingGrad", "FrozenParams",
+    "InvalidLR", "NO_EVENTS", "NoneGrad", "NonFiniteGrad", "NonFiniteLoss", "NotInOptimizer",
+    "PHASES", "PrimaryShare", "PrimaryWeightZero", "SaturatedOutputs", "SkippedSteps",
+    "TinyLR", "UpdateRatio", "ValConstant", "ValPlateau", "VanishingGrad", "WeightChanged",
+    "ZeroGrad", "ZeroLR", "ZeroLoss", "default_detectors",
+]

@@ -1,0 +1,149 @@
+"""The contract every detector follows.
+
+A detector is one check, ~50 lines: ``__init__`` validates its settings (an error prints
+the bad value), and ``check`` looks at one record and returns the events it finds.
+
+The contract of ``check(record, state, live)``:
+
+* ``record`` (a `StepRecord`) and ``live`` (a `LiveView` or None) are read-only.
+* ``state`` is the object this detector's ``new_state()`` returned. The monitor owns it,
+  keeps one per detector, and hands it back on every call; ``check`` may update it and
+  has no other side effect. So a detector instance holds only settings and can be shared,
+  and the same instance judges a live run and a metrics file (each with its own state).
+* Absent measurements (empty dicts, None) mean "not measured": stay silent, never read
+  them as zero.
+* Return a sequence of `HealthEvent` (an empty tuple when all is well). Returning the same
+  finding on every step is fine: the monitor folds repeats into one event with a count.
+
+Class attributes say where a detector runs:
+
+* ``codes``: the event codes it may emit (all registered in `events.CODES`).
+* ``phases``: a subset of `PHASES`. "after_backward" sees gradients before the optimizer
+  step, so checks that must stop a step (non-finite values, a zero primary weight) run
+  there; "after_step" sees update norms; "epoch" and "eval" see epoch means and validation.
+* ``needs_live``: True if it reads the model or optimizer. Such detectors are skipped when
+  judging a metrics file offline (``monitor.judge_records``), and when no `LiveView` is
+  handed to the monitor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+
+from ..events import CODES, HealthEvent, Severity
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..observe import LiveView, StepRecord
+
+PHASES = ("after_backward", "after_step", "epoch", "eval")
+NO_EVENTS: tuple[HealthEvent, ...] = ()
+
+
+class DetectorState:
+    """A blank per-detector namespace; detectors that keep history subclass it or set
+    attributes in ``new_state``."""
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"{type(self).__name__}({vars(self)})"
+
+
+class Streaks(DetectorState):
+    """Consecutive-hit counters by key: the patience bookkeeping most detectors need."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def bump(self, key: str, hit: bool) -> int:
+        """Count one more consecutive hit for ``key`` (or reset it); return the streak."""
+        n = self.counts[key] = self.counts.get(key, 0) + 1 if hit else 0
+        return n
+
+    def drop(self, key: str) -> None:
+        """Forget ``key`` (it was not judged this time)."""
+        self.counts.pop(key, None)
+
+
+class Detector:
+    """Base class: settings in ``__init__``, one check in ``check``."""
+
+    codes: ClassVar[tuple[str, ...]] = ()
+    phases: ClassVar[frozenset[str]] = frozenset()
+    needs_live: ClassVar[bool] = False
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def new_state(self) -> Any:
+        return DetectorState()
+
+    def check(self, record: "StepRecord", state: Any, live: "LiveView | None") -> Sequence[HealthEvent]:
+        raise NotImplementedError
+
+    def event(self, code: str, record: "StepRecord", *, title: str, detail: str = "",
+              evidence: Mapping[str, float] | None = None, where: str | None = None,
+              severity: "Severity | str | None" = None) -> HealthEvent:
+        """An event stamped with the record's step, epoch, time and rank and the code's
+        default severity and fix text."""
+        info = CODES[code]
+        return HealthEvent(
+            code=code, severity=info.severity if severity is None else severity,
+            step=record.step, epoch=record.epoch, time=record.time, title=title,
+            detail=detail, evidence=dict(evidence or {}), where=where, hint=info.fix,
+            rank=record.rank)
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{self.name}({settings})"
+
+
+# -- argument checks shared by detectors (errors print the bad value) --------------------
+def check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, but got {name}={value!r}")
+    return value
+
+
+def check_float(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
+                lo_open: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, but got {name}={value!r}") from None
+    if not math.isfinite(v) or (lo is not None and (v < lo or (lo_open and v == lo))) or (
+            hi is not None and v > hi):
+        bound = f"{'>' if lo_open else '>='} {lo}" if lo is not None else ""
+        if hi is not None:
+            bound = f"{bound} and <= {hi}" if bound else f"<= {hi}"
+        raise ValueError(f"{name} must be a finite number {bound}, but got {name}={value!r}")
+    return v
+
+
+def finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def fmt(x: float | None) -> str:
+    """Numbers in messages: short, but enough digits to tell 1e-8 from 0."""
+    if x is None:
+        return "n/a"
+    return f"{x:.4g}"
+
+
+def module_items(norms: Mapping[str, float]):
+    """(module, value) pairs of a per-module norm dict, without the global "_total"."""
+    return ((k, v) for k, v in norms.items() if k != "_total")
+
+
+def group_names(names: Sequence[str], owners: Sequence[str]) -> dict[str, list[str]]:
+    """Parameter names grouped by owning submodule, keeping first-seen order."""
+    out: dict[str, list[str]] = {}
+    for n, o in zip(names, owners):
+        out.setdefault(o, []).append(n)
+    return out
+
+
+def name_list(names: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -1,0 +1,279 @@
+"""Checks on the loss value and its named terms.
+
+A loss is the one number training optimises, so when it is mis-wired nothing else looks
+wrong: the run goes on and the curve is just a curve. These checks look at the total and
+at each term with its weight, which is where a mis-wired loss shows first (a zero weight
+on the main term, a term that is always exactly 0, a total that is 0 while terms are not).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..events import HealthEvent
+from ..observe import LiveView, StepRecord
+from .base import NO_EVENTS, Detector, DetectorState, Streaks, check_float, check_int, finite, fmt
+
+
+class NonFiniteLoss(Detector):
+    """The total loss or a term is NaN/inf (``loss.nonfinite``, critical).
+
+    DeepDiagnosis's "numerical errors" symptom and TheDeepChecker's on-training NaN check.
+    Runs after backward, so the monitor can ask for a stop before ``optimizer.step()``
+    writes NaN into the weights; and on eval records (``where`` then starts with "val/").
+    Each non-finite term is named; the total is named only when every term is finite (a
+    weight, not a term, is then the culprit). No threshold: one non-finite value is enough.
+    """
+
+    codes = ("loss.nonfinite",)
+    phases = frozenset({"after_backward", "eval"})
+
+    def check(self, record: StepRecord, state: DetectorState, live: LiveView | None) -> Sequence[HealthEvent]:
+        loss = record.loss
+        bad_terms = [k for k, v in record.terms.items() if not math.isfinite(v)]
+        if not bad_terms and (loss is None or math.isfinite(loss)):
+            return NO_EVENTS
+        prefix = "val/" if record.kind == "eval" else ""
+        out = []
+        for name in bad_terms:
+            value = record.terms[name]
+            out.append(self.event(
+                "loss.nonfinite", record, where=prefix + name,
+                title=f"loss term {name!r} is {value}",
+                detail=(f"Term {name!r} = {value} (weight {fmt(record.weights.get(name))}), "
+                        f"total loss = {fmt(loss)} at step {record.step}."),
+                evidence={"term": value, "loss": math.nan if loss is None else loss}))
+        if not bad_terms:
+            out.append(self.event(
+                "loss.nonfinite", record, where=prefix + "total",
+                title=f"total loss is {loss} while every term is finite",
+                detail=("Every term is finite, so a weight or the way terms are combined "
+                        f"made the total {loss}: weights = {record.weights}."),
+                evidence={"loss": loss}))
+        return out
+
+
+class ZeroLoss(Detector):
+    """The total is 0 (|loss| <= eps) while some weight is > 0 (``loss.zero``, error).
+
+    eps defaults to 0.0, i.e. exactly zero: a float32 loss that is exactly 0 while a term
+    has a positive weight almost always means the terms were never added (catalogue row 1);
+    a loss that is merely tiny can be a perfect fit, so a positive eps is opt-in. Without
+    weights in the record, fires only when the total is 0 while some term is not.
+    """
+
+    codes = ("loss.zero",)
+    phases = frozenset({"after_backward"})
+
+    def __init__(self, eps: float = 0.0) -> None:
+        self.eps = check_float("eps", eps, lo=0.0)
+
+    def check(self, record: StepRecord, state: DetectorState, live: LiveView | None) -> Sequence[HealthEvent]:
+        loss = record.loss
+        if loss is None or not math.isfinite(loss) or abs(loss) > self.eps:
+            return NO_EVENTS
+        positive = {k: w for k, w in record.weights.items() if finite(w) and w > 0}
+        nonzero_terms = {k: v for k, v in record.terms.items() if finite(v) and v != 0}
+        if record.weights and not positive:
+            return NO_EVENTS  # every weight is 0: weights.primary_zero says so with more precision
+        if not record.weights and not nonzero_terms:
+            return NO_EVENTS  # nothing to contradict a genuine zero
+        return (self.event(
+            "loss.zero", record, where="total",
+            title=f"total loss is {fmt(loss)} while {len(positive) or len(nonzero_terms)} "
+                  f"term(s) should contribute",
+            detail=(f"loss = {loss!r}; weights > 0: {positive or 'unknown'}; non-zero terms: "
+                    f"{nonzero_terms or 'none'}. A zero total with positive weights means the "
+                    "weighted terms never reached the back-propagated value."),
+            evidence={"loss": loss, "positive_weights": len(positive),
+                      "nonzero_terms": len(nonzero_terms)}),)
+
+
+@dataclass
+class _ConstantState:
+    ref: float = math.nan
+    count: int = 0
+
+
+class ConstantLoss(Detector):
+    """The training loss is unchanged (relative ``rtol``) for ``window`` steps (``loss.constant``).
+
+    The extreme case of DeepDiagnosis's "loss not decreasing" symptom, and one that needs
+    no threshold tuning. Mini-batches differ, so even a model whose weights never move
+    shows a varying loss; a loss identical to 1e-7 over 20 batches means it no longer
+    depends on parameters or data (a zero weight, a detached output, a batch that never
+    changes). rtol=1e-7 is about one float32 ulp of relative change; 20 steps keep one
+    repeated value from firing.
+    """
+
+    codes = ("loss.constant",)
+    phases = frozenset({"after_step"})
+
+    def __init__(self, window: int = 20, rtol: float = 1e-7) -> None:
+        self.window = check_int("window", window, 2)
+        self.rtol = check_float("rtol", rtol, lo=0.0)
+
+    def new_state(self) -> _ConstantState:
+        return _ConstantState()
+
+    def check(self, record: StepRecord, state: _ConstantState, live: LiveView | None) -> Sequence[HealthEvent]:
+        loss = record.loss
+        if record.kind != "step" or loss is None or not math.isfinite(loss):
+            state.count = 0
+            return NO_EVENTS
+        if state.count and abs(loss - state.ref) <= self.rtol * abs(state.ref):
+            state.count += 1
+        else:
+            state.ref, state.count = loss, 1
+        if state.count < self.window:
+            return NO_EVENTS
+        return (self.event(
+            "loss.constant", record, where="total",
+            title=f"training loss stuck at {fmt(loss)} for {state.count} steps",
+            detail=(f"The loss stayed within rtol={self.rtol:g} of {state.ref!r} for {state.count} "
+                    "consecutive steps although every step sees a different batch."),
+            evidence={"loss": loss, "steps": state.count}),)
+
+
+class DeadTerm(Detector):
+    """A term with weight > 0 is exactly 0 for ``patience`` steps (``loss.dead_term``).
+
+    Exactly 0, not small: a hinge or a masked term may legitimately hit 0 on a few batches,
+    hence 10 consecutive steps before firing. Terms without a recorded weight are skipped.
+    """
+
+    codes = ("loss.dead_term",)
+    phases = frozenset({"after_backward"})
+
+    def __init__(self, patience: int = 10) -> None:
+        self.patience = check_int("patience", patience, 1)
+
+    def new_state(self) -> Streaks:
+        return Streaks()
+
+    def check(self, record: StepRecord, state: Streaks, live: LiveView | None) -> Sequence[HealthEvent]:
+        out = []
+        for name, value in record.terms.items():
+            w = record.weights.get(name)
+            n = state.bump(name, w is not None and finite(w) and w > 0 and value == 0.0)
+            if n >= self.patience:
+                out.append(self.event(
+                    "loss.dead_term", record, where=name,
+                    title=f"loss term {name!r} is exactly 0 for {n} steps (weight {fmt(w)})",
+                    detail=(f"Term {name!r} has weight {w!r} but contributed exactly 0.0 to the "
+                            f"loss on each of the last {n} steps: it carries no gradient."),
+                    evidence={"weight": w, "steps": n}))
+        return out or NO_EVENTS
+
+
+@dataclass
+class _ShareState:
+    count: int = 0
+
+
+class PrimaryShare(Detector):
+    """The primary term's weighted share is below ``min_share`` (``loss.primary_share``).
+
+    share = w_p·|t_p| / Σ w_i·|t_i| over terms with a weight. A zero-loss post-mortem expected the
+    primary term to be 80-90 % of the total; 10 % is a floor far below any healthy mix,
+    and 10 consecutive steps keep one odd batch from firing. Skipped when the primary
+    weight is <= 0 (``weights.primary_zero`` reports that, critically).
+    """
+
+    codes = ("loss.primary_share",)
+    phases = frozenset({"after_backward"})
+
+    def __init__(self, min_share: float = 0.1, patience: int = 10) -> None:
+        self.min_share = check_float("min_share", min_share, lo=0.0, hi=1.0)
+        self.patience = check_int("patience", patience, 1)
+
+    def new_state(self) -> _ShareState:
+        return _ShareState()
+
+    def check(self, record: StepRecord, state: _ShareState, live: LiveView | None) -> Sequence[HealthEvent]:
+        p = record.primary
+        if p is None or p not in record.terms or p not in record.weights:
+            return NO_EVENTS
+        wp = record.weights[p]
+        if not finite(wp) or wp <= 0:
+            state.count = 0
+            return NO_EVENTS
+        parts = {k: record.weights[k] * abs(v) for k, v in record.terms.items()
+                 if k in record.weights and finite(v) and finite(record.weights[k])}
+        total = sum(parts.values())
+        if total <= 0 or p not in parts:
+            return NO_EVENTS
+        share = parts[p] / total
+        state.count = state.count + 1 if share < self.min_share else 0
+        if state.count < self.patience:
+            return NO_EVENTS
+        top = max(parts, key=parts.get)
+        return (self.event(
+            "loss.primary_share", record, where=p,
+            title=f"primary term {p!r} is only {share:.1%} of the weighted loss",
+            detail=(f"Weighted shares: " + ", ".join(f"{k}={v / total:.1%}" for k, v in parts.items())
+                    + f". The largest is {top!r}; below {self.min_share:.0%} for {state.count} steps."),
+            evidence={"share": share, "weight": wp, "term": record.terms[p], "steps": state.count}),)
+
+
+@dataclass
+class _DivergeState:
+    n: int = 0
+    ema: float = math.nan
+    best: float = math.inf
+    first: float = math.nan
+    count: int = 0
+
+
+class Divergence(Detector):
+    """The smoothed loss exceeds ``factor`` × its best value (``loss.diverging``, error).
+
+    The loss is smoothed (EMA, ``beta``=0.9 ≈ 10 steps) so one bad batch is not a
+    divergence; after ``warmup`` steps, the smoothed loss above 10× its running minimum for
+    ``patience`` steps fires (an order of magnitude: catalogue row 14, where 1e25 came
+    before NaN). The reference is floored at ``floor`` × the first loss so a loss that
+    fell to ~0 late in training is not judged by ratios of tiny numbers. Losses that can be
+    <= 0 (log-likelihoods) make the ratio meaningless: the check then stays silent.
+    """
+
+    codes = ("loss.diverging",)
+    phases = frozenset({"after_step"})
+
+    def __init__(self, factor: float = 10.0, warmup: int = 20, patience: int = 3,
+                 beta: float = 0.9, floor: float = 1e-3) -> None:
+        self.factor = check_float("factor", factor, lo=1.0, lo_open=True)
+        self.warmup = check_int("warmup", warmup, 0)
+        self.patience = check_int("patience", patience, 1)
+        self.beta = check_float("beta", beta, lo=0.0, hi=1.0)
+        if self.beta >= 1.0:
+            raise ValueError(f"beta must be < 1 or the average never moves, but got {beta=}")
+        self.floor = check_float("floor", floor, lo=0.0)
+
+    def new_state(self) -> _DivergeState:
+        return _DivergeState()
+
+    def check(self, record: StepRecord, state: _DivergeState, live: LiveView | None) -> Sequence[HealthEvent]:
+        loss = record.loss
+        if record.kind != "step" or loss is None or not math.isfinite(loss):
+            return NO_EVENTS
+        state.n += 1
+        if state.n == 1:
+            state.ema = state.first = loss
+        else:
+            state.ema = self.beta * state.ema + (1.0 - self.beta) * loss
+        ref = max(state.best, self.floor * state.first)
+        diverging = (state.n > self.warmup and ref > 0 and state.first > 0
+                     and state.ema > self.factor * ref)
+        state.best = min(state.best, state.ema)
+        state.count = state.count + 1 if diverging else 0
+        if state.count < self.patience:
+            return NO_EVENTS
+        return (self.event(
+            "loss.diverging", record, where="total",
+            title=f"loss diverging: smoothed {fmt(state.ema)} vs best {fmt(ref)}",
+            detail=(f"The smoothed training loss {state.ema!r} has been above {self.factor:g}x its "
+                    f"best value {ref!r} for {state.count} steps (latest batch loss {loss!r})."),
+            evidence={"loss": loss, "smoothed": state.ema, "best": ref,
+                      "ratio": state.ema / ref, "steps": state.count}),)

@@ -1,0 +1,120 @@
+"""Checks on the learning rate of every optimizer param group, before each step.
+
+A schedule is a formula nobody looks at after writing it: warm-ups that start at exactly
+0, start factors applied to an already small base rate (catalogue row 2), decays below
+any useful value. The learning rate actually in the optimizer, per group and per step,
+is recorded in ``record.lr``; these checks judge it before the step uses it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from ..events import HealthEvent
+from ..observe import LiveView, StepRecord
+from .base import NO_EVENTS, Detector, DetectorState, check_float, check_int
+
+
+@dataclass
+class _GroupCounts:
+    counts: list[int] = field(default_factory=list)
+
+    def bump(self, hits: Sequence[bool]) -> list[int]:
+        if len(self.counts) != len(hits):
+            self.counts = [0] * len(hits)
+        c = self.counts
+        for i, h in enumerate(hits):
+            c[i] = c[i] + 1 if h else 0
+        return c
+
+
+class InvalidLR(Detector):
+    """A group's learning rate is negative or non-finite (``lr.invalid``, critical).
+
+    Immediate: a step with it moves the weights uphill or to NaN.
+    """
+
+    codes = ("lr.invalid",)
+    phases = frozenset({"after_backward"})
+
+    def check(self, record: StepRecord, state: DetectorState, live: LiveView | None) -> Sequence[HealthEvent]:
+        out = []
+        for i, lr in enumerate(record.lr):
+            if math.isfinite(lr) and lr >= 0:
+                continue
+            out.append(self.event(
+                "lr.invalid", record, where=f"group{i}",
+                title=f"learning rate of param group {i} is {lr}",
+                detail=f"Param group {i} has lr = {lr!r} at step {record.step}; all groups: {record.lr}.",
+                evidence={"lr": lr, "group": i}))
+        return out or NO_EVENTS
+
+
+class ZeroLR(Detector):
+    """A group's learning rate is exactly 0 for ``patience`` steps (``lr.zero``).
+
+    patience=2: common linear warm-ups begin at exactly 0 for a single step, which wastes
+    one batch and nothing more; two zero steps in a row is a schedule that sits at 0.
+    """
+
+    codes = ("lr.zero",)
+    phases = frozenset({"after_backward"})
+
+    def __init__(self, patience: int = 2) -> None:
+        self.patience = check_int("patience", patience, 1)
+
+    def new_state(self) -> _GroupCounts:
+        return _GroupCounts()
+
+    def check(self, record: StepRecord, state: _GroupCounts, live: LiveView | None) -> Sequence[HealthEvent]:
+        if not record.lr:
+            return NO_EVENTS
+        counts = state.bump([lr == 0.0 for lr in record.lr])
+        out = []
+        for i, n in enumerate(counts):
+            if n >= self.patience:
+                out.append(self.event(
+                    "lr.zero", record, where=f"group{i}",
+                    title=f"learning rate of param group {i} is 0 for {n} steps",
+                    detail=(f"Param group {i} had lr = 0.0 on each of the last {n} steps: its "
+                            f"parameters cannot move. All groups: {record.lr}."),
+                    evidence={"lr": 0.0, "group": i, "steps": n}))
+        return out or NO_EVENTS
+
+
+class TinyLR(Detector):
+    """A group's learning rate is in (0, ``min_lr``) for ``patience`` steps (``lr.tiny``).
+
+    1e-7 is below the smallest rate at which typical optimizers make measurable progress in
+    float32 weights (Adam moves each weight by ~lr per step; 1e-7 of a weight of order
+    0.01-1 is under or near float32 resolution); catalogue row 2's 1 % of 2e-6 = 2e-8 is
+    caught. 10 steps so the first values of a warm-up from a small start do not fire.
+    """
+
+    codes = ("lr.tiny",)
+    phases = frozenset({"after_backward"})
+
+    def __init__(self, min_lr: float = 1e-7, patience: int = 10) -> None:
+        self.min_lr = check_float("min_lr", min_lr, lo=0.0, lo_open=True)
+        self.patience = check_int("patience", patience, 1)
+
+    def new_state(self) -> _GroupCounts:
+        return _GroupCounts()
+
+    def check(self, record: StepRecord, state: _GroupCounts, live: LiveView | None) -> Sequence[HealthEvent]:
+        if not record.lr:
+            return NO_EVENTS
+        counts = state.bump([0.0 < lr < self.min_lr for lr in record.lr])
+        out = []
+        for i, n in enumerate(counts):
+            if n >= self.patience:
+                lr = record.lr[i]
+                out.append(self.event(
+                    "lr.tiny", record, where=f"group{i}",
+                    title=f"learning rate of param group {i} is only {lr:.2e}",
+                    detail=(f"Param group {i} has had lr < {self.min_lr:g} for {n} steps (now {lr!r}); "
+                            "updates of this size barely change float32 weights."),
+                    evidence={"lr": lr, "group": i, "steps": n}))
+        return out or NO_EVENTS

@@ -1,0 +1,146 @@
+"""Checks that optimizer steps are actually applied: step counters and the AMP scaler.
+
+A loop can see every batch and apply no step: a gate that vetoes steps until every module
+has a gradient (catalogue row 3), an AMP scaler that keeps finding inf and skipping
+(row 4). Nothing crashes; the loss just stays where it was. The signal is the difference
+between batches seen and steps applied, and the scaler's own state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from ..events import HealthEvent, Severity
+from ..observe import LiveView, StepRecord
+from .base import NO_EVENTS, Detector, check_float, check_int
+
+
+@dataclass
+class _CounterState:
+    history: deque = field(default_factory=deque)
+    batches: int = 0  # counters synthesised from record.skipped when the record has none
+    steps: int = 0
+
+
+class SkippedSteps(Detector):
+    """Fewer steps applied than batches seen over ``window`` batches (``steps.skipped``).
+
+    Uses ``steps_taken`` / ``batches_seen``, or counts ``skipped`` flags when the record
+    has no counters. More than ``max_fraction`` (half) of the expected steps missing is a
+    warning; not a single step applied in the window is an error. ``accumulation`` is the
+    number of batches per optimizer step when gradients are accumulated.
+    """
+
+    codes = ("steps.skipped",)
+    phases = frozenset({"after_step"})
+
+    def __init__(self, window: int = 20, max_fraction: float = 0.5, accumulation: int = 1) -> None:
+        self.window = check_int("window", window, 2)
+        self.max_fraction = check_float("max_fraction", max_fraction, lo=0.0, hi=1.0)
+        self.accumulation = check_int("accumulation", accumulation, 1)
+
+    def new_state(self) -> _CounterState:
+        return _CounterState(history=deque(maxlen=self.window + 1))
+
+    def check(self, record: StepRecord, state: _CounterState, live: LiveView | None) -> Sequence[HealthEvent]:
+        if record.kind != "step":
+            return NO_EVENTS
+        b, s = record.batches_seen, record.steps_taken
+        if b is None or s is None:
+            if record.skipped is None:
+                return NO_EVENTS
+            state.batches += 1
+            state.steps += 0 if record.skipped else 1
+            b, s = state.batches, state.steps
+        state.history.append((b, s))
+        b0, s0 = state.history[0]
+        seen, taken = b - b0, s - s0
+        if seen < self.window:
+            return NO_EVENTS
+        expected = seen / self.accumulation
+        missing = max(0.0, 1.0 - taken / expected)
+        if taken > 0 and missing <= self.max_fraction:
+            return NO_EVENTS
+        severity = Severity.ERROR if taken == 0 else None
+        return (self.event(
+            "steps.skipped", record, where="optimizer", severity=severity,
+            title=(f"no optimizer step applied in the last {seen} batches" if taken == 0 else
+                   f"only {taken} of {expected:.0f} expected optimizer steps applied"),
+            detail=(f"Over the last {seen} batches, {taken} optimizer steps were applied "
+                    f"({missing:.0%} missing; accumulation={self.accumulation}). In total "
+                    f"{s} steps for {b} batches."),
+            evidence={"batches": seen, "steps": taken, "missing_fraction": missing}),)
+
+
+@dataclass
+class _OverflowState:
+    flags: deque = field(default_factory=deque)
+    hits: int = 0
+
+
+class AmpOverflow(Detector):
+    """The GradScaler found inf/NaN in more than ``max_fraction`` of the last ``window``
+    steps (``amp.overflow``).
+
+    A healthy scaler overflows about once per growth interval (2000 steps by default) when
+    it probes a larger scale, plus a few times at the start while it calibrates; a fifth of
+    50 steps is far beyond that.
+    """
+
+    codes = ("amp.overflow",)
+    phases = frozenset({"after_step"})
+
+    def __init__(self, window: int = 50, max_fraction: float = 0.2) -> None:
+        self.window = check_int("window", window, 1)
+        self.max_fraction = check_float("max_fraction", max_fraction, lo=0.0, hi=1.0)
+
+    def new_state(self) -> _OverflowState:
+        return _OverflowState(flags=deque(maxlen=self.window))
+
+    def check(self, record: StepRecord, state: _OverflowState, live: LiveView | None) -> Sequence[HealthEvent]:
+        amp = record.amp
+        if record.kind != "step" or amp is None or amp.get("found_inf") is None:
+            return NO_EVENTS
+        hit = bool(amp["found_inf"])
+        if len(state.flags) == self.window:
+            state.hits -= state.flags[0]
+        state.flags.append(hit)
+        state.hits += hit
+        if len(state.flags) < self.window or state.hits <= self.max_fraction * self.window:
+            return NO_EVENTS
+        return (self.event(
+            "amp.overflow", record, where="grad_scaler",
+            title=f"AMP overflow in {state.hits} of the last {self.window} steps",
+            detail=(f"The gradient scaler found inf/NaN gradients and skipped {state.hits} of the last "
+                    f"{self.window} steps; scale now {amp.get('scale')}."),
+            evidence={"overflows": state.hits, "window": self.window,
+                      "scale": math.nan if amp.get("scale") is None else amp["scale"]}),)
+
+
+class AmpScaleCollapse(Detector):
+    """The GradScaler's scale fell below ``min_scale`` (``amp.scale_collapse``, error).
+
+    The scale starts at 2^16 and halves on every overflow; below 1 it no longer scales the
+    loss up at all, which means gradients are non-finite even unscaled, a real NaN source
+    rather than fp16 range. Immediate.
+    """
+
+    codes = ("amp.scale_collapse",)
+    phases = frozenset({"after_step"})
+
+    def __init__(self, min_scale: float = 1.0) -> None:
+        self.min_scale = check_float("min_scale", min_scale, lo=0.0, lo_open=True)
+
+    def check(self, record: StepRecord, state: object, live: LiveView | None) -> Sequence[HealthEvent]:
+        amp = record.amp
+        scale = None if amp is None else amp.get("scale")
+        if scale is None or not (scale < self.min_scale):
+            return NO_EVENTS
+        return (self.event(
+            "amp.scale_collapse", record, where="grad_scaler",
+            title=f"AMP loss scale collapsed to {scale:.3g}",
+            detail=f"The GradScaler scale is {scale!r}, below min_scale={self.min_scale:g}.",
+            evidence={"scale": scale, "min_scale": self.min_scale}),)

@@ -1,0 +1,105 @@
+"""Checks on the validation loss across evaluations.
+
+A validation loss identical to six decimals across epochs (catalogue row 3) says the model
+did not change between evaluations; one that stops improving early (row 7) says the loss
+or the optimisation cannot get lower. Both only show across evaluations, so these checks
+run on ``eval`` records.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..events import HealthEvent
+from ..observe import LiveView, StepRecord
+from .base import NO_EVENTS, Detector, check_float, check_int, fmt
+
+
+@dataclass
+class _RepeatState:
+    ref: float = math.nan
+    count: int = 0
+
+
+class ValConstant(Detector):
+    """The validation loss is unchanged (relative ``rtol``) for ``patience`` evaluations
+    (``val.constant``, error).
+
+    The validation set is fixed, so any change of the weights changes the loss in its low
+    digits; three identical values in a row (SageMaker Debugger's UnchangedTensor also
+    looks at 3 steps) mean the weights did not change. rtol=1e-7 ~ one float32 ulp.
+    """
+
+    codes = ("val.constant",)
+    phases = frozenset({"eval"})
+
+    def __init__(self, patience: int = 3, rtol: float = 1e-7) -> None:
+        self.patience = check_int("patience", patience, 2)
+        self.rtol = check_float("rtol", rtol, lo=0.0)
+
+    def new_state(self) -> _RepeatState:
+        return _RepeatState()
+
+    def check(self, record: StepRecord, state: _RepeatState, live: LiveView | None) -> Sequence[HealthEvent]:
+        loss = record.loss
+        if loss is None or not math.isfinite(loss):
+            return NO_EVENTS
+        if state.count and abs(loss - state.ref) <= self.rtol * abs(state.ref):
+            state.count += 1
+        else:
+            state.ref, state.count = loss, 1
+        if state.count < self.patience:
+            return NO_EVENTS
+        return (self.event(
+            "val.constant", record, where="val",
+            title=f"validation loss identical ({fmt(loss)}) for {state.count} evaluations",
+            detail=(f"The validation loss stayed within rtol={self.rtol:g} of {state.ref!r} for "
+                    f"{state.count} consecutive evaluations (epoch {record.epoch})."),
+            evidence={"val_loss": loss, "evals": state.count}),)
+
+
+@dataclass
+class _PlateauState:
+    best: float = math.inf
+    wait: int = 0
+    evals: int = 0
+
+
+class ValPlateau(Detector):
+    """The validation loss has not improved by ``min_delta`` (relative) for ``patience``
+    evaluations (``val.plateau``, warning).
+
+    Like early stopping's patience, but reported instead of acted on: a plateau at the end
+    of training is convergence, a plateau from the start is a loss that cannot go lower.
+    Relative 1e-3 so improvements in the fourth digit count; 10 evaluations.
+    """
+
+    codes = ("val.plateau",)
+    phases = frozenset({"eval"})
+
+    def __init__(self, patience: int = 10, min_delta: float = 1e-3) -> None:
+        self.patience = check_int("patience", patience, 1)
+        self.min_delta = check_float("min_delta", min_delta, lo=0.0)
+
+    def new_state(self) -> _PlateauState:
+        return _PlateauState()
+
+    def check(self, record: StepRecord, state: _PlateauState, live: LiveView | None) -> Sequence[HealthEvent]:
+        loss = record.loss
+        if loss is None or not math.isfinite(loss):
+            return NO_EVENTS
+        state.evals += 1
+        if state.best == math.inf or loss < state.best - self.min_delta * abs(state.best):
+            state.best, state.wait = loss, 0
+            return NO_EVENTS
+        state.wait += 1
+        if state.wait < self.patience:
+            return NO_EVENTS
+        return (self.event(
+            "val.plateau", record, where="val",
+            title=f"validation loss has not improved for {state.wait} evaluations (best {fmt(state.best)})",
+            detail=(f"Best validation loss {state.best!r}; the last {state.wait} evaluations did not "
+                    f"improve on it by a relative {self.min_delta:g} (latest {loss!r})."),
+            evidence={"val_loss": loss, "best": state.best, "evals": state.wait}),)

@@ -1,0 +1,105 @@
+"""Checks on the loss weights: the effective multiplier of each term at each step.
+
+Weights are set in several places (defaults, a config file, HPO, a curriculum schedule),
+and the last writer wins silently. One zero-loss failure was a primary weight that ended up 0;
+another was a weight jumped mid-run by a curriculum, which made HPO compare trials on
+different objectives. So: the primary weight is checked at every step, before the
+optimizer step, and every change is recorded with its step and its source.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..events import HealthEvent
+from ..observe import LiveView, StepRecord
+from .base import NO_EVENTS, Detector, DetectorState, check_float, fmt
+
+
+class PrimaryWeightZero(Detector):
+    """The primary term's weight is <= 0, non-finite or missing (``weights.primary_zero``).
+
+    Critical and without patience: with a zero primary weight every step optimises the
+    auxiliary terms only, so the first step is already damage (catalogue row 1). Silent
+    when the record names no primary term or carries no weights at all.
+    """
+
+    codes = ("weights.primary_zero",)
+    phases = frozenset({"after_backward"})
+
+    def check(self, record: StepRecord, state: DetectorState, live: LiveView | None) -> Sequence[HealthEvent]:
+        p = record.primary
+        if p is None or not record.weights:
+            return NO_EVENTS
+        w = record.weights.get(p)
+        if w is not None and math.isfinite(w) and w > 0:
+            return NO_EVENTS
+        source = record.weight_sources.get(p, "unknown")
+        if w is None:
+            title = f"primary term {p!r} has no weight"
+            detail = f"The weights recorded are {record.weights}; none is for the primary term {p!r}."
+            evidence = {}
+        else:
+            title = f"primary loss weight {p!r} = {w}"
+            detail = (f"The primary term {p!r} is multiplied by {w!r} (set by: {source}), so it "
+                      "contributes no learning signal; other weights: "
+                      f"{ {k: v for k, v in record.weights.items() if k != p} }.")
+            evidence = {"weight": w}
+        return (self.event("weights.primary_zero", record, where=p, title=title, detail=detail,
+                           evidence=evidence),)
+
+
+@dataclass
+class _PrevState:
+    prev: dict[str, float] | None = None
+
+
+class WeightChanged(Detector):
+    """A weight differs from the previous record's (``weights.changed``, info).
+
+    Every change is its own event (old, new, step and the source the record gives for the
+    weight), never folded into a count: a curriculum jump must be visible where it
+    happened. Changes within relative ``rtol`` are ignored (float round-trips). A weight
+    ramped smoothly every step produces one event per step: silence the code or raise rtol.
+    """
+
+    codes = ("weights.changed",)
+    phases = frozenset({"after_backward"})
+
+    def __init__(self, rtol: float = 1e-9) -> None:
+        self.rtol = check_float("rtol", rtol, lo=0.0)
+
+    def new_state(self) -> _PrevState:
+        return _PrevState()
+
+    def check(self, record: StepRecord, state: _PrevState, live: LiveView | None) -> Sequence[HealthEvent]:
+        now = record.weights
+        if not now:
+            return NO_EVENTS
+        prev = state.prev
+        if prev == now:
+            return NO_EVENTS
+        state.prev = dict(now)  # a copy: the caller may reuse and mutate its dict
+        if prev is None:
+            return NO_EVENTS
+        out = []
+        for name in {**prev, **now}:
+            old, new = prev.get(name, math.nan), now.get(name, math.nan)
+            if _same(old, new, self.rtol):
+                continue
+            source = record.weight_sources.get(name, "unknown")
+            out.append(self.event(
+                "weights.changed", record, where=name,
+                title=f"loss weight {name!r} changed {fmt(old)} → {fmt(new)} (source: {source})",
+                detail=(f"Weight {name!r} was {old!r} and is {new!r} from step {record.step} "
+                        f"(epoch {record.epoch}); set by: {source}."),
+                evidence={"old": old, "new": new}))
+        return out or NO_EVENTS
+
+
+def _same(a: float, b: float, rtol: float) -> bool:
+    if math.isnan(a) and math.isnan(b):
+        return True
+    return a == b or abs(a - b) <= rtol * max(abs(a), abs(b))

@@ -1,0 +1,9 @@
+"""Adapters that feed a training loop's steps to a `Monitor`.
+
+``torch_loop.TrainingHealth`` for hand-written loops; ``lightning.HealthCallback`` for
+Lightning (imports Lightning only when used).
+"""
+
+from .torch_loop import HealthStop, TrainingHealth
+
+__all__ = ["HealthStop", "TrainingHealth"]

@@ -1,0 +1,145 @@
+"""Health checks for a Lightning ``Trainer``: ``Trainer(callbacks=[HealthCallback("runs/x")])``.
+
+Importing this module does not import Lightning; using ``HealthCallback`` does, and
+raises a clear ImportError if neither ``lightning`` nor ``pytorch_lightning`` is installed.
+
+Where each phase is judged:
+
+* ``on_before_backward``: the loss tensor is kept (no sync).
+* ``on_before_optimizer_step``: "after_backward" — gradients are complete (accumulated,
+  and unscaled by Lightning's AMP plugin), the step has not happened.
+* ``on_train_batch_end``: "after_step" for batches that ended with an optimizer step.
+* ``on_train_epoch_end``: "epoch"; ``on_validation_epoch_end``: "eval", reading the
+  validation loss from ``trainer.callback_metrics[val_loss_key]``.
+
+Loss terms and weights: a LightningModule may set ``self.health_terms`` /
+``self.health_weights`` (dicts, tensors allowed) in ``training_step``; they are read at
+the next optimizer step. A stop sets ``trainer.should_stop`` (any rank stopping stops all).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+_MISSING = ("HealthCallback needs Lightning: `pip install lightning` (or pytorch-lightning); "
+            "healthcheck itself does not depend on it")
+
+
+def _callback_base() -> type:
+    try:
+        from lightning.pytorch import Callback
+    except ImportError:
+        try:
+            from pytorch_lightning import Callback
+        except ImportError:
+            raise ImportError(_MISSING) from None
+    return Callback
+
+
+def _build() -> type:
+    from .torch_loop import TrainingHealth
+
+    class HealthCallback(_callback_base()):
+        """Runs a `TrainingHealth` inside a Lightning fit. Arguments as for `TrainingHealth`,
+        plus ``val_loss_key`` and the names of the module attributes carrying terms and
+        weights. Only rank 0 writes files and prints."""
+
+        def __init__(self, run_dir: str | os.PathLike | None = None, *, val_loss_key: str = "val_loss",
+                     terms_attr: str = "health_terms", weights_attr: str = "health_weights",
+                     **health_kwargs: Any) -> None:
+            super().__init__()
+            self.run_dir = run_dir
+            self.val_loss_key = val_loss_key
+            self.terms_attr = terms_attr
+            self.weights_attr = weights_attr
+            self.health_kwargs = health_kwargs
+            self.health: TrainingHealth | None = None
+            self._loss: Any = None
+            self._backwards = 0
+
+        def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+            """Called when fit begins: optimizers exist now."""
+            if not trainer.optimizers:
+                raise RuntimeError("HealthCallback needs an optimizer; configure_optimizers returned none")
+            rank0 = trainer.global_rank == 0
+            kwargs = dict(self.health_kwargs)
+            if not rank0:
+                kwargs["sinks"] = []
+            kwargs.setdefault("scaler", getattr(trainer.precision_plugin, "scaler", None))
+            self.health = TrainingHealth(pl_module, trainer.optimizers[0],
+                                         self.run_dir if rank0 else None, rank=trainer.global_rank,
+                                         **kwargs)
+
+        def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
+            """Called before loss.backward(): keep the loss (detached, no sync)."""
+            self._loss = loss.detach()
+
+        def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
+            """Called after loss.backward(): count accumulated batches."""
+            self._backwards += 1
+
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            """Called before optimizer.step(): judge gradients while a stop can still help."""
+            if self.health is None or self._loss is None:
+                return
+            self.health.after_backward(
+                self._loss, terms=getattr(pl_module, self.terms_attr, None),
+                weights=getattr(pl_module, self.weights_attr, None), batches=max(self._backwards, 1))
+            self._backwards = 0
+            self._sync_stop(trainer)
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                               batch_idx: int) -> None:
+            """Called after the batch (and its optimizer step, if it had one)."""
+            if self.health is not None and self.health._pending is not None:
+                self.health.after_step()
+                self._sync_stop(trainer)
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            """Called at the end of each training epoch."""
+            if self.health is not None:
+                self.health.end_epoch()
+                self._sync_stop(trainer)
+
+        def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            """Called after validation; skipped during the sanity check."""
+            if self.health is None or trainer.sanity_checking:
+                return
+            metrics = trainer.callback_metrics
+            val = metrics.get(self.val_loss_key)
+            if val is None:
+                return
+            extra = {k: v for k, v in metrics.items() if k != self.val_loss_key and k.startswith("val")}
+            self.health.evaluate(val, metrics=extra)
+            self._sync_stop(trainer)
+
+        def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+            """Called when fit ends: write the summary and close files."""
+            if self.health is not None:
+                self.health.close()
+
+        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+            """Called when fit raises: still close the files cleanly."""
+            if self.health is not None:
+                self.health.close()
+
+        def _sync_stop(self, trainer: Any) -> None:
+            stop = bool(self.health is not None and self.health.should_stop)
+            if trainer.world_size > 1:
+                stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            if stop:
+                trainer.should_stop = True
+
+    return HealthCallback
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HealthCallback":
+        cls = _build()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["HealthCallback"]

@@ -1,0 +1,284 @@
+"""Health checks for a plain PyTorch loop, in three lines.
+
+```python
+health = healthcheck.TrainingHealth(model, optimizer, run_dir="runs/x")
+for x, y in loader:
+    optimizer.zero_grad()
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    health.after_backward(loss, terms={...}, weights={...}, primary="mse")
+    optimizer.step()
+    health.after_step()
+    if health.should_stop:
+        break
+health.close()                    # or: with TrainingHealth(...) as health: ...
+```
+
+`TrainingHealth` measures what the detectors read (per-module gradient, update and
+parameter norms, with one host sync per phase), writes metrics.jsonl and health.jsonl in
+``run_dir``, and runs a `Monitor`. When the policy asks for a stop at ``after_backward``
+(a NaN gradient, a zero primary weight), the gradients are set to None, so the
+``optimizer.step()`` that may still follow changes nothing (optimizers skip parameters
+without a gradient); the step is then recorded as skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from ..events import HealthEvent
+from ..monitor import Monitor
+from ..observe import LiveView, MetricsWriter, ModuleNorms, StepRecord
+from ..sinks import default_sinks
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ..detectors import Detector
+    from ..policy import Policy
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class HealthStop(RuntimeError):
+    """Raised by `TrainingHealth` with ``raise_on_stop=True`` when the policy stops the run."""
+
+    def __init__(self, event: HealthEvent) -> None:
+        super().__init__(event.line())
+        self.event = event
+
+
+def _floats(values: Sequence[Any]) -> list[float]:
+    """Python floats from a mix of numbers and tensors, with one host sync for the tensors."""
+    tensors = [v for v in values if hasattr(v, "detach")]
+    if not tensors:
+        return [float(v) for v in values]
+    import torch
+
+    dev = tensors[0].device
+    read = iter(torch.stack([t.detach().reshape(()).to(dev, torch.float64) for t in tensors]).tolist())
+    return [next(read) if hasattr(v, "detach") else float(v) for v in values]
+
+
+class TrainingHealth:
+    """Monitor a hand-written training loop. See the module docstring for the three calls.
+
+    Args:
+        model, optimizer: what is trained (one optimizer).
+        run_dir: where metrics.jsonl and health.jsonl are appended; None writes no files.
+        detectors, policy, every, context: passed to `Monitor`.
+        sinks: replace the default sinks (health.jsonl in run_dir, the console).
+        extra_sinks: added to the default sinks (e.g. ``WandbSink()``).
+        console: print warnings and stops (default sinks only).
+        primary: name of the primary loss term, if not given per call.
+        scaler: a ``torch.amp.GradScaler``: gradients are unscaled at after_backward (so the
+            norms are true norms; ``scaler.step`` then does not unscale again), and a step
+            whose scale dropped is recorded as skipped with ``found_inf``.
+        track_updates: measure ‖Δθ‖ (costs one copy of the trainable parameters).
+        guard: on a stop at after_backward, set gradients to None so the step is a no-op.
+        raise_on_stop: raise `HealthStop` instead of only setting ``should_stop``.
+    """
+
+    def __init__(self, model: "torch.nn.Module", optimizer: "torch.optim.Optimizer",
+                 run_dir: str | os.PathLike | None = None, *,
+                 detectors: "Iterable[Detector] | None" = None, policy: "Policy | None" = None,
+                 context: str = "train", every: int | Mapping[str, int] = 1,
+                 sinks: Iterable[Any] | None = None, extra_sinks: Iterable[Any] = (),
+                 console: bool = True, primary: str | None = None, scaler: Any = None,
+                 track_updates: bool = True, guard: bool = True, raise_on_stop: bool = False,
+                 rank: int = 0) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.run_dir = None if run_dir is None else os.fspath(run_dir)
+        self.primary = primary
+        self.scaler = scaler
+        self.guard = guard
+        self.raise_on_stop = raise_on_stop
+        self.rank = rank
+        self.live = LiveView(model, optimizer)
+        self.norms = ModuleNorms(model, track_updates=track_updates)
+        chosen = (default_sinks(self.run_dir, console=console) if sinks is None else list(sinks))
+        chosen += list(extra_sinks)
+        self.monitor = Monitor(detectors, policy, chosen, every=every, context=context)
+        self.metrics = None if self.run_dir is None else MetricsWriter(os.path.join(self.run_dir, METRICS_FILE))
+        self.epoch = 0
+        self.batches_seen = 0
+        self.steps_taken = 0
+        self._pending: StepRecord | None = None
+        self._guarded = False
+        self._scale_before: float | None = None
+        self._epoch_sum = 0.0
+        self._epoch_terms: dict[str, float] = {}
+        self._epoch_n = 0
+
+    # -- the three calls ----------------------------------------------------------------
+    def after_backward(self, loss: Any, terms: Mapping[str, Any] | None = None,
+                       weights: Mapping[str, Any] | None = None, *, primary: str | None = None,
+                       weight_sources: Mapping[str, str] | None = None,
+                       metrics: Mapping[str, Any] | None = None, batches: int = 1) -> Sequence[HealthEvent]:
+        """Call after ``loss.backward()``, before ``optimizer.step()``. ``terms`` are the
+        unweighted loss terms, ``weights`` their effective weights; ``batches`` is how many
+        batches this step accumulated."""
+        if self._pending is not None:  # after_step was not called for the previous batch
+            self._finish(skipped=True)
+        terms = dict(terms or {})
+        weights = dict(weights or {})
+        metrics = dict(metrics or {})
+        values = _floats([loss, *terms.values(), *weights.values(), *metrics.values()])
+        it = iter(values)
+        loss_f = next(it)
+        terms_f, weights_f, metrics_f = ({k: next(it) for k in d} for d in (terms, weights, metrics))
+        amp = None
+        if self.scaler is not None and self.scaler.is_enabled():
+            try:
+                self.scaler.unscale_(self.optimizer)
+            except RuntimeError:
+                pass  # already unscaled by the loop (e.g. for clipping)
+            self._scale_before = float(self.scaler.get_scale())
+            amp = {"scale": self._scale_before, "found_inf": None}
+        step = self.batches_seen
+        self.batches_seen += batches
+        record = StepRecord(
+            kind="step", step=step, epoch=self.epoch, loss=loss_f,
+            terms=terms_f, weights=weights_f,
+            weight_sources=dict(weight_sources or {}), primary=primary or self.primary,
+            lr=[float(g["lr"]) for g in self.optimizer.param_groups],
+            grad_norm=self._grad_norms(step), amp=amp, steps_taken=self.steps_taken,
+            batches_seen=self.batches_seen, metrics=metrics_f, rank=self.rank)
+        self._pending = record
+        self.norms.snapshot()
+        events = self.monitor.observe(record, "after_backward", self.live)
+        if self.monitor.should_stop and self.guard:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._guarded = True
+        self._raise_if_stopped()
+        return events
+
+    def after_step(self, skipped: bool | None = None) -> Sequence[HealthEvent]:
+        """Call after ``optimizer.step()`` (and ``scaler.update()``). ``skipped``: the loop
+        knows the step was not applied; by default it is inferred (guard, AMP scale drop)."""
+        if self._pending is None:
+            raise RuntimeError("after_step() needs a preceding after_backward() for this batch")
+        events = self._finish(skipped)
+        self._raise_if_stopped()
+        return events
+
+    def end_epoch(self, loss: Any = None, terms: Mapping[str, Any] | None = None,
+                  metrics: Mapping[str, Any] | None = None) -> Sequence[HealthEvent]:
+        """Close the epoch: an epoch record (mean step loss unless given) is judged and written."""
+        if self._pending is not None:
+            self._finish(skipped=True)
+        if loss is None:  # the mean of this epoch's finite step losses
+            n = self._epoch_n
+            loss_f = self._epoch_sum / n if n else None
+            terms_f = {k: v / n for k, v in self._epoch_terms.items()} if n else {}
+        else:
+            loss_f, terms_f = _floats([loss])[0], {}
+        if terms is not None:
+            t = dict(terms)
+            terms_f = dict(zip(t, _floats(list(t.values()))))
+        m = dict(metrics or {})
+        record = StepRecord(
+            kind="epoch", step=self.batches_seen, epoch=self.epoch, loss=loss_f, terms=terms_f,
+            lr=[float(g["lr"]) for g in self.optimizer.param_groups], steps_taken=self.steps_taken,
+            batches_seen=self.batches_seen, metrics=dict(zip(m, _floats(list(m.values())))),
+            rank=self.rank)
+        events = self.monitor.observe(record, "epoch", self.live)
+        self._write(record)
+        self.epoch += 1
+        self._epoch_sum, self._epoch_terms, self._epoch_n = 0.0, {}, 0
+        self._raise_if_stopped()
+        return events
+
+    def evaluate(self, loss: Any, terms: Mapping[str, Any] | None = None,
+                 metrics: Mapping[str, Any] | None = None) -> Sequence[HealthEvent]:
+        """Report a validation result (loss and optional terms / metrics)."""
+        t, m = dict(terms or {}), dict(metrics or {})
+        vals = _floats([loss, *t.values(), *m.values()])
+        record = StepRecord(
+            kind="eval", step=self.batches_seen, epoch=self.epoch, loss=vals[0],
+            terms=dict(zip(t, vals[1:1 + len(t)])), metrics=dict(zip(m, vals[1 + len(t):])),
+            rank=self.rank)
+        events = self.monitor.observe(record, "eval", self.live)
+        self._write(record)
+        self._raise_if_stopped()
+        return events
+
+    # -- state --------------------------------------------------------------------------
+    @property
+    def should_stop(self) -> bool:
+        return self.monitor.should_stop
+
+    @property
+    def should_prune(self) -> bool:
+        return self.monitor.should_prune
+
+    @property
+    def stop_reason(self) -> HealthEvent | None:
+        return self.monitor.stop_reason
+
+    @property
+    def stop_message(self) -> str | None:
+        return self.monitor.stop_message
+
+    def summary(self) -> dict[str, Any]:
+        return self.monitor.summary()
+
+    def close(self) -> dict[str, Any]:
+        """Write what is pending, the monitor's summary, and close the files. Idempotent."""
+        if self._pending is not None:
+            self._finish(skipped=True)
+        summary = self.monitor.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        return summary
+
+    def __enter__(self) -> "TrainingHealth":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------
+    def _finish(self, skipped: bool | None) -> Sequence[HealthEvent]:
+        record, self._pending = self._pending, None
+        assert record is not None
+        found_inf = None
+        if self._scale_before is not None and self.scaler is not None:
+            scale_after = float(self.scaler.get_scale())
+            found_inf = scale_after < self._scale_before
+            record.amp = {"scale": scale_after, "found_inf": found_inf}
+            self._scale_before = None
+        if skipped is None:
+            skipped = self._guarded or bool(found_inf)
+        self._guarded = False
+        updates, params = self.norms.after_step()
+        record.update_norm, record.param_norm = updates, params
+        record.skipped = skipped
+        if not skipped:
+            self.steps_taken += 1
+        record.steps_taken = self.steps_taken
+        if record.loss is not None and math.isfinite(record.loss):
+            self._epoch_sum += record.loss
+            self._epoch_n += 1
+            for k, v in record.terms.items():
+                self._epoch_terms[k] = self._epoch_terms.get(k, 0.0) + v
+        events = self.monitor.observe(record, "after_step", self.live)
+        self._write(record)
+        return events
+
+    def _grad_norms(self, step: int) -> dict[str, float]:
+        # per-parameter norms once, shared by the module norms and the live detectors
+        self.live.begin("after_backward", step)
+        stats = self.live.param_grad_stats()
+        return self.norms.grad_norms(stats.norms if stats.names == self.norms.names else None)
+
+    def _write(self, record: StepRecord) -> None:
+        if self.metrics is not None:
+            self.metrics.write(record)
+
+    def _raise_if_stopped(self) -> None:
+        if self.raise_on_stop and self.monitor.should_stop and self.monitor.stop_reason is not None:
+            raise HealthStop(self.monitor.stop_reason)

@@ -1,0 +1,323 @@
+"""Every detector: one injected fault that must fire (expected code and place), and a healthy
+run that must stay silent. Detectors are called directly with fake records, the way the
+monitor calls them; the live-view detectors get a real tiny model."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+import healthcheck.detectors as D
+from healthcheck.events import CODES, Severity
+from healthcheck.observe import LiveView
+from hc_fakes import codes_where, healthy_eval, healthy_step, run
+
+HEALTHY_STEPS = [healthy_step(i) for i in range(200)]
+HEALTHY_EVALS = [healthy_eval(e) for e in range(25)]
+HEALTHY = HEALTHY_STEPS + HEALTHY_EVALS
+
+
+def steps(n, start=0, **over):
+    return [healthy_step(i, **over) for i in range(start, start + n)]
+
+
+def with_grad(rec, **norms):
+    g = {**rec.grad_norm, **norms}
+    return replace(rec, grad_norm=g)
+
+
+# detector factory, records with the fault, expected (code, where) pairs among the events
+FAULTS = {
+    "NonFiniteLoss": (D.NonFiniteLoss, steps(5) + [healthy_step(5, terms={"mse": math.nan, "reg": 0.2},
+                                                                loss=math.nan)],
+                      {("loss.nonfinite", "mse")}),
+    "ZeroLoss": (D.ZeroLoss, steps(3) + [healthy_step(3, loss=0.0)], {("loss.zero", "total")}),
+    "ConstantLoss": (D.ConstantLoss, steps(25, loss=0.4242), {("loss.constant", "total")}),
+    "DeadTerm": (D.DeadTerm, [healthy_step(i, terms={"mse": 1.0, "reg": 0.0}) for i in range(12)],
+                 {("loss.dead_term", "reg")}),
+    "PrimaryShare": (D.PrimaryShare, steps(12, weights={"mse": 1e-3, "reg": 10.0}),
+                     {("loss.primary_share", "mse")}),
+    "Divergence": (D.Divergence, steps(40) + [healthy_step(i, loss=1e3 * (i - 39)) for i in range(40, 50)],
+                   {("loss.diverging", "total")}),
+    "PrimaryWeightZero": (D.PrimaryWeightZero, [healthy_step(0, weights={"mse": 0.0, "reg": 0.1})],
+                          {("weights.primary_zero", "mse")}),
+    "WeightChanged": (D.WeightChanged, steps(10) + steps(5, start=10, weights={"mse": 1.0, "reg": 0.7},
+                                                          weight_sources={"reg": "schedule"}),
+                      {("weights.changed", "reg")}),
+    "NonFiniteGrad": (D.NonFiniteGrad, steps(3) + [with_grad(healthy_step(3), encoder=math.nan, _total=math.nan)],
+                      {("grad.nonfinite", "encoder")}),
+    "ZeroGrad": (D.ZeroGrad, [with_grad(r, head=0.0) for r in steps(6)], {("grad.zero", "head")}),
+    "VanishingGrad": (D.VanishingGrad, [with_grad(r, encoder=1e-9) for r in steps(6)],
+                      {("grad.vanishing", "encoder")}),
+    "ExplodingGrad": (D.ExplodingGrad, steps(20) + [with_grad(healthy_step(20), head=900.0, _total=900.0)],
+                      {("grad.exploding", "head")}),
+    "FrozenParams": (D.FrozenParams, steps(6, update_norm={"encoder": 1e-3, "head": 0.0}),
+                     {("param.frozen", "head")}),
+    "UpdateRatio": (D.UpdateRatio, steps(25, update_norm={"encoder": 1e-7, "head": 1e-3}),
+                    {("param.update_ratio", "encoder")}),
+    "InvalidLR": (D.InvalidLR, [healthy_step(0, lr=[-1e-3, 1e-3])], {("lr.invalid", "group0")}),
+    "ZeroLR": (D.ZeroLR, steps(3, lr=[0.0, 1e-3]), {("lr.zero", "group0")}),
+    "TinyLR": (D.TinyLR, steps(12, lr=[1e-3, 2e-8]), {("lr.tiny", "group1")}),
+    "SkippedSteps": (D.SkippedSteps, [healthy_step(i, steps_taken=0) for i in range(25)],
+                     {("steps.skipped", "optimizer")}),
+    "AmpOverflow": (D.AmpOverflow, [healthy_step(i, amp={"scale": 1024.0, "found_inf": i % 2 == 0})
+                                    for i in range(60)], {("amp.overflow", "grad_scaler")}),
+    "AmpScaleCollapse": (D.AmpScaleCollapse, [healthy_step(0, amp={"scale": 0.25, "found_inf": True})],
+                         {("amp.scale_collapse", "grad_scaler")}),
+    "ValConstant": (D.ValConstant, [healthy_eval(e, loss=0.4321) for e in range(4)], {("val.constant", "val")}),
+    "ValPlateau": (D.ValPlateau, HEALTHY_EVALS[:5] + [healthy_eval(e, loss=0.6) for e in range(5, 17)],
+                   {("val.plateau", "val")}),
+    "ChanceLevel": (lambda: D.ChanceLevel(num_classes=10),
+                    [healthy_eval(e, loss=math.log(10) + 0.01) for e in range(4)], {("loss.chance_level", "val")}),
+    "CollapsedPredictions": (D.CollapsedPredictions,
+                             [healthy_eval(e, metrics={"pred_top_share": 0.99}) for e in range(4)],
+                             {("output.collapsed", "pred_top_share")}),
+    "SaturatedOutputs": (D.SaturatedOutputs, steps(4, metrics={"range_at_bound": 0.28}),
+                         {("output.saturated", "range")}),
+    "ExpectedRange": (lambda: D.ExpectedRange("loss", 0.0, 10.0, first_steps=1), [healthy_step(0, loss=1e25)],
+                      {("value.out_of_range", "loss")}),
+}
+
+# detectors that need a live model are tested below with one
+LIVE_ONLY = {"NoneGrad", "NotInOptimizer"}
+
+
+def all_detector_classes():
+    return {name for name, obj in vars(D).items()
+            if inspect.isclass(obj) and issubclass(obj, D.Detector) and obj is not D.Detector}
+
+
+def test_every_detector_has_a_fault_test():
+    assert all_detector_classes() == set(FAULTS) | LIVE_ONLY
+
+
+def test_every_code_is_emitted_by_some_detector():
+    emitted = {c for name in all_detector_classes() for c in getattr(D, name).codes}
+    assert emitted <= set(CODES)
+    assert {c for c in CODES if not c.startswith("monitor.")} == emitted
+
+
+@pytest.mark.parametrize("name", sorted(FAULTS))
+def test_fault_fires_with_code_and_place(name):
+    factory, records, expected = FAULTS[name]
+    events = run(factory(), records)
+    assert expected <= codes_where(events), [e.line() for e in events]
+    for e in events:
+        assert e.code in factory().codes
+        assert e.hint == CODES[e.code].fix and e.title
+
+
+@pytest.mark.parametrize("name", sorted(FAULTS))
+def test_healthy_run_is_silent(name):
+    factory, _, _ = FAULTS[name]
+    assert run(factory(), HEALTHY) == []
+
+
+# -- finer points of single detectors ---------------------------------------------------
+def test_nonfinite_loss_names_total_only_when_terms_are_finite():
+    events = run(D.NonFiniteLoss(), [healthy_step(0, loss=math.inf)])
+    assert codes_where(events) == {("loss.nonfinite", "total")}
+    events = run(D.NonFiniteLoss(), [healthy_eval(0, loss=math.nan)])
+    assert codes_where(events) == {("loss.nonfinite", "val/total")}
+
+
+def test_zero_loss_defers_to_primary_weight_when_every_weight_is_zero():
+    assert run(D.ZeroLoss(), [healthy_step(0, loss=0.0, weights={"mse": 0.0, "reg": 0.0})]) == []
+    # no weights recorded: a zero total only contradicts non-zero terms
+    assert run(D.ZeroLoss(), [healthy_step(0, loss=0.0, weights={}, terms={})]) == []
+    assert run(D.ZeroLoss(), [healthy_step(0, loss=0.0, weights={})]) != []
+
+
+def test_dead_term_ignores_zero_weight_terms():
+    recs = [healthy_step(i, terms={"mse": 1.0, "reg": 0.0}, weights={"mse": 1.0, "reg": 0.0}) for i in range(20)]
+    assert run(D.DeadTerm(), recs) == []
+
+
+def test_primary_share_evidence_is_the_weighted_share():
+    rec = healthy_step(0, weights={"mse": 1e-3, "reg": 10.0})
+    (event,) = run(D.PrimaryShare(patience=1), [rec])
+    wm, wr = 1e-3 * abs(rec.terms["mse"]), 10.0 * abs(rec.terms["reg"])
+    assert event.evidence["share"] == pytest.approx(wm / (wm + wr))
+
+
+def test_divergence_ignores_single_spikes():
+    recs = [healthy_step(i, loss=20 * healthy_step(i).loss) if i % 25 == 24 else healthy_step(i) for i in range(200)]
+    assert run(D.Divergence(), recs) == []
+
+
+def test_primary_weight_zero_fires_on_the_first_record_and_when_missing():
+    events = run(D.PrimaryWeightZero(), [healthy_step(0, weights={"reg": 0.1})])
+    assert codes_where(events) == {("weights.primary_zero", "mse")}
+    assert events[0].severity is Severity.CRITICAL and events[0].step == 0
+
+
+def test_weight_change_records_old_new_and_source():
+    _, records, _ = FAULTS["WeightChanged"]
+    (event,) = run(D.WeightChanged(), records)
+    assert (event.evidence["old"], event.evidence["new"], event.step) == (0.1, 0.7, 10)
+    assert "schedule" in event.title
+
+
+def test_nonfinite_grad_defers_to_the_amp_scaler():
+    rec = with_grad(healthy_step(0, amp={"scale": 1024.0, "found_inf": True}), encoder=math.inf)
+    assert run(D.NonFiniteGrad(), [rec]) == []
+
+
+def test_vanishing_first_to_last_ratio():
+    recs = [with_grad(r, encoder=1e-5, head=1.0) for r in steps(6)]
+    events = run(D.VanishingGrad(), recs)
+    assert ("grad.vanishing", "encoder") in codes_where(events)
+    assert any(e.evidence.get("ratio") == pytest.approx(1e-5) for e in events)
+
+
+def test_exploding_first_to_last_ratio():
+    recs = [with_grad(r, encoder=2000.0, head=1.0) for r in steps(6)]
+    assert ("grad.exploding", "encoder") in codes_where(run(D.ExplodingGrad(), recs))
+
+
+def test_frozen_ignores_skipped_steps():
+    recs = steps(10, update_norm={"encoder": 0.0, "head": 0.0}, skipped=True)
+    assert run(D.FrozenParams(), recs) == []
+
+
+def test_update_ratio_too_large():
+    recs = steps(25, update_norm={"encoder": 1e-3, "head": 3.0})
+    events = run(D.UpdateRatio(), recs)
+    assert ("param.update_ratio", "head") in codes_where(events)
+    assert events[0].evidence["ratio"] == pytest.approx(3.0 / 1.5)
+
+
+def test_zero_lr_for_one_warmup_step_is_silent():
+    recs = [healthy_step(0, lr=[0.0, 0.0])] + steps(10, start=1)
+    assert run(D.ZeroLR(), recs) == []
+
+
+def test_skipped_steps_partial_is_warning_none_is_error():
+    none = run(D.SkippedSteps(), FAULTS["SkippedSteps"][1])
+    assert {e.severity for e in none} == {Severity.ERROR}
+    partial = [healthy_step(i, steps_taken=i // 3) for i in range(30)]
+    events = run(D.SkippedSteps(), partial)
+    assert events and {e.severity for e in events} == {Severity.WARNING}
+    accumulated = [healthy_step(i, steps_taken=(i + 1) // 4) for i in range(40)]
+    assert run(D.SkippedSteps(accumulation=4), accumulated) == []
+
+
+def test_skipped_steps_from_flags_without_counters():
+    recs = [healthy_step(i, steps_taken=None, batches_seen=None, skipped=True) for i in range(25)]
+    assert codes_where(run(D.SkippedSteps(), recs)) == {("steps.skipped", "optimizer")}
+
+
+def test_amp_occasional_overflow_is_silent():
+    recs = [healthy_step(i, amp={"scale": 2.0 ** 16, "found_inf": i == 3}) for i in range(100)]
+    assert run(D.AmpOverflow(), recs) == []
+
+
+def test_expected_range_on_a_metric_and_only_first_steps():
+    det = D.ExpectedRange("cov_norm_ratio", 0.1, 10.0)
+    events = run(det, [healthy_step(0, metrics={"cov_norm_ratio": 1.0}), healthy_step(1, metrics={"cov_norm_ratio": 2e-6})])
+    assert [(e.code, e.where, e.step) for e in events] == [("value.out_of_range", "cov_norm_ratio", 1)]
+    late = [healthy_step(0), healthy_step(1, loss=1e25)]
+    assert run(D.ExpectedRange("loss", high=10.0, first_steps=1), late) == []
+    with pytest.raises(ValueError, match="low=5.0 and high=1.0"):
+        D.ExpectedRange("loss", 5.0, 1.0)
+
+
+def test_val_plateau_needs_patience():
+    recs = HEALTHY_EVALS[:5] + [healthy_eval(e, loss=0.6) for e in range(5, 12)]
+    assert run(D.ValPlateau(), recs) == []
+
+
+@pytest.mark.parametrize("factory, message", [
+    (lambda: D.ConstantLoss(window=1), "window=1"),
+    (lambda: D.DeadTerm(patience=0), "patience=0"),
+    (lambda: D.PrimaryShare(min_share=1.5), "min_share=1.5"),
+    (lambda: D.Divergence(factor=0.5), "factor=0.5"),
+    (lambda: D.UpdateRatio(low=1.0, high=0.5), "low=1.0"),
+    (lambda: D.TinyLR(min_lr=-1), "min_lr=-1"),
+    (lambda: D.ChanceLevel(num_classes=1), "num_classes=1"),
+    (lambda: D.SkippedSteps(window="20"), "window='20'"),
+])
+def test_bad_settings_name_the_value(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory()
+
+
+# -- live-view detectors with a real model -----------------------------------------------
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(4, 8), nn.Tanh())
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x, mode="ok"):
+        h = self.encoder(x)
+        if mode == "detached_head":
+            return self.head(h).detach() + h.sum(dim=1, keepdim=True)
+        if mode == "clamped":
+            return torch.clamp(self.head(h), min=1e6) + h.sum(dim=1, keepdim=True)
+        return self.head(h)
+
+
+def live_steps(det, mode, n=6, optimizer_params=None):
+    torch.manual_seed(0)
+    net = Net()
+    opt = torch.optim.SGD(net.parameters() if optimizer_params is None else optimizer_params(net), lr=0.1)
+    live = LiveView(net, opt)
+    state, events = det.new_state(), []
+    for i in range(n):
+        opt.zero_grad(set_to_none=True)
+        net(torch.randn(5, 4), mode).pow(2).mean().backward()
+        live.begin("after_backward", i)
+        events.extend(det.check(healthy_step(i), state, live))
+    return events
+
+
+def test_none_grad_names_the_detached_module():
+    events = live_steps(D.NoneGrad(), "detached_head")
+    assert codes_where(events) == {("grad.none", "head")}
+    assert "head.weight" in events[0].detail and "head.bias" in events[0].detail
+    assert live_steps(D.NoneGrad(), "ok") == []
+
+
+def test_zero_grad_live_names_the_clamped_module():
+    events = live_steps(D.ZeroGrad(), "clamped")
+    assert codes_where(events) == {("grad.zero", "head")}
+    assert live_steps(D.ZeroGrad(), "ok") == []
+
+
+def test_not_in_optimizer_fires_once_at_start():
+    events = live_steps(D.NotInOptimizer(), "ok", optimizer_params=lambda net: net.encoder.parameters())
+    assert codes_where(events) == {("param.not_in_optimizer", "head")}
+    assert len(events) == 1 and events[0].step == 0
+    assert events[0].evidence["numel"] == 8 + 1
+    assert live_steps(D.NotInOptimizer(), "ok") == []
+
+
+def test_nonfinite_grad_live_lists_parameters():
+    net = Net()
+    net(torch.randn(3, 4)).sum().backward()
+    net.head.weight.grad[0, 0] = math.nan
+    live = LiveView(net, None)
+    live.begin("after_backward", 0)
+    rec = healthy_step(0, grad_norm={})  # not measured: the live view decides
+    events = D.NonFiniteGrad().check(rec, D.NonFiniteGrad().new_state(), live)
+    assert codes_where(events) == {("grad.nonfinite", "head")}
+    assert "head.weight" in events[0].detail and "head.bias" not in events[0].detail
+
+
+def test_live_grad_stats_are_computed_once_per_phase():
+    net = Net()
+    net(torch.randn(3, 4)).sum().backward()
+    live = LiveView(net, None)
+    live.begin("after_backward", 0)
+    first = live.param_grad_stats()
+    assert live.param_grad_stats() is first
+    live.begin("after_step", 0)
+    assert live.param_grad_stats() is not first
+    expected = [p.grad.norm().item() for _, p in net.named_parameters()]
+    assert list(first.norms) == pytest.approx(expected, rel=1e-6)

@@ -1,0 +1,130 @@
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from ris_model.callbacks import Callback
+from ris_model.cli import main
+from ris_model.config import load_config
+from ris_model.hpo import StudySettings, gate_status, run_study, search_space, trial_config
+
+FAST = ["train.train_scenes=96", "train.val_scenes=32", "train.batch_size=32", "model.width=16", "model.depth=1"]
+
+
+def fast_cfg(*extra):
+    return load_config("tiny", overrides=FAST + list(extra))
+
+
+def write_gate(study_dir, cfg, passed=True):
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "gate.json").write_text(json.dumps(
+        {"passed": passed, "config_hash": cfg.hash, "checks": [{"name": "loss_self_test", "passed": passed}]}))
+
+
+def test_search_space_leaves_out_the_primary_and_scheduled_terms():
+    cfg = load_config("tiny", overrides=['loss.schedule=[{"start_epoch": 2, "weights": {"peak": 0.5}}]'])
+    space = search_space(cfg)
+    assert "weight_factor.cov" not in space and "weight_factor.peak" not in space
+    assert {"train.lr", "train.weight_decay", "model.width", "weight_factor.subspace"} <= space.keys()
+    assert space["model.width"].high == cfg.model.width  # never above the parameter budget
+
+
+def test_trial_config_multiplies_weights_and_records_the_trial():
+    cfg = load_config("tiny")
+    t = trial_config(cfg, {"train.lr": 1e-3, "weight_factor.subspace": 2.0}, trial=4)
+    assert t.train.lr == 1e-3 and t.source_of("train.lr") == "hpo:trial 4"
+    assert t.loss.weights.subspace == pytest.approx(2.0 * cfg.loss.weights.subspace)
+    assert t.source_of("loss.weights.subspace").startswith("hpo:trial 4")
+
+
+def test_gate_status_checks_presence_hash_and_verdict(tmp_path):
+    cfg = fast_cfg()
+    assert not gate_status(tmp_path, cfg)[0]
+    write_gate(tmp_path, load_config("tiny"))
+    ok, why = gate_status(tmp_path, cfg)
+    assert not ok and "not this one" in why
+    write_gate(tmp_path, cfg, passed=False)
+    ok, why = gate_status(tmp_path, cfg)
+    assert not ok and "loss_self_test" in why
+    write_gate(tmp_path, cfg)
+    assert gate_status(tmp_path, cfg)[0]
+
+
+def test_cli_refuses_without_a_gate(tmp_path):
+    result = CliRunner().invoke(main, ["hpo", "--preset", "tiny", "--study-dir", str(tmp_path), "--trials", "1"])
+    assert result.exit_code == 2 and "refusing to start HPO" in result.output and "gate.json" in result.output
+
+
+class DropPrimaryOnTrial(Callback):
+    def on_batch_start(self, trainer, batch_index):
+        object.__setattr__(trainer.loss_fn, "weights", dataclasses.replace(trainer.loss_fn.weights, cov=0.0))
+
+
+def test_study_runs_and_prunes_an_unhealthy_trial(tmp_path):
+    cfg = fast_cfg()
+    settings = StudySettings(study_dir=tmp_path, study_name="t", storage=None, trials=3, epochs=2, device="cpu",
+                             extra_callbacks=lambda trial: [DropPrimaryOnTrial()] if trial.number == 1 else [])
+    study = run_study(cfg, settings, log=lambda m: None)
+    states = {t.number: t.state for t in study.trials}
+    assert states[0] == states[2] == optuna.trial.TrialState.COMPLETE
+    assert states[1] == optuna.trial.TrialState.PRUNED
+    pruned = study.trials[1]
+    assert "weights.primary_zero" in pruned.user_attrs["prune_reason"]
+    assert pruned.user_attrs["health_prune_code"] == "weights.primary_zero"
+    assert (tmp_path / "study.db").is_file() and (tmp_path / "trial-0000" / "metrics.jsonl").is_file()
+    assert all(t.user_attrs["health"].get("error", 0) == 0 for t in study.trials if t.number != 1)
+
+
+def _worker(study_dir, trials, name="shared"):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RIS_MODEL_WANDB": "off"}
+    args = [sys.executable, "-m", "ris_model.cli", "hpo", "--preset", "tiny", "--study-dir", str(study_dir),
+            "--study", name, "--trials", str(trials), "--epochs", "1", "--gate", "skip", "--device", "cpu"]
+    for item in FAST:
+        args += ["--set", item]
+    return subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _done(study_dir, name="shared"):
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'study.db'}")
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    workers = [_worker(tmp_path, 4) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    done = _done(tmp_path)
+    assert len(done) >= 4
+    assert len({t.user_attrs["worker"] for t in done}) == 2  # both processes ran trials
+
+
+def test_a_killed_study_resumes(tmp_path):
+    first = _worker(tmp_path, 3)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        time.sleep(1)
+        if (tmp_path / "study.db").exists():
+            try:
+                if len(_done(tmp_path)) >= 1:
+                    break
+            except KeyError:  # the study is not created yet
+                pass
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = {t.number: t.value for t in _done(tmp_path)}
+    assert 1 <= len(before) < 3
+    second = _worker(tmp_path, 3)
+    out = second.communicate(timeout=300)[0]
+    assert second.returncode == 0, out
+    after = {t.number: t.value for t in _done(tmp_path)}
+    assert len(after) >= 3
+    assert all(after[n] == v for n, v in before.items())  # finished trials are kept, not redone
