@@ -1,0 +1,168 @@
+"""How fast `healthcheck watch` catches up on a long run, how much memory it needs, and
+how long a new line waits before it is judged in --follow.
+
+    python benchmarks/watch.py [--sizes 100000,1000000] [--json OUT] [--quick]
+
+Each scan runs in a fresh child process, so its peak RSS (ru_maxrss) is its own; two
+sizes ten times apart show whether memory grows with the file. Three scans per size:
+`read` (tailer + JSON only), `record` (+ StepRecord), and `judge` (what `watch --once`
+does: every stream detector on every line). Goals: judge 1M lines in <= 5 s, memory
+flat in size, follow lag <= 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# One step line of docs/run-dir.md with two terms and three modules (~520 bytes).
+_TEMPLATE = (
+    '{"schema":1,"kind":"step","step":%d,"epoch":%d,"time":%.3f,"rank":0,"loss":%.6f,'
+    '"terms":{"cov":%.6f,"subspace":%.6f},"weights":{"cov":1.0,"subspace":0.1},'
+    '"primary":"cov","lr":[0.001],"grad_norm":{"_total":%.5f,"trunk":%.5f,"head":%.5f,'
+    '"encoder":%.5f},"update_norm":{"trunk":0.00123,"head":0.00101,"encoder":0.00098},'
+    '"param_norm":{"trunk":12.5,"head":3.25,"encoder":8.0},"steps_taken":%d,'
+    '"batches_seen":%d,"skipped":false}\n')
+
+
+def write_metrics(path: str, n: int) -> None:
+    """n step lines of a healthy run, written in blocks (a few seconds for 1M)."""
+    with open(path, "w") as fh:
+        block = []
+        for i in range(n):
+            cov = 1.0 / (1.0 + 1e-4 * i) + 0.001 * math.sin(i)
+            sub = 0.5 * cov + 0.001 * math.cos(i)
+            g = 0.5 + 0.1 * math.sin(0.01 * i)
+            block.append(_TEMPLATE % (i, i // 1000, 1.7e9 + 0.01 * i, cov + 0.1 * sub, cov, sub,
+                                      g, 0.8 * g, 0.5 * g, 0.3 * g, i + 1, i + 1))
+            if len(block) == 10_000:
+                fh.write("".join(block))
+                block.clear()
+        fh.write("".join(block))
+
+
+# ----------------------------------------------------------------------------- child
+def child(mode: str, run_dir: str) -> None:
+    from healthcheck.observe import StepRecord
+    from healthcheck.runlog import JsonLinesTail
+    from healthcheck.watch import RunWatch
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    events = 0
+    if mode == "read":
+        n = sum(1 for _ in JsonLinesTail(os.path.join(run_dir, "metrics.jsonl")).poll())
+    elif mode == "record":
+        n = sum(1 for x in JsonLinesTail(os.path.join(run_dir, "metrics.jsonl")).poll()
+                if StepRecord.from_metrics_line(x) is not None)
+    else:
+        w = RunWatch(run_dir)
+        w.poll_all()
+        n, events = w.state.lines, len(w.book)
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"lines": n, "seconds": dt, "peak_rss_mb": peak / 1024,
+                      "rss_growth_mb": (peak - base) / 1024, "events": events}))
+
+
+def run_child(mode: str, run_dir: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", mode, run_dir], check=True,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------- lag
+def follow_lag(interval: float, lines: int = 60, gap: float = 0.05) -> dict:
+    """Seconds from a line being flushed to `watch` having judged it, polling every `interval`."""
+    from healthcheck.watch import RunWatch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "metrics.jsonl")
+        open(path, "w").close()
+        written: dict[int, float] = {}
+        judged: dict[int, float] = {}
+        watch = RunWatch(tmp, on_line=lambda line: judged.setdefault(line["step"], time.monotonic()))
+
+        def writer():
+            with open(path, "a") as fh:
+                for i in range(lines):
+                    fh.write(_TEMPLATE % (i, 0, time.time(), 1.0, 1.0, 0.5, 0.5, 0.4, 0.3, 0.2, i + 1, i + 1))
+                    fh.flush()
+                    written[i] = time.monotonic()
+                    time.sleep(gap)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        deadline = time.monotonic() + lines * gap + 10
+        while len(judged) < lines and time.monotonic() < deadline:
+            watch.poll()  # the judged timestamp is taken before the detectors run;
+            time.sleep(interval)  # their cost per line is in the scan numbers
+        t.join()
+        watch.close()
+    lags = sorted(judged[i] - written[i] for i in written if i in judged)
+    return {"interval": interval, "lines": len(lags), "median_s": statistics.median(lags),
+            "p95_s": lags[int(0.95 * (len(lags) - 1))], "max_s": lags[-1]}
+
+
+# ------------------------------------------------------------------------------ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--modes", default="read,record,judge")
+    ap.add_argument("--json", dest="json_out", default=os.path.join(ROOT, "benchmarks", "results", "watch.json"))
+    ap.add_argument("--quick", action="store_true", help="sizes 10000,100000 (a smoke run)")
+    ap.add_argument("--child", nargs=2, metavar=("MODE", "RUN_DIR"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    sizes = [10_000, 100_000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                           "loadavg_at_start": os.getloadavg()}, "scan": [], "lag": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            run_dir = os.path.join(tmp, f"run{n}")
+            os.makedirs(run_dir)
+            t0 = time.perf_counter()
+            write_metrics(os.path.join(run_dir, "metrics.jsonl"), n)
+            size_mb = os.path.getsize(os.path.join(run_dir, "metrics.jsonl")) / 2**20
+            print(f"wrote {n:,} lines ({size_mb:.0f} MB) in {time.perf_counter() - t0:.1f}s", flush=True)
+            for mode in args.modes.split(","):
+                r = run_child(mode, run_dir)
+                r.update(mode=mode, size_mb=size_mb, us_per_line=1e6 * r["seconds"] / max(r["lines"], 1))
+                results["scan"].append(r)
+                print(f"  {mode:7} {r['lines']:>9,} lines {r['seconds']:8.2f}s "
+                      f"{r['us_per_line']:6.1f} us/line  peak RSS {r['peak_rss_mb']:6.1f} MB "
+                      f"(+{r['rss_growth_mb']:.1f} MB while scanning)", flush=True)
+            os.remove(os.path.join(run_dir, "metrics.jsonl"))
+    for interval in (0.5, 0.1):
+        r = follow_lag(interval)
+        results["lag"].append(r)
+        print(f"follow lag, --interval {interval}: median {r['median_s']:.3f}s  p95 {r['p95_s']:.3f}s  "
+              f"max {r['max_s']:.3f}s over {r['lines']} lines", flush=True)
+    results["machine"]["loadavg_at_end"] = os.getloadavg()
+    print()
+    print(f"{'mode':8}{'lines':>11}{'MB':>8}{'seconds':>10}{'us/line':>9}{'peak RSS MB':>13}")
+    for r in results["scan"]:
+        print(f"{r['mode']:8}{r['lines']:>11,}{r['size_mb']:>8.0f}{r['seconds']:>10.2f}"
+              f"{r['us_per_line']:>9.1f}{r['peak_rss_mb']:>13.1f}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
+    with open(args.json_out, "w") as fh:
+        json.dump(results, fh, indent=1)
+    print(f"\nwrote {args.json_out}")
+
+
+if __name__ == "__main__":
+    main()

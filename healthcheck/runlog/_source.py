@@ -1,0 +1,89 @@
+"""Choosing the reader for a run directory.
+
+`watch` and `report` accept a run dir written by our own loop (metrics.jsonl), by
+Lightning's CSVLogger (metrics.csv, possibly under `version_N/`), or by a TensorBoard
+SummaryWriter (events.out.tfevents.*). `open_metrics` picks one and returns a tailer
+whose `poll()` yields metrics lines of docs/run-dir.md or `BadLine`s, whatever the format.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Protocol
+
+from ._csv import CsvMetricsTail
+from ._keys import KeyMap
+from ._tail import BadLine, FileStatus, JsonLinesTail
+from ._tfevents import TensorBoardTail, find_event_files
+
+FORMATS = ("auto", "jsonl", "csv", "tensorboard")
+METRICS_FILE = "metrics.jsonl"
+HEALTH_FILE = "health.jsonl"
+CSV_FILE = "metrics.csv"
+
+
+class RunLogError(ValueError):
+    """The run dir cannot be read as asked; the message is one sentence for the user."""
+
+
+class MetricsTail(Protocol):
+    path: str
+
+    def poll(self) -> Iterator[dict | BadLine]: ...
+
+    def close(self) -> None: ...
+
+
+def _find_csv(run_dir: str) -> str | None:
+    """metrics.csv in run_dir, or in its newest `version_N/` (CSVLogger's layout)."""
+    direct = os.path.join(run_dir, CSV_FILE)
+    if os.path.isfile(direct):
+        return direct
+    candidates = []
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name, CSV_FILE)
+        if os.path.isfile(path):
+            candidates.append((os.path.getmtime(path), path))
+    return max(candidates)[1] if candidates else None
+
+
+def detect_format(run_dir: str) -> str:
+    """The format of the metrics in `run_dir`: "jsonl", "csv" or "tensorboard"."""
+    if os.path.isfile(os.path.join(run_dir, METRICS_FILE)):
+        return "jsonl"
+    if _find_csv(run_dir):
+        return "csv"
+    if find_event_files(run_dir):
+        return "tensorboard"
+    raise RunLogError(
+        f"run dir {run_dir!r} holds no metrics.jsonl, metrics.csv or "
+        f"events.out.tfevents.* file; pass the folder a training run writes to")
+
+
+def open_metrics(run_dir: str | os.PathLike, fmt: str = "auto",
+                 keys: KeyMap | None = None) -> MetricsTail:
+    """A tailer over the run's metrics; `fmt="jsonl"` also works before the file exists."""
+    run_dir = os.fspath(run_dir)
+    if fmt not in FORMATS:
+        raise RunLogError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "auto":
+        fmt = detect_format(run_dir)
+    if fmt == "jsonl":
+        return JsonLinesTail(os.path.join(run_dir, METRICS_FILE))
+    if fmt == "csv":
+        path = _find_csv(run_dir)
+        if path is None:
+            raise RunLogError(f"run dir {run_dir!r} holds no metrics.csv (nor version_*/metrics.csv)")
+        return CsvMetricsTail(path, keys)
+    if not find_event_files(run_dir):
+        raise RunLogError(f"run dir {run_dir!r} holds no events.out.tfevents.* file")
+    return TensorBoardTail(run_dir, keys)
+
+
+def open_health(run_dir: str | os.PathLike) -> JsonLinesTail:
+    """A tailer over health.jsonl; yields nothing while the file does not exist."""
+    return JsonLinesTail(os.path.join(os.fspath(run_dir), HEALTH_FILE))
+
+
+__all__ = ["FORMATS", "RunLogError", "MetricsTail", "FileStatus", "detect_format",
+           "open_metrics", "open_health"]

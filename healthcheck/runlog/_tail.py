@@ -1,0 +1,187 @@
+"""Incremental reading of a file that another process is appending to.
+
+A training loop appends metrics and events while `watch` reads them, so every read may
+end in the middle of a line, and the file may be truncated (a restarted run reusing the
+directory) or replaced (log rotation) between two reads. The tailer keeps a byte offset
+and the file's identity, reads only the bytes added since the last poll, in chunks, and
+hands out complete lines one at a time: memory stays flat however large the file grows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Iterator, Union
+
+_CHUNK = 1 << 20  # 1 MiB: large enough that syscalls don't dominate, small enough to be flat
+_SNIPPET = 80  # characters of a bad line kept for the warning; a line may be megabytes
+_HEAD = 64  # bytes of the file's start remembered to notice it was rewritten in place
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line that could not be used; reported once, then skipped for good."""
+
+    path: str
+    line_no: int  # 1-based, counted from the start of the current file
+    reason: str
+    text: str  # the start of the line, for a human to recognise it
+
+    def message(self) -> str:
+        return f"{self.path}:{self.line_no}: {self.reason}: {self.text!r}"
+
+
+Item = Union[dict, BadLine]
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """What the tailer noticed about the file itself on the last poll."""
+
+    exists: bool
+    restarted: str | None  # "truncated" | "rotated" | None
+    torn_bytes: int  # bytes of an unfinished last line held back
+
+
+class LineTail:
+    """Yields the complete lines appended to `path` since the previous poll.
+
+    A final line without its newline is held back until the writer finishes it. The file
+    may not exist yet (a run that has not started); polls then yield nothing. If the file
+    shrinks below the offset it was truncated, and if its inode changes it was replaced:
+    either way reading restarts at byte 0, after draining what the old file still held.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, chunk_size: int = _CHUNK) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, but got {chunk_size=}")
+        self.path = os.fspath(path)
+        self._chunk = chunk_size
+        self._fh: BinaryIO | None = None
+        self._ino: tuple[int, int] | None = None
+        self.offset = 0  # bytes consumed, including the held-back torn tail
+        self.line_no = 0  # complete lines handed out from the current file
+        self._pending = b""
+        self._head = b""
+        self.status = FileStatus(exists=False, restarted=None, torn_bytes=0)
+
+    # -- the one public operation -------------------------------------------------
+    def poll(self) -> Iterator[tuple[int, bytes]]:
+        """Yield (line_no, line without newline) for each newly completed line."""
+        restarted = None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            # Keep the old handle: a rotated file may reappear; until then nothing is new.
+            self.status = FileStatus(False, None, len(self._pending))
+            return
+        ident = (st.st_dev, st.st_ino)
+        if self._fh is not None and ident != self._ino:
+            yield from self._drain()  # the writer may have added to the old file before moving it
+            self._reset()
+            restarted = "rotated"
+        elif self._fh is not None and (st.st_size < self.offset or not self._same_head()):
+            # Shorter than what we read, or rewritten in place (same inode, new start).
+            self._reset()
+            restarted = "truncated"
+        if self._fh is None:
+            self._fh = open(self.path, "rb")
+            self._ino = (os.fstat(self._fh.fileno()).st_dev, os.fstat(self._fh.fileno()).st_ino)
+        self.status = FileStatus(True, restarted, len(self._pending))
+        yield from self._drain()
+        self.status = FileStatus(True, restarted, len(self._pending))
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    # -- internals ------------------------------------------------------------------
+    def _reset(self) -> None:
+        self.close()
+        self._ino = None
+        self.offset = 0
+        self.line_no = 0
+        self._pending = b""
+        self._head = b""
+
+    def _same_head(self) -> bool:
+        if not self._head or self._fh is None:
+            return True
+        return os.pread(self._fh.fileno(), len(self._head), 0) == self._head
+
+    def _drain(self) -> Iterator[tuple[int, bytes]]:
+        fh = self._fh
+        if fh is None:
+            return
+        fh.seek(self.offset)
+        while True:
+            chunk = fh.read(self._chunk)
+            if not chunk:
+                return
+            if len(self._head) < _HEAD and self.offset < _HEAD:
+                self._head = (self._head + chunk)[:_HEAD]
+            self.offset += len(chunk)
+            lines = (self._pending + chunk).split(b"\n")
+            self._pending = lines.pop()  # b"" when the chunk ended on a newline
+            for line in lines:
+                self.line_no += 1
+                yield self.line_no, line
+
+    def __enter__(self) -> "LineTail":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class JsonLinesTail:
+    """A `LineTail` whose lines are JSON objects, as in metrics.jsonl and health.jsonl.
+
+    Lines that are not JSON objects become one `BadLine` each (the caller reports it once;
+    the tailer never yields the same line twice) and reading goes on with the next line.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, chunk_size: int = _CHUNK,
+                 loads: Callable[[bytes], Any] = json.loads) -> None:
+        self._lines = LineTail(path, chunk_size=chunk_size)
+        self._loads = loads
+
+    @property
+    def path(self) -> str:
+        return self._lines.path
+
+    @property
+    def status(self) -> FileStatus:
+        return self._lines.status
+
+    @property
+    def line_no(self) -> int:
+        return self._lines.line_no
+
+    def poll(self) -> Iterator[Item]:
+        loads = self._loads
+        for line_no, raw in self._lines.poll():
+            if not raw.strip():
+                continue  # blank lines carry nothing and are harmless
+            try:
+                obj = loads(raw)
+            except ValueError as err:  # JSONDecodeError and UnicodeDecodeError both
+                yield BadLine(self.path, line_no, f"not JSON ({err.__class__.__name__})",
+                              raw[:_SNIPPET].decode("utf-8", "replace"))
+                continue
+            if not isinstance(obj, dict):
+                yield BadLine(self.path, line_no, f"a JSON {type(obj).__name__}, not an object",
+                              raw[:_SNIPPET].decode("utf-8", "replace"))
+                continue
+            yield obj
+
+    def close(self) -> None:
+        self._lines.close()
+
+    def __enter__(self) -> "JsonLinesTail":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

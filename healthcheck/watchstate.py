@@ -1,0 +1,122 @@
+"""What the live view shows of a run: the latest lines and a short history, nothing more.
+
+`RunState` is updated with every metrics line but keeps a fixed amount: the last step,
+epoch and eval lines, the last `history` losses for the sparkline, and a window of
+(time, step) pairs for the rate. Reading a million-line file leaves it the same size.
+"""
+
+from __future__ import annotations
+
+import math
+import time as _time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+_RATE_WINDOW = 50  # step lines the rate is averaged over: smooth, yet follows a slowdown
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def term_shares(line: Mapping[str, Any]) -> dict[str, float]:
+    """Each term's weighted share of the total: weight * term / loss.
+
+    Shares sum to 1 when the loss is exactly the weighted sum; a share that is 0 while
+    its term is not (a weight of 0) or a total that is 0 while terms are not are the
+    signals of a mis-wired loss, so the view shows them as they are, not normalised.
+    """
+    loss = _num(line.get("loss"))
+    terms = line.get("terms") or {}
+    weights = line.get("weights") or {}
+    out = {}
+    for name, value in terms.items():
+        v, w = _num(value), _num(weights.get(name))
+        if v is None or w is None:
+            continue
+        if loss is None or loss == 0 or not math.isfinite(loss):
+            out[name] = math.nan
+        else:
+            out[name] = w * v / loss
+    return out
+
+
+@dataclass
+class RunState:
+    """The latest picture of one run, as far as its files have been read."""
+
+    name: str
+    history: int = 60
+    last_step: dict | None = None
+    last_epoch: dict | None = None
+    last_eval: dict | None = None
+    lines: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+    bad_lines: int = 0
+    first_seen: float | None = None  # wall clock of the first line read, for lines without time
+    updated: float | None = None  # wall clock of the last line read
+    losses: deque = field(init=False)
+    _rate: deque = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.history < 2:
+            raise ValueError(f"history must be at least 2, but got {self.history=}")
+        self.losses = deque(maxlen=self.history)
+        self._rate = deque(maxlen=_RATE_WINDOW)
+
+    def add(self, line: Mapping[str, Any], now: float | None = None) -> None:
+        now = _time.time() if now is None else now
+        self.lines += 1
+        self.updated = now
+        if self.first_seen is None:
+            self.first_seen = now
+        kind = line.get("kind", "step")
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        if kind == "step":
+            self.last_step = line  # lines are fresh dicts from the reader; no copy
+            loss = _num(line.get("loss"))
+            self.losses.append(math.nan if loss is None else loss)
+            step = _num(line.get("step"))
+            t = _num(line.get("time"))
+            if step is not None and t is not None:  # no timestamps (CSV logs): no rate
+                self._rate.append((t, step))
+        elif kind == "epoch":
+            self.last_epoch = line
+        elif kind == "eval":
+            self.last_eval = line
+
+    @property
+    def rate(self) -> float | None:
+        """Steps per second over the recent window, from the lines' own timestamps.
+
+        Not from when the lines were read: replaying a finished run would report the
+        reader's speed, not the run's.
+        """
+        if len(self._rate) < 2:
+            return None
+        (t0, s0), (t1, s1) = self._rate[0], self._rate[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else None
+
+    @property
+    def step(self) -> int | None:
+        line = self.last_step or self.last_epoch or self.last_eval
+        return None if line is None else line.get("step")
+
+    @property
+    def epoch(self) -> int | None:
+        line = self.last_step or self.last_epoch or self.last_eval
+        return None if line is None else line.get("epoch")
+
+    def last(self) -> dict:
+        """The compact summary of the latest values, as the JSON verdict's `last`."""
+        s = self.last_step or {}
+        out = {"step": self.step, "epoch": self.epoch, "time": s.get("time"),
+               "loss": s.get("loss"), "terms": s.get("terms") or {},
+               "weights": s.get("weights") or {}, "shares": term_shares(s) if s else {},
+               "lr": s.get("lr") or [], "grad_norm": s.get("grad_norm") or {},
+               "steps_per_s": self.rate, "lines": self.lines, "bad_lines": self.bad_lines}
+        if self.last_eval is not None:
+            out["val_loss"] = self.last_eval.get("loss")
+            out["val_metrics"] = self.last_eval.get("metrics") or {}
+        return out
