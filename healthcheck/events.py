@@ -200,6 +200,11 @@ _builtin("value.out_of_range", "error",
          "A loss, loss term or reported metric left the range it was declared to stay in.",
          "A scale mismatch between the compared quantities (e.g. one covariance not "
          "trace-normalised) or a unit error; print both sides of the comparison at step 0.")
+_builtin("watch.bad_line", "warning",
+         "A line of a run's metrics or health log is not a JSON object (or not a valid row); "
+         "it was skipped.",
+         "Something other than the training loop wrote to the file, or two writers interleaved "
+         "their lines: give each process its own run dir.", repeats=True)
 # -- the monitor itself -----------------------------------------------------------------
 _builtin("monitor.detector_failed", "warning",
          "A detector raised an exception and was switched off for the rest of the run.",
