@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup.sh dev
-export WANDB_MODE="${WANDB_MODE:-offline}" WANDB_SILENT=true
+export WANDB_MODE="${WANDB_MODE:-offline}" WANDB_SILENT=true OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 if [ "$#" -gt 0 ]; then
     exec .venv/bin/python -m pytest "$@"
 fi

@@ -14,8 +14,9 @@ Both are returned Hermitian and normalised to trace N: the target R and the lear
 R_hat are trace N too, so every estimate of R is compared and searched on one scale
 (MUSIC is scale-free, but MVDR's diagonal loading and every NMSE are not).
 
-Both use Phi_l Phi_l^H = H H^H (unit-modulus codes), which turns L pseudo-inverses into
-one. The arithmetic runs in complex128 and the result is cast back to the input dtype.
+Unit-modulus codes make Phi_l Phi_l^H = H H^H for every l, which turns R_bp's L
+pseudo-inverses into one. Right-hand sides and the exact solve run in complex128, CG in
+the input's precision; the result comes back in the input dtype.
 """
 
 from __future__ import annotations
