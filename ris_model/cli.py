@@ -54,6 +54,16 @@ def _load(preset: str | None, config_file: str | None, overrides: tuple[str, ...
     return load_config(preset, config_file, list(overrides))
 
 
+def _pairs(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise click.UsageError(f"{item!r} is not of the form CODE=SEVERITY, e.g. loss.constant=error")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def _print_table(table: Any) -> None:
     from rich.console import Console
 
@@ -134,18 +144,23 @@ def baseline(preset, config_file, overrides, snr_db, n, k, seed, as_json):
 @click.option("--no-health", is_flag=True, help="Do not attach the health monitor.")
 @click.option("--health-policy", type=click.Path(dir_okay=False, exists=True), default=None,
               help="A health policy file (TOML/YAML/JSON) for the monitor.")
+@click.option("--health-silence", multiple=True, metavar="CODE",
+              help="Silence a health event code or glob, e.g. val.plateau (repeatable).")
+@click.option("--health-regrade", multiple=True, metavar="CODE=SEVERITY",
+              help="Re-grade a health event code, e.g. loss.constant=error (repeatable).")
 @click.option("--eval-n", type=click.IntRange(min=0), default=200, show_default=True,
               help="Held-out scenes for the closing eval table (0 skips it).")
 @user_errors
 def train(preset, config_file, overrides, run_dir, epochs, device, resume, wandb_mode, no_health,
-          health_policy, eval_n):
+          health_policy, health_silence, health_regrade, eval_n):
     """Train the covariance network, monitored, and end with an eval table."""
     from ris_model.run import train_command
 
     overrides = list(overrides) + ([f"train.epochs={epochs}"] if epochs is not None else [])
     code = train_command(preset=preset, config_file=config_file, overrides=overrides, run_dir=Path(run_dir),
                          device=device, resume=resume, wandb_mode=wandb_mode, health=not no_health,
-                         health_policy=health_policy, eval_n=eval_n)
+                         health_policy=health_policy, eval_n=eval_n,
+                         health_silence=list(health_silence), health_regrade=_pairs(health_regrade))
     sys.exit(code)
 
 

@@ -38,7 +38,8 @@ def resolve_run_config(run_dir: Path, *, resume: bool, preset: str | None, confi
 
 def train_command(*, preset: str | None, config_file: str | None, overrides: list[str], run_dir: Path,
                   device: str, resume: bool, wandb_mode: str | None, health: bool,
-                  health_policy: str | None, eval_n: int, console: Console | None = None) -> int:
+                  health_policy: str | None, eval_n: int, console: Console | None = None,
+                  health_silence: list[str] | None = None, health_regrade: dict[str, str] | None = None) -> int:
     from ris_model.distributed import DistContext
     from ris_model.plugins import plugin_callbacks
     from ris_model.progress import ProgressCallback
@@ -57,8 +58,12 @@ def train_command(*, preset: str | None, config_file: str | None, overrides: lis
     wandb = WandbLogger(run_dir, cfg.to_json(), mode=mode if dist.is_main else "off",
                         warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
     options: dict[str, Any] = {"run_dir": run_dir, "policy_file": health_policy, "wandb": wandb,
-                               "context": "train", "rank": dist.rank, "console": console}
-    callbacks = plugin_callbacks(options, disabled=set() if health else {"health"})
+                               "context": "train", "rank": dist.rank, "console": console,
+                               "silence": health_silence or [], "regrade": health_regrade or {}}
+    try:
+        callbacks = plugin_callbacks(options, disabled=set() if health else {"health"})
+    except ValueError as exc:  # a policy naming an unknown code or severity: the plugin says which
+        raise ConfigError(str(exc)) from None
     if dist.is_main:
         callbacks.append(ProgressCallback(console=console))
     trainer = Trainer(cfg, run_dir, device=device, callbacks=callbacks, wandb=wandb, dist=dist,

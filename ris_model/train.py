@@ -110,6 +110,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.amp == "fp16")
         self.ema = EMA(self.model, tc.ema) if tc.ema > 0 else None
         self.norms = ModuleNorms(self.model)
+        # (step, parameter names, their gradient norms) measured after the last backward: a
+        # callback judging single parameters reads them here instead of reducing them again
+        self.param_grad_norms: tuple[int, tuple[str, ...], list[float]] | None = None
         self.weight_plan = WeightPlan(cfg)
         weights, self.weight_sources = self.weight_plan.at_epoch(0)
         self.loss_fn.set_weights(weights)
@@ -313,8 +316,11 @@ class Trainer:
         packed = torch.cat([out.total.detach().float().reshape(1),
                             torch.stack([out.terms[n].detach().float() for n in names]), grad.float()])
         packed = self.dist.mean(packed)
-        values = packed.tolist()
-        loss, terms, grads = values[0], values[1:1 + len(names)], values[1 + len(names):]
+        n = packed.numel()
+        # this rank's per-parameter norms ride along in the same host sync
+        values = torch.cat([packed, self.norms.last_grad_norms.to(packed.device)]).tolist()
+        self.param_grad_norms = (self.state.batches_seen, self.norms.param_names, values[n:])
+        loss, terms, grads = values[0], values[1:1 + len(names)], values[1 + len(names):n]
         grad_norm = self.norms.as_dict(grads)
         grad_norm["_total"] = math.sqrt(sum(g * g for g in grads))
         metrics: Metrics = {

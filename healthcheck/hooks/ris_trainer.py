@@ -32,6 +32,8 @@ class RisTrainerHealth(Callback):
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
         self.live: LiveView | None = None
+        self._seen: tuple[Any, Any] = (None, None)  # (trainer's names, live names) last mapped
+        self._order: list[int] | None = None  # live parameter i is the trainer's _order[i]
 
     @classmethod
     def build(cls, run_dir: str | Path | None, *, policy: Policy | None = None, context: str = "train",
@@ -45,7 +47,8 @@ class RisTrainerHealth(Callback):
             if wandb_run is not None:
                 sinks.append(WandbSink(wandb_run))
         sinks.extend(extra_sinks)
-        policy = Policy.from_env(base=policy or Policy())
+        if policy is None:  # the defaults, with HEALTHCHECK_SILENCE / _REGRADE / _POLICY applied
+            policy = Policy.from_env()
         return cls(Monitor(policy=policy, sinks=sinks, context=context, every=every))
 
     # -- hooks ------------------------------------------------------------------------
@@ -53,6 +56,7 @@ class RisTrainerHealth(Callback):
         self.live = LiveView(trainer.model, trainer.optimizer)
 
     def on_after_backward(self, trainer, metrics) -> None:
+        self._offer_grad_norms(trainer, metrics)
         self._observe(trainer, metrics, "after_backward")
 
     def on_after_optimizer_step(self, trainer, metrics) -> None:
@@ -68,15 +72,48 @@ class RisTrainerHealth(Callback):
         if not self.monitor.closed:
             self.monitor.close()
 
+    def _offer_grad_norms(self, trainer, metrics: Mapping[str, Any]) -> None:
+        """Hand the per-parameter gradient norms the trainer measured for this step to the
+        live view: reducing every gradient again cost more than all detectors together."""
+        measured = getattr(trainer, "param_grad_norms", None)
+        live = self.live
+        if measured is None or live is None:
+            return
+        step, names, values = measured
+        if step != metrics.get("step"):
+            return  # not this step's measurement: the live view reduces the gradients itself
+        if self._seen[0] is not names or self._seen[1] is not live.names:
+            self._seen = (names, live.names)
+            self._order = _order_of(names, live)
+        if self._order is not None:
+            live.offer_grad_norms("after_backward", step, [values[i] for i in self._order])
+
     def _observe(self, trainer, metrics: Mapping[str, Any], phase: str) -> None:
         self.monitor.observe(as_record(metrics), phase, self.live)
         if self.monitor.should_stop and trainer.stop_reason is None:
             trainer.request_stop(self.monitor.stop_message or "stopped by the health policy")
 
 
+def _order_of(names: tuple[str, ...], live: LiveView) -> list[int] | None:
+    """Where each of the live view's parameters is in the trainer's list, or None if the
+    trainer's norms cannot stand in for the live view's: other parameters, or a dtype
+    other than float32 (the trainer reduces in the gradients' dtype, the live view in
+    float32, and a float16 norm can round a tiny gradient to an exact 0)."""
+    import torch
+
+    where = {n: i for i, n in enumerate(names)}
+    if len(where) != len(names) or where.keys() != set(live.names):
+        return None
+    if any(p.dtype != torch.float32 for _, p in live.named_params):
+        return None
+    return [where[n] for n in live.names]
+
+
 def callback_factory(options: Mapping[str, Any]) -> list[Callback]:
     """Entry point for ``ris_model.callbacks``: the monitor ``ris-model train`` attaches."""
-    policy = Policy.from_file(options["policy_file"]) if options.get("policy_file") else None
+    policy = Policy.from_env(base=Policy.from_file(options["policy_file"]) if options.get("policy_file") else None)
+    if options.get("silence") or options.get("regrade"):  # CLI flags win over file and environment
+        policy = policy.merged(Policy(silence=options.get("silence", ()), regrade=options.get("regrade", {})))
     wandb = options.get("wandb")
     extra = list(options.get("extra_sinks", ()))
     if options.get("trial") is not None:  # an optuna trial: prunes carry their reason

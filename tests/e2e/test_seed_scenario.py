@@ -49,3 +49,26 @@ def test_the_same_run_without_the_fault_is_healthy(tmp_path):
     assert result.exit_code == 0, result.output
     events = [json.loads(l) for l in (run_dir / "health.jsonl").read_text().splitlines()]
     assert not [e for e in events if e["severity"] in ("warning", "error", "critical")]
+
+
+def test_a_silenced_code_no_longer_stops_the_run(tmp_path, monkeypatch):
+    real = ris_model.plugins.plugin_callbacks
+    monkeypatch.setattr(ris_model.plugins, "plugin_callbacks",
+                        lambda options, disabled=frozenset(): real(options, disabled=disabled) + [DropPrimaryWeight()])
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--preset", "tiny", "--epochs", "1", "--run-dir", str(run_dir),
+                                       "--set", "train.train_scenes=64", "--set", "model.width=32", "--wandb", "off",
+                                       "--eval-n", "0", "--health-silence", "weights.primary_zero",
+                                       "--health-silence", "loss.primary_share"])
+    assert result.exit_code == 0, result.output
+    codes = {json.loads(l)["code"] for l in (run_dir / "health.jsonl").read_text().splitlines()}
+    assert "weights.primary_zero" not in codes
+
+
+def test_a_misspelt_code_in_a_flag_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--preset", "tiny", "--run-dir", str(tmp_path / "r"),
+                                       "--health-silence", "val.platau", "--wandb", "off"])
+    assert result.exit_code == 2 and "did you mean 'val.plateau'" in result.output
+    result = CliRunner().invoke(main, ["train", "--preset", "tiny", "--run-dir", str(tmp_path / "r"),
+                                       "--health-regrade", "loss.constant", "--wandb", "off"])
+    assert result.exit_code == 2 and "CODE=SEVERITY" in result.output
