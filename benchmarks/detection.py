@@ -2,21 +2,27 @@
 
     python benchmarks/detection.py [--preset tiny] [--steps N] [--seeds S] [--faults NAME ...]
         [--healthy N] [--faults-from FILE.py ...] [--json OUT] [--keep-runs DIR] [--list]
-        [--detectors-from FILE.py ...]
+        [--detectors-from FILE.py ...] [--no-preflight]
 
 Each run is a short monitored fit of the ris_model Trainer (EPOCHS epochs, N steps in
 all) with a policy that records every event and never stops. A faulty run is detected
 when an error-level (or critical) event fires at or after the step where its fault
 starts; a healthy run with one is a false alarm, and one with warnings counts toward
 the warning rate. Healthy runs draw their learning rate, weight decay, width and loss
-weight factors from the HPO search space. ``--faults-from`` adds the ``FAULTS`` list of a
+weight factors from the HPO search space. As in CI, the gate's preflight checks run on
+each faulted trainer before its fit; a failed check counts as an error event
+``preflight.<check>`` at step 0 (``--no-preflight`` scores the monitor alone; the summary
+reports the monitor alone either way). ``--faults-from`` adds the ``FAULTS`` list of a
 Python file (see ``healthcheck.faults``); ``--detectors-from`` adds the ``DETECTORS`` list
 of a Python file to the default detectors, to measure a candidate detector. Goals: recall >= 95 %, no false alarm, median
 latency <= 1 step for faults that act from step 0, the whole default run <= 15 min.
 
 ``--json OUT`` writes ``{"summary": {recall, recall_by_family, false_alarm_rate,
-warning_rate_healthy, median_latency_steps, max_latency_steps, wall_s}, "runs": [{fault,
-seed, detected, first_step, codes}]}`` (``fault`` is null for healthy runs).
+warning_rate_healthy, median_latency_steps, max_latency_steps, wall_s, monitor_only_recall,
+monitor_only_false_alarm_rate, monitor_only_median_latency_steps, step0_median_latency_steps,
+monitor_only_step0_median_latency_steps}, "runs": [{fault, seed, detected, first_step, codes,
+monitor_detected, monitor_first_step}]}`` (``fault`` is null for healthy runs; the
+``monitor_*`` values leave the preflight events out).
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-runs", metavar="DIR", help="keep each run directory (metrics, health.jsonl) here")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="score the monitor alone: no preflight checks before each fit")
     p.add_argument("--list", action="store_true", help="list the faults and exit")
     args = p.parse_args(argv)
     for name in ("steps", "seeds", "healthy", "threads"):
@@ -115,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 bench = run_benchmark(faults, seeds=args.seeds, healthy=args.healthy, preset=args.preset,
                                       steps=args.steps, device=args.device, keep_dir=args.keep_runs,
-                                      detectors=detectors, on_run=on_run)
+                                      detectors=detectors, on_run=on_run, preflight=not args.no_preflight)
         else:
             def on_run(r, done, n):
                 verdict = (f"error at step {r.first_step} ({r.first_error_code})" if r.detected else "no error")
@@ -123,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             bench = run_benchmark(faults, seeds=args.seeds, healthy=args.healthy, preset=args.preset,
                                   steps=args.steps, device=args.device, keep_dir=args.keep_runs,
-                                      detectors=detectors, on_run=on_run)
+                                  detectors=detectors, on_run=on_run, preflight=not args.no_preflight)
     except ValueError as err:
         console.print(f"[bold red]error:[/] {err}")
         return 2
@@ -220,6 +228,10 @@ def show_results(console, faults, bench) -> None:
     st.add_row("warning rate (healthy)", pct(s["warning_rate_healthy"]))
     st.add_row("latency, steps (median / max)", f"{s['median_latency_steps']} / {s['max_latency_steps']}")
     st.add_row("latency of faults from step 0 (median)", str(statistics.median(step0)) if step0 else "n/a")
+    st.add_row("monitor alone: recall", pct(s["monitor_only_recall"]))
+    st.add_row("monitor alone: false-alarm rate", pct(s["monitor_only_false_alarm_rate"]))
+    st.add_row("monitor alone: latency (median; faults from step 0)",
+               f"{s['monitor_only_median_latency_steps']}; {s['monitor_only_step0_median_latency_steps']}")
     st.add_row("wall time", f"{s['wall_s']:.1f} s")
     console.print(st)
 

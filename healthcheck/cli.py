@@ -218,3 +218,12 @@ def gate(obj: CliContext, preset: str | None, config_file: str | None, overrides
 def main() -> None:
     """Entry point of the `healthcheck` script and of `python -m healthcheck`."""
     cli(prog_name="healthcheck")
+
+
+def _register_weights() -> None:
+    from .weights_view import weights_command
+
+    cli.add_command(weights_command)
+
+
+_register_weights()

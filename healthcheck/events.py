@@ -122,6 +122,12 @@ _builtin("weights.changed", "info",
          "A loss weight changed during the run (old and new value, step and source recorded).",
          "Expected for curricula and schedules; unexpected changes make trials incomparable. "
          "Silence this code for smooth per-step schedules.", repeats=True)
+_builtin("weights.unplanned_change", "error",
+         "A loss weight changed value between steps while its recorded source did not: no "
+         "configured source owns the change.",
+         "Code set the weight directly (a curriculum in the loop, a callback, a stale override): "
+         "make the change through the run's weight plan or schedule so it is recorded with its "
+         "source, or remove it; trials with different objectives are not comparable.")
 # -- gradients --------------------------------------------------------------------------
 _builtin("grad.nonfinite", "critical",
          "A gradient is NaN or infinite before the optimizer step (module named).",
@@ -142,6 +148,11 @@ _builtin("grad.exploding", "warning",
          "A module's gradient norm jumped far above its running level, or the first module's "
          "gradient dwarfs the last's.",
          "Lower the learning rate, clip gradients, check for a badly scaled input or loss term.")
+_builtin("grad.dead_units", "error",
+         "Half or more of a weight's output rows got an exactly-zero gradient, step after step: "
+         "those units learn nothing (module named).",
+         "Dead ReLUs, a clamp or hard threshold on the layer's output, zero initialisation, or "
+         "pre-activations shifted far from 0: check the init and what follows that layer.")
 # -- parameters -------------------------------------------------------------------------
 _builtin("param.not_in_optimizer", "error",
          "A trainable parameter is not in any optimizer parameter group.",
@@ -155,6 +166,16 @@ _builtin("param.update_ratio", "warning",
          "A module's update-to-weight ratio ‖Δθ‖/‖θ‖ stayed outside the plausible range.",
          "Around 1e-3 per step is typical: far below means the learning rate is too small for "
          "this module, far above means it is too large.")
+_builtin("param.update_blocked", "error",
+         "A module's update is below 1e-6 of its weights although its learning rate and its "
+         "gradient are not small.",
+         "Something between the gradient and the step shrinks it: a gradient-clip threshold near "
+         "0, a huge optimizer eps, gradients rescaled before the step, or a step that ignores .grad.")
+_builtin("optim.weight_decay", "error",
+         "A param group's learning rate x weight decay is so large that every step erases a "
+         "large share of its weights.",
+         "Typical lr x weight decay is 1e-8..1e-4: check the value's units (decoupled AdamW "
+         "decay is multiplied by the lr) and where it was set.")
 # -- schedule and steps -----------------------------------------------------------------
 _builtin("lr.zero", "error",
          "A parameter group's learning rate is exactly 0 for consecutive steps.",
@@ -189,6 +210,12 @@ _builtin("val.plateau", "warning",
          "The validation loss has not improved for many evaluations.",
          "Expected at convergence; early in training it points at a loss that is not 0 at the "
          "optimum, a too-small learning rate, or a capacity problem.")
+_builtin("val.train_gap", "error",
+         "The validation loss is many times the training loss of the same epoch, evaluation "
+         "after evaluation.",
+         "The splits disagree: broken targets or inputs in one of them (constant, shuffled, "
+         "differently normalised), or a model memorising a tiny training set; compare samples "
+         "of both.")
 _builtin("output.collapsed", "warning",
          "Predictions collapsed onto one class (share of the most frequent prediction).",
          "The head predicts the majority class only: check class balance, the loss weighting "
@@ -205,6 +232,48 @@ _builtin("watch.bad_line", "warning",
          "it was skipped.",
          "Something other than the training loop wrote to the file, or two writers interleaved "
          "their lines: give each process its own run dir.", repeats=True)
+# -- preflight checks (healthcheck.preflight, run by the gate before training) ---------
+# A failed check becomes an event when the gate's verdict is pushed through a monitor
+# (the detection benchmark does this to score the whole harness); the fix is the check's hint.
+_builtin("preflight.config", "error",
+         "The config does not resolve or validate (bad value, unknown key, a loss-weight plan "
+         "whose primary weight reaches 0).",
+         "Fix the value the message names; `ris-model config --keys` lists every key.")
+_builtin("preflight.loss_self_test", "error",
+         "A loss term is not 0 at a perfect prediction, or a normalised error is not 1 at a "
+         "zero prediction.",
+         "An epsilon added to one side only, a similarity written as an error, or matrices "
+         "compared on different scales.")
+_builtin("preflight.loss_weights", "error",
+         "The primary term has weight 0, a weight is negative or non-finite, or the total is "
+         "not the weighted sum of the terms.",
+         "Look at every place that sets a loss weight (defaults, config, HPO, schedule) and at "
+         "how the total is summed.")
+_builtin("preflight.loss_at_init", "error",
+         "The untrained model's loss or a term is non-finite, 0, or outside its expected range.",
+         "Compare the scale of prediction and target (trace or norm of each); check the loss "
+         "is computed from the model's output.")
+_builtin("preflight.optimizer_coverage", "error",
+         "A trainable parameter is in no optimizer param group.",
+         "Build the optimizer after every module exists, from model.parameters().")
+_builtin("preflight.lr_at_step0", "error",
+         "A param group's first learning rate is 0, too small to move its weights, or the "
+         "scheduler drives another optimizer.",
+         "Start the warm-up at a fraction of the peak lr, not at 0; build the scheduler on the "
+         "optimizer that is stepped.")
+_builtin("preflight.grad_reach", "error",
+         "One backward pass leaves a trainable parameter without a gradient, or with a "
+         "non-finite or exactly-zero one.",
+         "A detach(), a blend weight cutting the path, a saturated clamp, an unused module, or "
+         "an unstable backward (eigh/SVD at repeated eigenvalues).")
+_builtin("preflight.term_grad_reach", "error",
+         "A loss term with weight > 0 does not send a finite gradient to the parameters it "
+         "depends on.",
+         "A detached prediction or a path cut inside that term.")
+_builtin("preflight.micro_overfit", "error",
+         "A few optimizer steps on one batch did not halve its loss.",
+         "A model that cannot fit one batch cannot fit a dataset: check the learning rate, that "
+         "the optimizer steps the model's parameters, and the labels of that batch.")
 # -- the monitor itself -----------------------------------------------------------------
 _builtin("monitor.detector_failed", "warning",
          "A detector raised an exception and was switched off for the rest of the run.",

@@ -43,6 +43,7 @@ from .policy import CONTEXTS, Policy
 
 _PHASES_OF_KIND = {"step": ("after_backward", "after_step"), "epoch": ("epoch",), "eval": ("eval",)}
 _KEEP_EVENTS = 10_000  # emitted events kept in memory for inspection; counts are never capped
+_NO_EVENTS: tuple = ()
 
 
 class _Slot:
@@ -98,6 +99,7 @@ class Monitor:
         self._slots = [_Slot(d, n) for d, n in zip(self.detectors, intervals)]
         self._by_phase: dict[str, list[_Slot]] = {
             p: [s for s in self._slots if p in s.detector.phases] for p in PHASES}
+        self._plan()
         self._findings: dict[tuple[str, str | None], _Finding] = {}
         self._repeats: list[HealthEvent] = []
         self.events: deque[HealthEvent] = deque(maxlen=_KEEP_EVENTS)
@@ -110,32 +112,65 @@ class Monitor:
         self.prune_reason: HealthEvent | None = None
         self.closed = False
 
+    def add_detectors(self, detectors: Iterable[Detector], every: int = 1) -> None:
+        """Add detectors whose settings are known only once the run is (value ranges that
+        depend on the model's size, read from the trainer at fit start). Each starts with
+        fresh state and judges from the next observation on; ``every`` as in the
+        constructor, as one int for the detectors added."""
+        added = list(detectors)
+        for d in added:
+            if not isinstance(d, Detector):
+                raise TypeError(f"detectors must be Detector instances, but got {d!r}")
+            bad = [p for p in d.phases if p not in PHASES]
+            if bad:
+                raise ValueError(f"{d.name}.phases has {bad}; valid phases: {', '.join(PHASES)}")
+        for d, n in zip(added, _intervals(every, added)):
+            slot = _Slot(d, n)
+            self.detectors.append(d)
+            self._slots.append(slot)
+            for p in d.phases:
+                self._by_phase[p].append(slot)
+        self._plan()
+
     # -- the hot path -----------------------------------------------------------------
+    def _plan(self) -> None:
+        """Per phase, what each enabled detector needs at every call, looked up once:
+        a metrics file is judged at up to 1M records per scan, and a live run pays this
+        at every step, so the loop in `_run` reads no attributes."""
+        self._runs: dict[str, tuple[tuple[_Slot, Any, Any, int, bool], ...]] = {
+            p: tuple((s, s.detector.check, s.state, s.every, s.detector.needs_live)
+                     for s in slots if s.enabled)
+            for p, slots in self._by_phase.items()}
+
     def observe(self, record: "StepRecord | Mapping[str, Any]", phase: str,
                 live: LiveView | None = None) -> Sequence[HealthEvent]:
         """Run the detectors of ``phase`` on ``record``; returns the events emitted now."""
-        slots = self._by_phase.get(phase)
-        if slots is None:
+        if phase not in self._runs:
             raise ValueError(f"phase must be one of {', '.join(PHASES)}, but got {phase=}")
         if self.closed:
             raise RuntimeError("observe() after close(): the monitor has written its summary")
         if not isinstance(record, StepRecord):
             record = as_record(record)
+        return self._run(record, phase, live)
+
+    def _run(self, record: StepRecord, phase: str, live: LiveView | None) -> Sequence[HealthEvent]:
         tick = record.step if phase in ("after_backward", "after_step") else record.epoch
         if live is not None:
             live.begin(phase, record.step)
         emitted: list[HealthEvent] | None = None
-        for slot in slots:
-            if not slot.enabled or (slot.every > 1 and tick % slot.every):
+        for slot, check, state, every, needs_live in self._runs[phase]:
+            if every > 1 and tick % every:
                 continue
-            det = slot.detector
-            if det.needs_live and live is None:
+            if needs_live and live is None:
                 continue
             try:
-                found = det.check(record, slot.state, live)
+                found = check(record, state, live)
             except Exception as err:  # a broken detector must not break training
                 slot.enabled = False
-                found = (self._detector_failed(det, record, err),)
+                self._plan()  # this loop goes on over the old plan; later calls skip it
+                found = (self._detector_failed(slot.detector, record, err),)
+            if found is _NO_EVENTS:  # the empty tuple is a singleton: most calls end here
+                continue
             for event in found:
                 out = self._handle(event)
                 if out is not None:
@@ -147,11 +182,16 @@ class Monitor:
     def observe_record(self, record: "StepRecord | Mapping[str, Any]",
                        live: LiveView | None = None) -> list[HealthEvent]:
         """Run every phase the record's kind implies (step: after_backward, after_step)."""
-        record = as_record(record)
-        out: list[HealthEvent] = []
-        for phase in _PHASES_OF_KIND[record.kind]:
-            out.extend(self.observe(record, phase, live))
-        return out
+        if not isinstance(record, StepRecord):
+            record = as_record(record)
+        if self.closed:
+            raise RuntimeError("observe() after close(): the monitor has written its summary")
+        phases = _PHASES_OF_KIND[record.kind]
+        if len(phases) == 2:  # a step: both of its phases, the common case, unrolled
+            first = self._run(record, phases[0], live)
+            second = self._run(record, phases[1], live)
+            return [*first, *second] if first or second else []
+        return list(self._run(record, phases[0], live))
 
     def emit(self, event: HealthEvent) -> HealthEvent | None:
         """Push an event found elsewhere (a preflight check, an adapter) through the same

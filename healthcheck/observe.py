@@ -46,6 +46,13 @@ def _float(x: Any) -> float | None:
 
 
 def _float_map(d: Any) -> dict[str, float]:
+    if type(d) is dict:  # what JSON and the trainers hand over; typing.Mapping checks are slow
+        try:
+            return {str(k): float(v) for k, v in d.items()}
+        except (TypeError, ValueError):
+            pass  # a None or a non-number: the general path drops it
+    elif d is None:
+        return {}
     if not isinstance(d, Mapping):
         return {}
     out = {}
@@ -91,6 +98,8 @@ class StepRecord:
     def from_metrics_line(cls, line: Mapping[str, Any]) -> "StepRecord":
         """Build from a metrics.jsonl object; tolerant of missing optional fields, of a
         scalar ``lr``, and of keys it does not know (kept in ``extra``)."""
+        if cls is StepRecord and type(line) is dict:
+            return _record_from_dict(line)
         known = _FIELDS
         extra = {k: v for k, v in line.items() if k not in known}
         kind = line.get("kind", "step")
@@ -151,6 +160,70 @@ _FIELDS = frozenset(f.name for f in dataclasses.fields(StepRecord)) - {"extra"}
 _OPTIONAL = ("loss", "terms", "weights", "weight_sources", "primary", "lr", "grad_norm",
              "update_norm", "param_norm", "amp", "steps_taken", "batches_seen", "skipped",
              "metrics")
+_new_record = object.__new__
+
+
+def _record_from_dict(line: dict[str, Any]) -> StepRecord:
+    """`StepRecord.from_metrics_line` for a plain dict, the one every reader and trainer
+    hands over: a metrics file is read at ~1M lines per scan and a live run builds a
+    record per phase, so this skips the keyword call, the kind check (the kind is
+    normalised here) and the ``typing.Mapping`` checks. Every value of an exact type
+    (int, float, dict, list, None) is converted inline to what the general path would
+    make of it; anything else goes through the same helpers, in the same order, so a
+    bad value raises the same error."""
+    get = line.get
+    extra = {} if line.keys() <= _FIELDS else {k: v for k, v in line.items() if k not in _FIELDS}
+    kind = get("kind", "step")
+    amp = get("amp")
+    if amp is not None:
+        if type(amp) is dict or isinstance(amp, Mapping):
+            scale = amp.get("scale")
+            amp = {"scale": scale if type(scale) is float else _float(scale), "found_inf": amp.get("found_inf")}
+        else:
+            amp = None
+    lr = get("lr")
+    r = _new_record(StepRecord)
+    r.kind = kind if kind in KINDS else "step"
+    x = get("step")
+    r.step = x if type(x) is int else int(x or 0)
+    x = get("epoch")
+    r.epoch = x if type(x) is int else int(x or 0)
+    x = get("time")
+    r.time = (x or 0.0) if type(x) is float else (_float(x) or 0.0)
+    x = get("loss")
+    r.loss = x if type(x) is float or x is None else _float(x)
+    r.terms = _float_map(get("terms"))
+    r.weights = _float_map(get("weights"))
+    x = get("weight_sources")
+    r.weight_sources = ({str(k): str(v) for k, v in x.items()} if type(x) is dict
+                        else {str(k): str(v) for k, v in (x or {}).items()})
+    r.primary = get("primary")
+    if type(lr) is list:
+        try:
+            r.lr = [float(v) for v in lr]
+        except (TypeError, ValueError):
+            r.lr = [f for f in (_float(v) for v in lr) if f is not None]
+    elif lr is None:
+        r.lr = []
+    else:
+        r.lr = [f for f in (_float(v) for v in (lr if isinstance(lr, (list, tuple)) else [lr])) if f is not None]
+    r.grad_norm = _float_map(get("grad_norm"))
+    r.update_norm = _float_map(get("update_norm"))
+    r.param_norm = _float_map(get("param_norm"))
+    r.amp = amp
+    x = get("steps_taken")
+    r.steps_taken = x if type(x) is int or x is None else int(x)
+    x = get("batches_seen")
+    r.batches_seen = x if type(x) is int or x is None else int(x)
+    x = get("skipped")
+    r.skipped = x if type(x) is bool or x is None else bool(x)
+    r.metrics = _float_map(get("metrics"))
+    x = get("rank")
+    r.rank = x if type(x) is int else int(x or 0)
+    x = get("schema")
+    r.schema = (x or METRICS_SCHEMA) if type(x) is int else int(x or METRICS_SCHEMA)
+    r.extra = extra
+    return r
 
 
 def as_record(obj: "StepRecord | Mapping[str, Any]") -> StepRecord:
@@ -225,14 +298,29 @@ class LiveView:
         """Re-list the trainable parameters (after adding modules or unfreezing some)."""
         self.named_params: tuple[tuple[str, "torch.nn.Parameter"], ...] = tuple(
             (n, p) for n, p in self.model.named_parameters() if p.requires_grad)
+        self.names = tuple(n for n, _ in self.named_params)
         self.owners = tuple(owner_module(n) for n, _ in self.named_params)
         self._stats: GradStats | None = None
+        self._offered: Sequence[float] | None = None
         self._stamp: tuple[str, int] | None = None
 
     def begin(self, phase: str, step: int) -> None:
         if (phase, step) != self._stamp:
             self._stamp = (phase, step)
             self._stats = None
+            self._offered = None
+
+    def offer_grad_norms(self, phase: str, step: int, norms: Sequence[float]) -> None:
+        """Per-parameter gradient norms the training loop already measured in this phase
+        (float32, in `names` order; any value where ``.grad`` is None), so that
+        `param_grad_stats` does not reduce every gradient a second time: on CPU that
+        reduction cost more than all the other per-step work of the monitor together."""
+        if len(norms) != len(self.named_params):
+            raise ValueError(f"norms must have one value per trainable parameter "
+                             f"({len(self.named_params)}), but got {len(norms)=}")
+        self.begin(phase, step)
+        if self._stats is None:
+            self._offered = norms
 
     def optimizer_param_ids(self) -> frozenset[int]:
         if self.optimizer is None:
@@ -244,9 +332,15 @@ class LiveView:
         if self._stats is None:
             params = [p for _, p in self.named_params]
             has = tuple(p.grad is not None for p in params)
+            if self._offered is not None:
+                values = self._offered
+                self._offered = None
+                self._stats = GradStats(names=self.names, has_grad=has,
+                                        norms=tuple(v if h else math.nan for v, h in zip(values, has)))
+                return self._stats
             norms = iter(per_tensor_norms([p.grad for p in params if p.grad is not None]))
             self._stats = GradStats(
-                names=tuple(n for n, _ in self.named_params), has_grad=has,
+                names=self.names, has_grad=has,
                 norms=tuple(next(norms) if h else math.nan for h in has))
         return self._stats
 

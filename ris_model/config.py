@@ -24,6 +24,10 @@ from typing import Any, Literal, Mapping
 
 SPEED_OF_LIGHT = 299_792_458.0
 
+# A positive primary weight below this is 0 in effect: with O(1) terms and auxiliary weights
+# the float32 total cannot tell it from 0 (and below ~1e-45 it is exactly 0 in float32).
+MIN_PRIMARY_WEIGHT = 1e-12
+
 # Sources, lowest to highest precedence. A value set by a later source wins.
 SOURCE_ORDER = ("default", "preset", "file", "cli", "hpo", "schedule")
 
@@ -333,9 +337,11 @@ def load_config(preset: str | None = None, file: str | Path | None = None,
     preset = preset or DEFAULT_PRESET
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    cfg = apply_overrides(Config(), _flatten(PRESETS[preset]), f"preset:{preset}")
+    # each layer is type- and range-checked as it is applied; rules across keys only hold
+    # for the final config (a file may set cov=0 and the CLI the ablation switch)
+    cfg = apply_overrides(Config(), _flatten(PRESETS[preset]), f"preset:{preset}", check=False)
     if file is not None:
-        cfg = apply_overrides(cfg, _flatten(file_values), f"file:{file}")
+        cfg = apply_overrides(cfg, _flatten(file_values), f"file:{file}", check=False)
     if not isinstance(overrides, Mapping):
         overrides = parse_set_args(overrides)
     return apply_overrides(cfg, overrides, "cli")
@@ -382,7 +388,7 @@ def parse_set_args(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def apply_overrides(cfg: Config, values: Mapping[str, Any], source: str) -> Config:
+def apply_overrides(cfg: Config, values: Mapping[str, Any], source: str, *, check: bool = True) -> Config:
     """Apply dotted-key values, type-check and range-check them, record ``source``."""
     tree = cfg.to_dict()
     sources = dict(cfg.sources)
@@ -397,7 +403,8 @@ def apply_overrides(cfg: Config, values: Mapping[str, Any], source: str) -> Conf
         sources[key] = source
     new = _build(Config, tree, "")
     new = dataclasses.replace(new, sources=sources)
-    validate(new)
+    if check:
+        validate(new)
     return new
 
 
@@ -418,11 +425,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"hpo.weight_scale_min={cfg.hpo.weight_scale_min} is larger than "
                           f"hpo.weight_scale_max={cfg.hpo.weight_scale_max}")
     primary = LossWeights.PRIMARY
-    if getattr(cfg.loss.weights, primary) == 0 and not cfg.loss.ablation_zero_primary:
+    value = getattr(cfg.loss.weights, primary)
+    if 0 < value < MIN_PRIMARY_WEIGHT:
+        raise ConfigError(
+            f"loss.weights.{primary}={value!r} is so small that the primary term vanishes in float32 "
+            f"arithmetic; use a weight >= {MIN_PRIMARY_WEIGHT:g} (or 0 with loss.ablation_zero_primary=true)")
+    if value == 0 and not cfg.loss.ablation_zero_primary:
         raise ConfigError(
             f"loss.weights.{primary}=0 switches off the primary loss term and nothing would be learned; "
             f"set it > 0, or set loss.ablation_zero_primary=true for a deliberate ablation")
     for i, phase in enumerate(cfg.loss.schedule):
+        if 0 < phase.weights.get(primary, 1.0) < MIN_PRIMARY_WEIGHT:
+            raise ConfigError(f"loss.schedule[{i}] sets the primary weight {primary!r} below {MIN_PRIMARY_WEIGHT:g}, "
+                              f"where it vanishes in float32 arithmetic; keep it >= {MIN_PRIMARY_WEIGHT:g}")
         if phase.weights.get(primary, 1.0) == 0 and not cfg.loss.ablation_zero_primary:
             raise ConfigError(
                 f"loss.schedule[{i}] sets the primary weight {primary!r} to 0 from epoch {phase.start_epoch}, "
@@ -594,7 +609,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 __all__ = [
-    "Config", "ConfigError", "DEFAULT_LOSS_WEIGHTS", "HPOConfig", "LossConfig", "LossWeights", "ModelConfig", "PRESETS",
+    "Config", "ConfigError", "DEFAULT_LOSS_WEIGHTS", "HPOConfig", "MIN_PRIMARY_WEIGHT", "LossConfig", "LossWeights", "ModelConfig", "PRESETS",
     "SOURCE_ORDER", "SystemConfig", "TrainConfig", "WeightPhase", "apply_overrides", "describe_keys", "leaf_keys",
     "load_config", "parse_set_args", "read_config_file", "validate",
 ]

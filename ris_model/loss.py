@@ -19,7 +19,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ris_model.config import ConfigError, LossWeights, SystemConfig
+from ris_model.config import MIN_PRIMARY_WEIGHT, ConfigError, LossWeights, SystemConfig
 from ris_model.physics.geometry import system_positions, wavenumber
 from ris_model.physics.steering import ris_steering
 
@@ -108,6 +108,9 @@ class HybridLoss(nn.Module):
             weights = LossWeights.from_mapping(weights)
         if not isinstance(weights, LossWeights):
             raise ConfigError(f"HybridLoss needs a LossWeights (one weight per term), but got {weights!r}")
+        if 0 < getattr(weights, LossWeights.PRIMARY) < MIN_PRIMARY_WEIGHT:
+            raise ConfigError(f"the primary loss weight {LossWeights.PRIMARY!r} is below {MIN_PRIMARY_WEIGHT:g} and "
+                              f"vanishes in float32 arithmetic; use a weight >= {MIN_PRIMARY_WEIGHT:g}")
         if getattr(weights, LossWeights.PRIMARY) == 0 and not allow_zero_primary:
             raise ConfigError(f"the primary loss weight {LossWeights.PRIMARY!r} is 0, so nothing would be "
                               f"learned; set it > 0 or pass allow_zero_primary=True for an ablation")

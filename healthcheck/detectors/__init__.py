@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from .base import NO_EVENTS, PHASES, Detector, DetectorState
-from .gradients import ExplodingGrad, NoneGrad, NonFiniteGrad, VanishingGrad, ZeroGrad
+from .gradients import DeadUnits, ExplodingGrad, NoneGrad, NonFiniteGrad, VanishingGrad, ZeroGrad
 from .loss import ConstantLoss, DeadTerm, Divergence, NonFiniteLoss, PrimaryShare, ZeroLoss
 from .outputs import ChanceLevel, CollapsedPredictions, ExpectedRange, SaturatedOutputs
-from .parameters import FrozenParams, NotInOptimizer, UpdateRatio
+from .optimizer import WeightDecay
+from .parameters import BlockedUpdate, FrozenParams, NotInOptimizer, UpdateRatio
 from .schedule import InvalidLR, TinyLR, ZeroLR
 from .steps import AmpOverflow, AmpScaleCollapse, SkippedSteps
-from .validation import ValConstant, ValPlateau
-from .weights import PrimaryWeightZero, WeightChanged
+from .validation import ValConstant, ValPlateau, ValTrainGap
+from .weights import PrimaryWeightZero, UnplannedWeightChange, WeightChanged
 
 
 def default_detectors() -> list[Detector]:
@@ -22,21 +23,21 @@ def default_detectors() -> list[Detector]:
     return [
         # before the optimizer step: what must stop a step comes first
         NonFiniteLoss(), PrimaryWeightZero(), InvalidLR(), NonFiniteGrad(),
-        ZeroLoss(), DeadTerm(), PrimaryShare(), WeightChanged(),
-        NoneGrad(), ZeroGrad(), VanishingGrad(), ExplodingGrad(), NotInOptimizer(),
-        ZeroLR(), TinyLR(),
+        ZeroLoss(), DeadTerm(), PrimaryShare(), WeightChanged(), UnplannedWeightChange(),
+        NoneGrad(), ZeroGrad(), DeadUnits(), VanishingGrad(), ExplodingGrad(), NotInOptimizer(),
+        ZeroLR(), TinyLR(), WeightDecay(),
         # after the step
-        ConstantLoss(), Divergence(), FrozenParams(), UpdateRatio(), SkippedSteps(),
+        ConstantLoss(), Divergence(), FrozenParams(), UpdateRatio(), BlockedUpdate(), SkippedSteps(),
         AmpOverflow(), AmpScaleCollapse(), SaturatedOutputs(),
         # epochs and evaluations
-        ValConstant(), ValPlateau(), CollapsedPredictions(),
+        ValConstant(), ValPlateau(), ValTrainGap(), CollapsedPredictions(),
     ]
 
 __all__ = [
-    "AmpOverflow", "AmpScaleCollapse", "ChanceLevel", "CollapsedPredictions", "ConstantLoss",
-    "DeadTerm", "Detector", "DetectorState", "Divergence", "ExpectedRange", "ExplodingGrad", "FrozenParams",
-    "InvalidLR", "NO_EVENTS", "NoneGrad", "NonFiniteGrad", "NonFiniteLoss", "NotInOptimizer",
+    "AmpOverflow", "AmpScaleCollapse", "BlockedUpdate", "ChanceLevel", "CollapsedPredictions", "ConstantLoss",
+    "DeadTerm", "DeadUnits", "Detector", "DetectorState", "Divergence", "ExpectedRange", "ExplodingGrad",
+    "FrozenParams", "InvalidLR", "NO_EVENTS", "NoneGrad", "NonFiniteGrad", "NonFiniteLoss", "NotInOptimizer",
     "PHASES", "PrimaryShare", "PrimaryWeightZero", "SaturatedOutputs", "SkippedSteps",
-    "TinyLR", "UpdateRatio", "ValConstant", "ValPlateau", "VanishingGrad", "WeightChanged",
-    "ZeroGrad", "ZeroLR", "ZeroLoss", "default_detectors",
+    "TinyLR", "UnplannedWeightChange", "UpdateRatio", "ValConstant", "ValPlateau", "ValTrainGap",
+    "VanishingGrad", "WeightChanged", "WeightDecay", "ZeroGrad", "ZeroLR", "ZeroLoss", "default_detectors",
 ]

@@ -136,6 +136,13 @@ def module_items(norms: Mapping[str, float]):
     return ((k, v) for k, v in norms.items() if k != "_total")
 
 
+def finite_module_items(norms: Mapping[str, float]) -> list[tuple[str, float]]:
+    """`module_items` with finite values only, as a list: built in one comprehension
+    because gradient detectors need it on every record of a million-line file."""
+    isfinite = math.isfinite
+    return [(k, v) for k, v in norms.items() if k != "_total" and v is not None and isfinite(v)]
+
+
 def group_names(names: Sequence[str], owners: Sequence[str]) -> dict[str, list[str]]:
     """Parameter names grouped by owning submodule, keeping first-seen order."""
     out: dict[str, list[str]] = {}

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..events import HealthEvent
 from ..observe import LiveView, StepRecord, top_module
 from .base import (NO_EVENTS, Detector, DetectorState, Streaks, check_float, check_int, finite,
-                   fmt, group_names, module_items, name_list)
+                   finite_module_items, fmt, group_names, module_items, name_list)
 
 
 class NonFiniteGrad(Detector):
@@ -189,7 +189,7 @@ class VanishingGrad(Detector):
         return Streaks()
 
     def check(self, record: StepRecord, state: Streaks, live: LiveView | None) -> Sequence[HealthEvent]:
-        mods = [(m, v) for m, v in module_items(record.grad_norm) if finite(v)]
+        mods = finite_module_items(record.grad_norm)
         out = []
         for module, v in mods:
             n = state.bump(module, 0.0 < v < self.min_norm)
@@ -253,15 +253,17 @@ class ExplodingGrad(Detector):
         state.n += 1
         out = []
         jumps = {}
+        log_ema, beta, judged = state.log_ema, self.beta, state.n > self.warmup
+        log, isfinite, log_growth = math.log, math.isfinite, math.log(self.growth)
         for module, v in norms.items():
-            if not finite(v) or v <= 0:
+            if v is None or not isfinite(v) or v <= 0:
                 continue
-            lv = math.log(v)
-            ema = state.log_ema.get(module)
-            if ema is not None and state.n > self.warmup and lv - ema > math.log(self.growth):
+            lv = log(v)
+            ema = log_ema.get(module)
+            if ema is not None and judged and lv - ema > log_growth:
                 jumps[module] = (v, math.exp(ema))
-            state.log_ema[module] = lv if ema is None else self.beta * ema + (1 - self.beta) * lv
-        named = {m: j for m, j in jumps.items() if m != "_total"} or jumps
+            log_ema[module] = lv if ema is None else beta * ema + (1 - beta) * lv
+        named = ({m: j for m, j in jumps.items() if m != "_total"} or jumps) if jumps else jumps
         for module, (v, level) in named.items():
             out.append(self.event(
                 "grad.exploding", record, where=module,
@@ -275,7 +277,7 @@ class ExplodingGrad(Detector):
                 title=f"global gradient norm {fmt(total)} above {self.max_norm:g}",
                 detail=f"The global gradient norm is {total!r}, above max_norm={self.max_norm:g}.",
                 evidence={"grad_norm": total, "max_norm": self.max_norm}))
-        mods = [(m, v) for m, v in module_items(norms) if finite(v)]
+        mods = finite_module_items(norms)
         if self.ratio is not None and len(mods) >= 2:
             (first, g1), (last, gl) = mods[0], mods[-1]
             r = g1 / gl if gl > 0 else math.nan
@@ -287,4 +289,98 @@ class ExplodingGrad(Detector):
                     detail=(f"‖g[{first}]‖ = {g1!r}, ‖g[{last}]‖ = {gl!r} for {n} steps: the "
                             "gradient grows on its way back to the input."),
                     evidence={"first": g1, "last": gl, "ratio": r, "steps": n}))
+        return out or NO_EVENTS
+
+
+@dataclass
+class _DeadState:
+    params: Any = None  # the LiveView.named_params the selection below was made from
+    index: tuple[int, ...] = ()  # positions (in named_params) of the weights judged
+    counts: list[int] = field(default_factory=list)
+
+
+_LOOKUP_TABLES = ("Embedding", "EmbeddingBag")  # rows are sparse by design: one per token
+
+
+class DeadUnits(Detector):
+    """Half or more of a weight's output rows get an exactly-zero gradient for ``patience``
+    steps (``grad.dead_units``).
+
+    Row i of a weight (out, in, ...) collects the gradient of output unit i over the whole
+    batch; it is exactly 0 only when no sample sent any gradient through that unit: a dead
+    ReLU, an output clamped at a bound for the whole batch (catalogue row 12), a
+    zero-initialised layer. DeepDiagnosis's "dead node" symptom, read from gradients so no
+    activation has to be hooked. Judged per parameter with >= 2 dims (matrices, conv
+    kernels: a row is one output unit or channel); embedding tables are skipped, their
+    rows are sparse by design. 50 %: far beyond the few units a healthy ReLU layer loses;
+    3 steps: a unit silent on one batch may come back on the next, one silent on three
+    batches in a row is dead. A gradient that is 0 everywhere counts (every row is dead),
+    so this fires before ``grad.zero``. Costs one row-norm pass over each weight's gradient
+    and one host sync per step, ~1 ms per million weights on one CPU thread (set
+    ``every`` on the monitor to thin it out). Needs batches of more than a couple of
+    samples: with one sample, a ReLU layer legitimately has about half its units inactive.
+    """
+
+    codes = ("grad.dead_units",)
+    phases = frozenset({"after_backward"})
+    needs_live = True
+
+    def __init__(self, min_fraction: float = 0.5, patience: int = 3) -> None:
+        self.min_fraction = check_float("min_fraction", min_fraction, lo=0.0, hi=1.0, lo_open=True)
+        self.patience = check_int("patience", patience, 1)
+
+    def new_state(self) -> _DeadState:
+        return _DeadState()
+
+    def check(self, record: StepRecord, state: _DeadState, live: LiveView | None) -> Sequence[HealthEvent]:
+        if live is None:
+            return NO_EVENTS
+        if state.params is not live.named_params:  # first call, or the parameters changed
+            modules = dict(live.model.named_modules())
+            state.params = live.named_params
+            state.index = tuple(
+                i for i, ((_, p), owner) in enumerate(zip(live.named_params, live.owners))
+                if p.ndim >= 2 and type(modules.get(owner)).__name__ not in _LOOKUP_TABLES)
+            state.counts = [0] * len(state.index)
+        judged = [(k, live.named_params[i][1].grad) for k, i in enumerate(state.index)]
+        judged = [(k, g) for k, g in judged if g is not None and not g.is_sparse]
+        if not judged:
+            return NO_EVENTS
+        import torch
+
+        # A row's L2 norm is 0 iff the row is 0 (float32 squares of |g| < 1e-22 underflow: a
+        # gradient no update could use either); 10x faster than counting non-zeros on a CPU.
+        with torch.no_grad():
+            dev = judged[0][1].device
+            dead = torch.stack([
+                torch.linalg.vector_norm(g.flatten(1), dim=1, dtype=torch.float32).eq(0).sum().to(dev)
+                for _, g in judged]).tolist()  # one host sync
+        seen = set()
+        hits: list[tuple[int, float, int]] = []
+        for (k, g), n_dead in zip(judged, dead):
+            seen.add(k)
+            rows = g.shape[0]
+            frac = n_dead / rows if rows else 0.0
+            state.counts[k] = state.counts[k] + 1 if frac >= self.min_fraction else 0
+            if state.counts[k] >= self.patience:
+                hits.append((k, frac, rows))
+        for k in range(len(state.counts)):
+            if k not in seen:
+                state.counts[k] = 0  # no gradient this step: grad.none's business, not judged
+        by_owner: dict[str, list[tuple[int, float, int]]] = {}
+        for hit in hits:
+            by_owner.setdefault(live.owners[state.index[hit[0]]], []).append(hit)
+        out = []
+        for owner, found in by_owner.items():
+            k, frac, rows = max(found, key=lambda h: h[1])
+            name = live.named_params[state.index[k]][0]
+            steps = state.counts[k]
+            out.append(self.event(
+                "grad.dead_units", record, where=owner,
+                title=f"{frac:.0%} of the output units of {name!r} got no gradient for {steps} steps",
+                detail=(f"{round(frac * rows)} of the {rows} rows of {name!r} had an exactly-zero "
+                        f"gradient on each of the last {steps} steps (threshold "
+                        f"{self.min_fraction:.0%}); parameters affected: "
+                        f"{name_list([live.named_params[state.index[h[0]]][0] for h in found])}."),
+                evidence={"fraction": frac, "rows": rows, "steps": steps, "params": len(found)}))
         return out or NO_EVENTS

@@ -200,8 +200,13 @@ class PrimaryShare(Detector):
         if not finite(wp) or wp <= 0:
             state.count = 0
             return NO_EVENTS
-        parts = {k: record.weights[k] * abs(v) for k, v in record.terms.items()
-                 if k in record.weights and finite(v) and finite(record.weights[k])}
+        parts = {}
+        weights, isfinite = record.weights, math.isfinite  # a loop, not a comprehension: every step
+        for k, v in record.terms.items():
+            if k in weights and v is not None and isfinite(v):
+                w = weights[k]
+                if w is not None and isfinite(w):
+                    parts[k] = w * abs(v)
         total = sum(parts.values())
         if total <= 0 or p not in parts:
             return NO_EVENTS

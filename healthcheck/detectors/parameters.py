@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..events import HealthEvent
+from ..events import HealthEvent, Severity
 from ..observe import LiveView, StepRecord
 from .base import (NO_EVENTS, Detector, Streaks, check_float, check_int, finite, fmt,
                    group_names, module_items, name_list)
@@ -59,21 +59,31 @@ class NotInOptimizer(Detector):
 
 
 class FrozenParams(Detector):
-    """A module's update norm is exactly 0 over ``patience`` applied steps (``param.frozen``).
+    """A module's update norm is exactly 0 over several applied steps (``param.frozen``).
 
     DeepDiagnosis's "unchanged weight" symptom, per module and exact: ‖Δθ‖ = 0 means the
     optimizer step changed nothing in that module: learning rate 0,
     gradient 0, or the parameters are not in the optimizer (catalogue rows 2, 3). Steps the
-    record marks ``skipped`` don't count either way. 5 steps: a single zero update can be a
-    legitimately empty step; five in a row cannot. ``update_norm`` must list trainable
-    modules only.
+    record marks ``skipped`` don't count either way, so patience is counted in applied
+    steps. Two patiences:
+
+    * ``patience_with_grad`` (2) when, on each of those steps, the module had a non-zero
+      gradient and every group a learning rate > 0: the step had something to apply and a
+      rate to apply it with, so a zero update is a step that does nothing (an optimizer
+      step replaced, a wrong parameter list). One such step can be a rounding accident
+      (an update below half an ulp of every weight); two in a row are not.
+    * ``patience`` (3) otherwise (no gradient recorded, or it was 0): a module unused on a
+      batch is legitimately unchanged, as in ``grad.none``, which waits 3 steps too.
+
+    ``update_norm`` must list trainable modules only.
     """
 
     codes = ("param.frozen",)
     phases = frozenset({"after_step"})
 
-    def __init__(self, patience: int = 5) -> None:
+    def __init__(self, patience: int = 3, patience_with_grad: int = 2) -> None:
         self.patience = check_int("patience", patience, 1)
+        self.patience_with_grad = check_int("patience_with_grad", patience_with_grad, 1)
 
     def new_state(self) -> Streaks:
         return Streaks()
@@ -81,15 +91,20 @@ class FrozenParams(Detector):
     def check(self, record: StepRecord, state: Streaks, live: LiveView | None) -> Sequence[HealthEvent]:
         if record.kind != "step" or record.skipped or not record.update_norm:
             return NO_EVENTS
+        lr_ok = bool(record.lr) and min(record.lr) > 0.0
         out = []
         for module, u in module_items(record.update_norm):
+            g = record.grad_norm.get(module)
             n = state.bump(module, u == 0.0)
-            if n >= self.patience:
+            driven = state.bump(module + "+grad", u == 0.0 and lr_ok and finite(g) and g > 0.0)
+            if n >= self.patience or driven >= self.patience_with_grad:
+                reason = (f" although its gradient norm was {fmt(g)} and every lr > 0"
+                          if driven >= self.patience_with_grad else "")
                 out.append(self.event(
                     "param.frozen", record, where=module,
                     title=f"parameters of {module!r} did not move for {n} steps",
                     detail=(f"The update norm of module {module!r} was exactly 0 on each of the "
-                            f"last {n} applied steps; lr = {record.lr}."),
+                            f"last {n} applied steps{reason}; lr = {record.lr}."),
                     evidence={"update_norm": u, "steps": n}))
         return out or NO_EVENTS
 
@@ -104,17 +119,29 @@ class UpdateRatio(Detector):
     large as the weights themselves). 20 consecutive steps, so one odd step or the first
     steps of a warm-up do not fire. Zero updates are ``param.frozen``'s; modules with
     ‖θ‖ = 0 are skipped. Expect it to fire at the very end of schedules that decay to ~0.
+
+    Above ``error_high`` (0.2) for ``error_patience`` (5) steps it is an error: each step
+    then replaces a fifth of the weights, which no healthy run does (the detection
+    benchmark's healthy runs peak at 0.029, lr up to 3e-3), while a learning rate 1000x too
+    large starts at ~1 (catalogue row 14). Adam's first steps move every weight by about
+    lr, a ratio of about lr / rms(θ): 0.08-0.14 at lr 3e-3 for PyTorch's default Linear
+    init with fan-in 256-768 and no warm-up; layers with a fan-in of several thousand
+    need a warm-up (or a smaller lr) to stay under 0.2.
     """
 
     codes = ("param.update_ratio",)
     phases = frozenset({"after_step"})
 
-    def __init__(self, low: float = 1e-6, high: float = 1.0, patience: int = 20) -> None:
+    def __init__(self, low: float = 1e-6, high: float = 1.0, patience: int = 20,
+                 error_high: float | None = 0.2, error_patience: int = 5) -> None:
         self.low = check_float("low", low, lo=0.0)
         self.high = check_float("high", high, lo=0.0, lo_open=True)
         if self.low >= self.high:
             raise ValueError(f"low must be smaller than high, but got {low=} and {high=}")
         self.patience = check_int("patience", patience, 1)
+        self.error_high = (None if error_high is None else
+                           check_float("error_high", error_high, lo=self.low, lo_open=True))
+        self.error_patience = check_int("error_patience", error_patience, 1)
 
     def new_state(self) -> Streaks:
         return Streaks()
@@ -127,17 +154,75 @@ class UpdateRatio(Detector):
             w = record.param_norm.get(module)
             if not (finite(u) and finite(w)) or u == 0.0 or w == 0.0:
                 state.drop(module)
+                state.drop(module + ">error")
                 continue
             r = u / w
             outside = r < self.low or r > self.high
             n = state.bump(module, outside)
-            if n >= self.patience:
+            big = state.bump(module + ">error", self.error_high is not None and r > self.error_high)
+            severe = big >= self.error_patience
+            if n >= self.patience or severe:
                 side = "small" if r < self.low else "large"
-                bound = self.low if r < self.low else self.high
+                bound = self.low if r < self.low else (self.error_high if severe else self.high)
+                steps = big if severe else n
                 out.append(self.event(
-                    "param.update_ratio", record, where=module,
+                    "param.update_ratio", record, where=module, severity=Severity.ERROR if severe else None,
                     title=f"update/weight ratio of {module!r} too {side}: {r:.2e}",
                     detail=(f"‖Δθ‖/‖θ‖ of {module!r} = {fmt(u)}/{fmt(w)} = {r:.3g}, beyond {bound:g} "
-                            f"for {n} steps (typical: ~1e-3); lr = {record.lr}."),
-                    evidence={"ratio": r, "update_norm": u, "param_norm": w, "steps": n}))
+                            f"for {steps} steps (typical: ~1e-3); lr = {record.lr}."),
+                    evidence={"ratio": r, "update_norm": u, "param_norm": w, "steps": steps}))
+        return out or NO_EVENTS
+
+
+class BlockedUpdate(Detector):
+    """A module barely moves although its learning rate and gradient are fine
+    (``param.update_blocked``).
+
+    Fires when, for ``patience`` (5) applied steps, ‖Δθ‖/‖θ‖ < ``low`` (1e-6), every
+    group's lr >= ``min_lr`` (1e-5) and the module's gradient before the step is > 0, and
+    ‖Δθ‖ < ``max_gain`` (1e-2) x max(lr) x ‖g‖. Then the learning rate cannot be the cause
+    (Adam's update at lr 1e-5 is ~1e-5 of a weight's scale, ten times ``low``; tiny rates
+    are ``lr.tiny``'s) nor a vanished gradient: something between ``.grad`` and the step
+    shrinks it (a clip threshold of ~0, a huge eps, a rescaled gradient). The last condition
+    keeps plain SGD with small gradients quiet: its update is lr x ‖g‖ exactly, while Adam's
+    is larger (17-40x lr·‖g‖ in the detection benchmark's healthy runs), and a gradient
+    clipped to norm 1e-30 leaves 2e-4 to 2e-3 of it (AdamW's weight decay alone).
+    Exactly-zero updates count too (``param.frozen`` names those as well).
+    """
+
+    codes = ("param.update_blocked",)
+    phases = frozenset({"after_step"})
+
+    def __init__(self, low: float = 1e-6, min_lr: float = 1e-5, max_gain: float = 1e-2,
+                 patience: int = 5) -> None:
+        self.low = check_float("low", low, lo=0.0, lo_open=True)
+        self.min_lr = check_float("min_lr", min_lr, lo=0.0, lo_open=True)
+        self.max_gain = check_float("max_gain", max_gain, lo=0.0, lo_open=True)
+        self.patience = check_int("patience", patience, 1)
+
+    def new_state(self) -> Streaks:
+        return Streaks()
+
+    def check(self, record: StepRecord, state: Streaks, live: LiveView | None) -> Sequence[HealthEvent]:
+        if record.kind != "step" or record.skipped or not record.update_norm or not record.lr:
+            return NO_EVENTS
+        lr_min, lr_max = min(record.lr), max(record.lr)
+        out = []
+        for module, u in module_items(record.update_norm):
+            w, g = record.param_norm.get(module), record.grad_norm.get(module)
+            if not (finite(u) and finite(w) and finite(g)) or w == 0.0:
+                state.drop(module)
+                continue
+            r = u / w
+            hit = r < self.low and lr_min >= self.min_lr and g > 0.0 and u < self.max_gain * lr_max * g
+            n = state.bump(module, hit)
+            if n >= self.patience:
+                out.append(self.event(
+                    "param.update_blocked", record, where=module,
+                    title=(f"{module!r} barely moves: ‖Δθ‖/‖θ‖ = {r:.2e} with lr {lr_max:.2g}, "
+                           f"‖g‖ {fmt(g)}"),
+                    detail=(f"For {n} applied steps the update of {module!r} stayed below {self.low:g} of "
+                            f"its weights (now {fmt(u)}/{fmt(w)}) although every lr is >= {self.min_lr:g} "
+                            f"({record.lr}) and its gradient norm before the step is {fmt(g)}."),
+                    evidence={"ratio": r, "update_norm": u, "grad_norm": g, "lr": lr_max, "steps": n}))
         return out or NO_EVENTS

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..events import HealthEvent
+from ..events import HealthEvent, Severity
 from ..observe import LiveView, StepRecord
 from .base import NO_EVENTS, Detector, DetectorState, check_float, check_int
 
@@ -84,6 +84,11 @@ class ZeroLR(Detector):
         return out or NO_EVENTS
 
 
+@dataclass
+class _TinyState(_GroupCounts):
+    from_start: list[bool] = field(default_factory=list)  # below min_lr on every step so far
+
+
 class TinyLR(Detector):
     """A group's learning rate is in (0, ``min_lr``) for ``patience`` steps (``lr.tiny``).
 
@@ -91,6 +96,10 @@ class TinyLR(Detector):
     float32 weights (Adam moves each weight by ~lr per step; 1e-7 of a weight of order
     0.01-1 is under or near float32 resolution); catalogue row 2's 1 % of 2e-6 = 2e-8 is
     caught. 10 steps so the first values of a warm-up from a small start do not fire.
+
+    A warning when the rate decayed there (the tail of a schedule that decays to ~0); an
+    error when the group has been below ``min_lr`` since its first step: the run never
+    had a usable learning rate (a warm-up that starts at 0 counts as below).
     """
 
     codes = ("lr.tiny",)
@@ -100,21 +109,28 @@ class TinyLR(Detector):
         self.min_lr = check_float("min_lr", min_lr, lo=0.0, lo_open=True)
         self.patience = check_int("patience", patience, 1)
 
-    def new_state(self) -> _GroupCounts:
-        return _GroupCounts()
+    def new_state(self) -> _TinyState:
+        return _TinyState()
 
-    def check(self, record: StepRecord, state: _GroupCounts, live: LiveView | None) -> Sequence[HealthEvent]:
+    def check(self, record: StepRecord, state: _TinyState, live: LiveView | None) -> Sequence[HealthEvent]:
         if not record.lr:
             return NO_EVENTS
-        counts = state.bump([0.0 < lr < self.min_lr for lr in record.lr])
+        lrs = record.lr
+        if len(state.from_start) != len(lrs):  # first record, or the groups changed
+            state.from_start = [True] * len(lrs)
+        low = state.from_start
+        for i, lr in enumerate(lrs):
+            low[i] = low[i] and lr < self.min_lr
+        counts = state.bump([0.0 < lr < self.min_lr for lr in lrs])
         out = []
         for i, n in enumerate(counts):
             if n >= self.patience:
-                lr = record.lr[i]
+                lr = lrs[i]
+                since = " since the first step" if low[i] else ""
                 out.append(self.event(
-                    "lr.tiny", record, where=f"group{i}",
-                    title=f"learning rate of param group {i} is only {lr:.2e}",
-                    detail=(f"Param group {i} has had lr < {self.min_lr:g} for {n} steps (now {lr!r}); "
-                            "updates of this size barely change float32 weights."),
-                    evidence={"lr": lr, "group": i, "steps": n}))
+                    "lr.tiny", record, where=f"group{i}", severity=Severity.ERROR if low[i] else None,
+                    title=f"learning rate of param group {i} is only {lr:.2e}{since}",
+                    detail=(f"Param group {i} has had lr < {self.min_lr:g} for {n} steps (now {lr!r})"
+                            f"{since}; updates of this size barely change float32 weights."),
+                    evidence={"lr": lr, "group": i, "steps": n, "from_start": low[i]}))
         return out or NO_EVENTS

@@ -32,15 +32,23 @@ class SkippedSteps(Detector):
     has no counters. More than ``max_fraction`` (half) of the expected steps missing is a
     warning; not a single step applied in the window is an error. ``accumulation`` is the
     number of batches per optimizer step when gradients are accumulated.
+
+    Without waiting for a window: no step at all applied since the run started, after
+    ``first_batches`` x ``accumulation`` batches (2: one batch can be a warm-up that begins
+    with a vetoed step; two in a row cannot), is an error at once. Judged only on the
+    record's own counters (a run from its start) and not under AMP, whose scaler may skip
+    its first steps while it calibrates its scale (``amp.*`` judge those).
     """
 
     codes = ("steps.skipped",)
     phases = frozenset({"after_step"})
 
-    def __init__(self, window: int = 20, max_fraction: float = 0.5, accumulation: int = 1) -> None:
+    def __init__(self, window: int = 20, max_fraction: float = 0.5, accumulation: int = 1,
+                 first_batches: int | None = 2) -> None:
         self.window = check_int("window", window, 2)
         self.max_fraction = check_float("max_fraction", max_fraction, lo=0.0, hi=1.0)
         self.accumulation = check_int("accumulation", accumulation, 1)
+        self.first_batches = None if first_batches is None else check_int("first_batches", first_batches, 1)
 
     def new_state(self) -> _CounterState:
         return _CounterState(history=deque(maxlen=self.window + 1))
@@ -56,6 +64,14 @@ class SkippedSteps(Detector):
             state.steps += 0 if record.skipped else 1
             b, s = state.batches, state.steps
         state.history.append((b, s))
+        if (self.first_batches is not None and record.steps_taken == 0 and record.batches_seen is not None
+                and record.amp is None and b >= self.first_batches * self.accumulation):
+            return (self.event(
+                "steps.skipped", record, where="optimizer", severity=Severity.ERROR,
+                title=f"no optimizer step applied in the first {b} batches",
+                detail=(f"{b} batches were processed since the run started and not one optimizer step "
+                        f"was applied (accumulation={self.accumulation})."),
+                evidence={"batches": b, "steps": 0, "missing_fraction": 1.0}),)
         b0, s0 = state.history[0]
         seen, taken = b - b0, s - s0
         if seen < self.window:

@@ -103,3 +103,56 @@ class ValPlateau(Detector):
             detail=(f"Best validation loss {state.best!r}; the last {state.wait} evaluations did not "
                     f"improve on it by a relative {self.min_delta:g} (latest {loss!r})."),
             evidence={"val_loss": loss, "best": state.best, "evals": state.wait}),)
+
+
+@dataclass
+class _GapState:
+    train: float = math.nan  # mean training loss of the latest epoch
+    count: int = 0
+
+
+class ValTrainGap(Detector):
+    """The validation loss is more than ``max_ratio`` x the latest epoch's mean training
+    loss for ``patience`` evaluations (``val.train_gap``, error).
+
+    Both splits come from one distribution, so an honest model's losses on them are close
+    (the detection benchmark's healthy runs: 0.87-1.14). Ten times is a model that learned
+    something that does not hold on validation: with every training target replaced by
+    one scene's (the benchmark's constant-targets fault) the ratio is 4, 121 and 570 at
+    its three evaluations. Two evaluations in a row so a single odd one does not fire. A
+    model that memorises a very small training set late in a long run can get there too:
+    raise ``max_ratio`` for such runs. Losses <= 0 (log-likelihoods) make the ratio
+    meaningless: then silent.
+    """
+
+    codes = ("val.train_gap",)
+    phases = frozenset({"epoch", "eval"})
+
+    def __init__(self, max_ratio: float = 10.0, patience: int = 2) -> None:
+        self.max_ratio = check_float("max_ratio", max_ratio, lo=1.0, lo_open=True)
+        self.patience = check_int("patience", patience, 1)
+
+    def new_state(self) -> _GapState:
+        return _GapState()
+
+    def check(self, record: StepRecord, state: _GapState, live: LiveView | None) -> Sequence[HealthEvent]:
+        loss = record.loss
+        if record.kind == "epoch":
+            state.train = loss if loss is not None and math.isfinite(loss) else math.nan
+            return NO_EVENTS
+        if record.kind != "eval" or loss is None or not math.isfinite(loss):
+            return NO_EVENTS
+        train = state.train
+        if not (train > 0 and loss > 0):
+            state.count = 0
+            return NO_EVENTS
+        ratio = loss / train
+        state.count = state.count + 1 if ratio > self.max_ratio else 0
+        if state.count < self.patience:
+            return NO_EVENTS
+        return (self.event(
+            "val.train_gap", record, where="val",
+            title=f"validation loss {fmt(loss)} is {ratio:.3g}x the training loss {fmt(train)}",
+            detail=(f"The validation loss has been above {self.max_ratio:g}x the epoch's mean training "
+                    f"loss for {state.count} evaluations (epoch {record.epoch}: {loss!r} vs {train!r})."),
+            evidence={"val_loss": loss, "train_loss": train, "ratio": ratio, "evals": state.count}),)

@@ -103,3 +103,63 @@ def _same(a: float, b: float, rtol: float) -> bool:
     if math.isnan(a) and math.isnan(b):
         return True
     return a == b or abs(a - b) <= rtol * max(abs(a), abs(b))
+
+
+@dataclass
+class _SourcedState:
+    weights: dict[str, float] | None = None
+    sources: dict[str, str] | None = None
+
+
+class UnplannedWeightChange(Detector):
+    """A weight changed value while its recorded source did not (``weights.unplanned_change``).
+
+    Every place that legitimately sets a weight (config, HPO, a schedule phase) records
+    itself as the weight's source, and a run records the sources on every step. A value
+    that changes while its source stays the same was changed by code nobody declared: the
+    seed pipeline's curriculum that jumped a weight mid-run (catalogue row 11) made HPO
+    rank trials on different objectives. A change that comes with a new source is planned
+    and stays ``weights.changed`` (info). No patience: the first unowned change is the
+    finding. Silent for terms without a recorded source (not measured).
+
+    ``owned``: source prefixes whose owner changes the value on every step by design (a
+    per-step ramp that keeps one source string); their changes are not judged.
+    """
+
+    codes = ("weights.unplanned_change",)
+    phases = frozenset({"after_backward"})
+
+    def __init__(self, rtol: float = 1e-9, owned: Sequence[str] = ()) -> None:
+        self.rtol = check_float("rtol", rtol, lo=0.0)
+        if isinstance(owned, str) or not all(isinstance(o, str) and o for o in owned):
+            raise ValueError(f"owned must be a sequence of non-empty source prefixes, but got {owned=}")
+        self.owned = tuple(owned)
+
+    def new_state(self) -> _SourcedState:
+        return _SourcedState()
+
+    def check(self, record: StepRecord, state: _SourcedState, live: LiveView | None) -> Sequence[HealthEvent]:
+        now, sources = record.weights, record.weight_sources
+        if not now or not sources:
+            return NO_EVENTS
+        prev, prev_sources = state.weights, state.sources
+        if prev == now and prev_sources == sources:
+            return NO_EVENTS
+        state.weights, state.sources = dict(now), dict(sources)  # copies: the caller may reuse its dicts
+        if prev is None or prev_sources is None:
+            return NO_EVENTS
+        out = []
+        for name, new in now.items():
+            old = prev.get(name)
+            source, old_source = sources.get(name), prev_sources.get(name)
+            if (old is None or source is None or source != old_source or _same(old, new, self.rtol)
+                    or source.startswith(self.owned)):
+                continue
+            out.append(self.event(
+                "weights.unplanned_change", record, where=name,
+                title=f"loss weight {name!r} changed {fmt(old)} → {fmt(new)} with no new source",
+                detail=(f"Weight {name!r} was {old!r} and is {new!r} from step {record.step} (epoch "
+                        f"{record.epoch}), but its recorded source is still {source!r}: whatever "
+                        "changed it did not record itself."),
+                evidence={"old": old, "new": new}))
+        return out or NO_EVENTS

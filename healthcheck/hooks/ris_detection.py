@@ -8,6 +8,14 @@ fault starts acting; a healthy run with such an event is a false alarm. Healthy 
 configs drawn from the HPO search space (``ris_model.hpo.search_space``), because a
 detector that fires on a valid learning rate or loss-weight mix would prune real trials.
 
+The harness is scored as CI uses it: before the monitored fit, the gate's preflight checks
+(``healthcheck.hooks.ris_gate``'s subject and config check) run on the faulted trainer
+itself, its model, loss, optimizer, scheduler and a batch of its own training data. A
+failed check is an error event ``preflight.<check>`` at step 0, so it detects a fault
+that acts from step 0 with latency 0 (and is a false alarm on a healthy run). Each run
+also keeps the monitor's own verdict, so one benchmark reports both the whole harness and
+the monitor alone; ``preflight=False`` skips the checks.
+
 ``benchmarks/detection.py`` is the command line; tests call `run_benchmark` directly.
 """
 
@@ -23,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from ris_model.config import Config, load_config
 from ris_model.train import Trainer
@@ -32,7 +41,9 @@ from ..events import SEVERITIES, HealthEvent, Severity
 from ..faults import Fault
 from ..monitor import Monitor
 from ..policy import Policy
+from ..preflight import run_checks
 from ..sinks import JsonlSink
+from .ris_gate import RisGateSubject, check_config
 from .ris_trainer import HEALTH_FILE, RisTrainerHealth
 
 EPOCHS = 3  # val.constant needs three evaluations; more epochs only cost time
@@ -102,14 +113,26 @@ class RunResult:
     wall_s: float = 0.0
     crashed: str | None = None  # the exception that ended fit(), if any
     config: dict[str, Any] = field(default_factory=dict)  # values that differ between healthy runs
+    monitor_detected: bool | None = None  # the verdict without the preflight events (None: same)
+    monitor_first_step: int | None = None
+    preflight_failed: list[str] = field(default_factory=list)  # names of failed preflight checks
+
+    def __post_init__(self) -> None:
+        if self.monitor_detected is None:  # no preflight ran: the monitor's verdict is the verdict
+            self.monitor_detected, self.monitor_first_step = self.detected, self.first_step
 
     @property
     def latency(self) -> int | None:
         return None if self.first_step is None else self.first_step - self.start_step
 
+    @property
+    def monitor_latency(self) -> int | None:
+        return None if self.monitor_first_step is None else self.monitor_first_step - self.start_step
+
     def to_json(self) -> dict[str, Any]:
         return {"fault": self.fault, "seed": self.seed, "detected": self.detected,
-                "first_step": self.first_step, "codes": list(self.codes)}
+                "first_step": self.first_step, "codes": list(self.codes),
+                "monitor_detected": self.monitor_detected, "monitor_first_step": self.monitor_first_step}
 
 
 def judge(events: Sequence[HealthEvent], start_step: int) -> dict[str, Any]:
@@ -135,15 +158,91 @@ def judge(events: Sequence[HealthEvent], start_step: int) -> dict[str, Any]:
             "first_error_code": None if first is None else first[1], "early": early}
 
 
+PREFLIGHT_PREFIX = "preflight."
+
+
+class _NoDecay:
+    """The trainer's LR scheduler as the micro-overfit steps it here: followed while it
+    rises (a warm-up from 0 must still fail), never below a group's highest rate so far.
+
+    The benchmark squeezes a run's whole schedule into a few dozen steps (warm-up 8,
+    cosine down to ``min_lr_ratio`` by step 24), and the micro-overfit takes up to 100:
+    stepped as is, the probe would spend most of its steps at 5 % of the rate, which no
+    gated real run does in its first 100 steps (its schedule spans thousands). Measured:
+    5 of 10 healthy HPO-space configs (lr <= 1.9e-4) then fail to halve the loss, while
+    the same configs at their full length pass the gate in 30-41 steps.
+    """
+
+    def __init__(self, scheduler: Any) -> None:
+        self._inner = scheduler
+        self.optimizer = scheduler.optimizer
+
+    def step(self) -> None:
+        groups = self.optimizer.param_groups
+        highest = [g["lr"] for g in groups]
+        self._inner.step()
+        for g, lr in zip(groups, highest):
+            g["lr"] = max(g["lr"], lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._inner.load_state_dict(state)
+
+
+class _BenchmarkSubject(RisGateSubject):
+    """The gate's subject for a trainer the benchmark built, with the probe's schedule
+    view above; every check reads the trainer's own parts."""
+
+    @property
+    def scheduler(self) -> Any:
+        inner = self.trainer.scheduler
+        return None if inner is None else _NoDecay(inner)
+
+
+def preflight_events(trainer: Trainer) -> list[HealthEvent]:
+    """The gate's checks on a built (possibly faulted) trainer, as CI runs them before
+    training: the config check, then every preflight check on the trainer's own model,
+    loss, optimizer, scheduler (seen through `_NoDecay` by the micro-overfit) and first
+    ``batch_size`` training scenes. Each failed check is an error event
+    ``preflight.<name>`` at step 0.
+
+    The micro-overfit restores the model, optimizer and scheduler it stepped; the random
+    number generators are restored here too, so the monitored fit that follows is the fit
+    the trainer would have run without the checks.
+    """
+    cuda = torch.cuda.is_available()
+    rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cuda else None)
+    try:
+        batch = trainer.train_data.take(slice(0, trainer.cfg.train.batch_size))
+        checks = [check_config(trainer.cfg), *run_checks(_BenchmarkSubject(trainer, batch))]
+    finally:
+        torch.set_rng_state(rng[0])
+        if cuda:
+            torch.cuda.set_rng_state_all(rng[1])
+    return [HealthEvent(code=PREFLIGHT_PREFIX + c.name, severity=Severity.ERROR, step=0, epoch=0,
+                        title=f"preflight check {c.name} failed", detail=c.detail, hint=c.hint,
+                        where=c.name, evidence=_numbers(c.measured))
+            for c in checks if not c.passed]
+
+
+def _numbers(measured: Mapping[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in measured.items() if isinstance(v, (int, float))}
+
+
 def run_one(cfg: Config, fault: Fault | None, *, device: str = "auto", keep_dir: str | Path | None = None,
-            detectors: Sequence[Detector] | None = None) -> RunResult:
+            detectors: Sequence[Detector] | None = None, preflight: bool = True) -> RunResult:
     """One monitored fit of ``cfg``, with ``fault`` applied to the built trainer first.
 
     ``detectors``: what the monitor runs (None: `default_detectors`). Detector instances
     hold settings only (the monitor keeps their state), so one list serves every run.
+    ``preflight``: run the gate's checks on the faulted trainer before the fit (see
+    `preflight_events`); their failures go through the monitor like any event.
     """
     name = "healthy" if fault is None else fault.name
     t0 = time.perf_counter()
+    failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="detection-") as tmp:
         run_dir = Path(keep_dir) / f"{name}-s{cfg.train.seed}" if keep_dir else Path(tmp) / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -156,17 +255,25 @@ def run_one(cfg: Config, fault: Fault | None, *, device: str = "auto", keep_dir:
             try:
                 if fault is not None:
                     fault.apply(trainer)
+                if preflight:
+                    for event in preflight_events(trainer):
+                        failed.append(event.where or event.code)
+                        health.monitor.emit(event)
                 trainer.fit()
             except Exception as err:  # a fault may crash the loop: that run is loud, not silent
                 crashed = f"{type(err).__name__}: {err}"
                 if not health.monitor.closed:
                     health.monitor.close()
-        verdict = judge(list(health.monitor.events), fault.start_step if fault else 0)
+        start = fault.start_step if fault else 0
+        events = list(health.monitor.events)
+        verdict = judge(events, start)
+        alone = judge([e for e in events if not e.code.startswith(PREFLIGHT_PREFIX)], start)
     return RunResult(fault=None if fault is None else fault.name, family=None if fault is None else fault.family,
-                     seed=cfg.train.seed, start_step=fault.start_step if fault else 0,
+                     seed=cfg.train.seed, start_step=start,
                      steps_taken=trainer.state.steps_taken, batches_seen=trainer.state.batches_seen,
                      wall_s=time.perf_counter() - t0, crashed=crashed,
-                     config=_varied(cfg) if fault is None else {}, **verdict)
+                     config=_varied(cfg) if fault is None else {}, monitor_detected=alone["detected"],
+                     monitor_first_step=alone["first_step"], preflight_failed=failed, **verdict)
 
 
 def _varied(cfg: Config) -> dict[str, Any]:
@@ -187,23 +294,38 @@ class Benchmark:
 def summarise(runs: Sequence[RunResult], wall_s: float) -> dict[str, Any]:
     """Recall (overall and per family), false-alarm rate (healthy runs with an error-level
     event), warning rate (healthy runs with a warning-level event), and latency in steps
-    from each fault's start step, over the runs given."""
+    from each fault's start step, over the runs given; then the same recall and latencies
+    for the monitor alone (without the preflight checks' events), and the median latency of
+    the faults that act from step 0."""
     faulty = [r for r in runs if r.fault is not None]
     healthy = [r for r in runs if r.fault is None]
     by_family: dict[str, list[RunResult]] = {}
     for r in faulty:
         by_family.setdefault(r.family or "?", []).append(r)
     latencies = [r.latency for r in faulty if r.detected and r.latency is not None]
+    alone = [r.monitor_latency for r in faulty if r.monitor_detected and r.monitor_latency is not None]
+    step0 = [r.latency for r in faulty if r.start_step == 0 and r.detected and r.latency is not None]
+    step0_alone = [r.monitor_latency for r in faulty
+                   if r.start_step == 0 and r.monitor_detected and r.monitor_latency is not None]
     return {
         "recall": _rate(faulty, lambda r: r.detected),
         "recall_by_family": {f: _rate(rs, lambda r: r.detected) for f, rs in sorted(by_family.items())},
         "false_alarm_rate": _rate(healthy, lambda r: r.detected),
         # warnings apart from errors: a run with a warning-level event, whatever else fired
         "warning_rate_healthy": _rate(healthy, lambda r: "warning" in r.severity.values()),
-        "median_latency_steps": statistics.median(latencies) if latencies else None,
+        "median_latency_steps": _median(latencies),
         "max_latency_steps": max(latencies) if latencies else None,
         "wall_s": round(wall_s, 2),
+        "monitor_only_recall": _rate(faulty, lambda r: bool(r.monitor_detected)),
+        "monitor_only_false_alarm_rate": _rate(healthy, lambda r: bool(r.monitor_detected)),
+        "monitor_only_median_latency_steps": _median(alone),
+        "step0_median_latency_steps": _median(step0),
+        "monitor_only_step0_median_latency_steps": _median(step0_alone),
     }
+
+
+def _median(values: Sequence[int]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def _rate(runs: Sequence[RunResult], hit: Callable[[RunResult], bool]) -> float | None:
@@ -213,11 +335,12 @@ def _rate(runs: Sequence[RunResult], hit: Callable[[RunResult], bool]) -> float 
 def run_benchmark(faults: Sequence[Fault], *, seeds: int = 3, healthy: int = 10, preset: str = "tiny",
                   steps: int = 24, device: str = "auto", keep_dir: str | Path | None = None,
                   detectors: Sequence[Detector] | None = None, overrides: Mapping[str, Any] | None = None,
-                  on_run: Callable[[RunResult, int, int], None] | None = None) -> Benchmark:
+                  on_run: Callable[[RunResult, int, int], None] | None = None,
+                  preflight: bool = True) -> Benchmark:
     """Every fault × ``seeds`` seeds on the preset's config, then ``healthy`` runs on configs
     drawn from the HPO space (``overrides`` applies to both). ``detectors`` replaces the monitor's default set (e.g. to try
     a candidate detector against every fault); ``on_run(result, done, total)`` reports
-    progress."""
+    progress; ``preflight=False`` scores the monitor alone (no gate checks before the fit)."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
         raise ValueError(f"seeds must be an integer >= 0, but got {seeds=}")
     if isinstance(healthy, bool) or not isinstance(healthy, int) or healthy < 0:
@@ -235,7 +358,8 @@ def run_benchmark(faults: Sequence[Fault], *, seeds: int = 3, healthy: int = 10,
     t0 = time.perf_counter()
     runs: list[RunResult] = []
     for cfg, fault in plan:
-        runs.append(run_one(cfg, fault, device=device, keep_dir=keep_dir, detectors=detectors))
+        runs.append(run_one(cfg, fault, device=device, keep_dir=keep_dir, detectors=detectors,
+                            preflight=preflight))
         if on_run is not None:
             on_run(runs[-1], len(runs), len(plan))
     return Benchmark(runs, summarise(runs, time.perf_counter() - t0))
@@ -260,5 +384,6 @@ def load_detectors(path: str | Path) -> list[Detector]:
     return list(found)
 
 
-__all__ = ["BATCH_SIZE", "Benchmark", "EPOCHS", "RECORD_ALL", "RunResult", "base_config", "default_detectors",
-           "healthy_config", "judge", "load_detectors", "run_benchmark", "run_one", "summarise"]
+__all__ = ["BATCH_SIZE", "Benchmark", "EPOCHS", "PREFLIGHT_PREFIX", "RECORD_ALL", "RunResult", "base_config",
+           "default_detectors", "healthy_config", "judge", "load_detectors", "preflight_events", "run_benchmark",
+           "run_one", "summarise"]

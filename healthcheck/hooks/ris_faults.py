@@ -107,9 +107,11 @@ def _config_typo_fallback(trainer) -> None:
 
 
 def _curriculum_jump(trainer) -> None:
+    # the seed pipeline's curriculum: loop code that assigns the weight on the loss itself, so
+    # nothing records who changed it (the run's weight sources still name the config)
     def jump(t) -> None:
         w = t.loss_fn.weights
-        t.set_loss_weights(dataclasses.replace(w, subspace=w.subspace * 2.8), "curriculum:stage 2")
+        t.loss_fn.set_weights(dataclasses.replace(w, subspace=w.subspace * 2.8))
 
     _add_callback(trainer, _AtStep(STEP_K, jump))
 
@@ -311,10 +313,11 @@ REGISTRY: list[Fault] = check_faults([
           f"a schedule writes 0 into the primary weight at step {STEP_K}", STEP_K, (1,)),
     Fault("config_typo_fallback", "weights", _config_typo_fallback, ("weights.primary_zero",),
           "a misspelled config key falls back to a default of 0 for the primary weight", 0, (8,)),
-    Fault(f"curriculum_jump@{STEP_K}", "weights", _curriculum_jump, ("weights.changed",),
-          f"a curriculum multiplies the subspace weight by 2.8 at step {STEP_K} (0.25 → 0.7)", STEP_K, (11,)),
+    Fault(f"curriculum_jump@{STEP_K}", "weights", _curriculum_jump, ("weights.unplanned_change", "weights.changed"),
+          f"loop code multiplies the subspace weight by 2.8 at step {STEP_K} (0.25 → 0.7) without "
+          "recording a source", STEP_K, (11,)),
     # -- the loss itself
-    Fault("loss_eps_floor", "loss", _loss_eps_floor, ("val.plateau",),
+    Fault("loss_eps_floor", "loss", _loss_eps_floor, ("preflight.loss_self_test", "val.plateau"),
           "NMSE with ε = 1 added to the prediction only: the loss cannot reach 0 at the target", 0, (7,)),
     Fault("unnormalised_target", "numerics", _unnormalised_target, ("value.out_of_range", "loss.diverging"),
           "target covariances keep a trace of 1e-4·N while predictions have trace N: NMSE ~1e8", 0, (6,)),
@@ -336,10 +339,10 @@ REGISTRY: list[Fault] = check_faults([
           "optimizer.step() does nothing although the loop counts the step as applied", 0, (3,)),
     Fault("step_gate_never_steps", "optimizer", _step_gate_never_steps, ("steps.skipped", "val.constant"),
           "a step gate vetoes every optimizer step (catalogue row 3)", 0, (3,)),
-    Fault("huge_weight_decay", "optimizer", _huge_weight_decay, ("param.update_ratio",),
+    Fault("huge_weight_decay", "optimizer", _huge_weight_decay, ("optim.weight_decay", "param.update_ratio"),
           "weight decay 1/lr on the matrices: each step erases them", 0, ()),
     # -- gradients
-    Fault("grad_clip_zero", "gradients", _grad_clip_zero, ("param.update_ratio",),
+    Fault("grad_clip_zero", "gradients", _grad_clip_zero, ("param.update_blocked", "param.update_ratio"),
           "gradients are clipped to norm 1e-30: updates are ~0 though gradients are healthy", 0, ()),
     Fault(f"nan_grad@{STEP_K}", "gradients", _nan_grad, ("grad.nonfinite",),
           f"the first encoder layer's gradient is NaN at step {STEP_K} while the loss is finite", STEP_K, (5,)),
@@ -348,24 +351,24 @@ REGISTRY: list[Fault] = check_faults([
     # -- model
     Fault("head_detached", "model", _head_detached, ("grad.none", "param.frozen"),
           "the factor head's input is detached: the encoder gets no gradient", 0, (9,)),
-    Fault("clamp_output", "model", _clamp_output, ("output.saturated", "grad.zero", "grad.vanishing"),
+    Fault("clamp_output", "model", _clamp_output, ("grad.dead_units", "output.saturated", "grad.zero"),
           "the factor head's output is clamped to ±0.02: most outputs sit at a bound", 0, (12,)),
     Fault("frozen_module", "model", _frozen_module, ("param.frozen",),
           "the encoder is set requires_grad=False after the optimizer was built", 0, ()),
-    Fault("zero_init", "model", _zero_init, ("grad.zero",),
+    Fault("zero_init", "model", _zero_init, ("grad.dead_units", "grad.zero"),
           "every Linear weight and bias initialised to 0", 0, ()),
-    Fault("dead_activation", "model", _dead_activation, ("grad.zero",),
+    Fault("dead_activation", "model", _dead_activation, ("grad.dead_units", "grad.zero"),
           "every encoder activation is a ReLU shifted by 100: all units are dead", 0, ()),
     # -- data
     Fault(f"nan_label@{STEP_K}", "data", _nan_label, ("loss.nonfinite",),
           f"the target azimuths of the batch at step {STEP_K} are NaN", STEP_K, (14,)),
     Fault(f"inf_target@{STEP_K}", "data", _inf_target, ("loss.nonfinite",),
           f"the target covariances of the batch at step {STEP_K} are infinite", STEP_K, ()),
-    Fault("labels_shuffled", "data", _labels_shuffled, ("val.plateau",),
+    Fault("labels_shuffled", "data", _labels_shuffled, ("preflight.micro_overfit", "val.plateau"),
           "the targets are shuffled within every training batch", 0, ()),
-    Fault("constant_targets", "data", _constant_targets, ("loss.constant",),
+    Fault("constant_targets", "data", _constant_targets, ("val.train_gap", "loss.constant"),
           "every training scene carries the first scene's targets", 0, ()),
-    Fault("input_uninformative", "data", _input_uninformative, ("output.collapsed", "loss.chance_level"),
+    Fault("input_uninformative", "data", _input_uninformative, ("preflight.micro_overfit", "output.collapsed"),
           "every input is the same identity matrix: the prediction collapses to one answer", 0, (10,)),
 ])
 

@@ -9,6 +9,10 @@ weight never reach the weights.
 
 Under DDP every rank runs its own monitor (events carry the rank, all ranks append to
 the one health.jsonl) and the trainer agrees on a stop across ranks.
+
+At fit start the callback adds what only the trainer knows: the range each loss term
+can take (`term_ranges`), judged on every step and every evaluation
+(``value.out_of_range``), so a scale bug shows at step 0 instead of as a curve.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, Mapping
 
 from ris_model.callbacks import Callback
 
+from ..detectors import ExpectedRange
 from ..monitor import Monitor
 from ..observe import LiveView, as_record
 from ..policy import Policy
@@ -26,12 +31,33 @@ from ..sinks import ConsoleSink, JsonlSink, OptunaSink, WandbSink
 HEALTH_FILE = "health.jsonl"
 
 
+def term_ranges(n_elements: int) -> dict[str, tuple[float, float]]:
+    """The range every HybridLoss term stays in for any model, trained or not.
+
+    ``cov`` = ‖R̂ − R‖²_F / ‖R‖²_F for PSD R̂, R of trace N is in [0, 1 + N] (derived in
+    ``healthcheck.hooks.ris_gate``: ‖R̂‖² <= N², ‖R‖² >= N, tr(R̂R) >= 0); ``subspace``,
+    ``peak`` and ``ortho`` are shares in [0, 1] by construction. These are the gate's
+    ``init_ranges`` without its initialisation-only lower bound on ``cov``: a trained
+    model may bring cov near 0. A value outside is a scale or unit bug (catalogue row 6),
+    not a hard batch.
+    """
+    if isinstance(n_elements, bool) or not isinstance(n_elements, int) or n_elements < 1:
+        raise ValueError(f"n_elements must be an integer >= 1, but got {n_elements=}")
+    return {"cov": (0.0, 1.0 + n_elements), "subspace": (0.0, 1.0), "peak": (0.0, 1.0), "ortho": (0.0, 1.0)}
+
+
+def range_detectors(n_elements: int) -> list[ExpectedRange]:
+    """One `ExpectedRange` per loss term, on every step and evaluation."""
+    return [ExpectedRange(term, low, high) for term, (low, high) in term_ranges(n_elements).items()]
+
+
 class RisTrainerHealth(Callback):
     """Runs a `Monitor` at after_backward, after_step, epoch end and validation end."""
 
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
         self.live: LiveView | None = None
+        self._ranges_added = False
         self._seen: tuple[Any, Any] = (None, None)  # (trainer's names, live names) last mapped
         self._order: list[int] | None = None  # live parameter i is the trainer's _order[i]
 
@@ -54,6 +80,9 @@ class RisTrainerHealth(Callback):
     # -- hooks ------------------------------------------------------------------------
     def on_fit_start(self, trainer) -> None:
         self.live = LiveView(trainer.model, trainer.optimizer)
+        if not self._ranges_added:  # a second fit() keeps the detectors it already has
+            self.monitor.add_detectors(range_detectors(trainer.cfg.system.n_elements))
+            self._ranges_added = True
 
     def on_after_backward(self, trainer, metrics) -> None:
         self._offer_grad_norms(trainer, metrics)
@@ -124,4 +153,4 @@ def callback_factory(options: Mapping[str, Any]) -> list[Callback]:
                                    extra_sinks=tuple(extra))]
 
 
-__all__ = ["RisTrainerHealth", "callback_factory"]
+__all__ = ["RisTrainerHealth", "callback_factory", "range_detectors", "term_ranges"]

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from healthcheck.events import HealthEvent
 from healthcheck.faults import Fault, load_faults, select_faults
@@ -24,9 +25,11 @@ from healthcheck.hooks.ris_faults import REGISTRY
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 12  # 3 epochs of 4 steps: enough for every patience used below
 SMALL = {"model.width": 32, "model.depth": 2, "train.val_scenes": 32}  # keep each run well under a second
-RUN_KEYS = {"fault", "seed", "detected", "first_step", "codes"}
+RUN_KEYS = {"fault", "seed", "detected", "first_step", "codes", "monitor_detected", "monitor_first_step"}
 SUMMARY_KEYS = {"recall", "recall_by_family", "false_alarm_rate", "warning_rate_healthy",
-                "median_latency_steps", "max_latency_steps", "wall_s"}
+                "median_latency_steps", "max_latency_steps", "wall_s", "monitor_only_recall",
+                "monitor_only_false_alarm_rate", "monitor_only_median_latency_steps",
+                "step0_median_latency_steps", "monitor_only_step0_median_latency_steps"}
 
 
 def event(code, severity, step):
@@ -50,10 +53,10 @@ def test_judge_without_error_level_events_is_not_a_detection():
     assert not v["detected"] and v["first_step"] is None and v["codes"] == ["lr.tiny", "param.update_ratio"]
 
 
-def _run(fault, family, detected, first, start=0, codes=(), severity=None):
+def _run(fault, family, detected, first, start=0, codes=(), severity=None, **monitor):
     codes = list(codes)
     return RunResult(fault=fault, family=family, seed=0, detected=detected, first_step=first, codes=codes,
-                     severity=severity or {c: "error" for c in codes}, start_step=start)
+                     severity=severity or {c: "error" for c in codes}, start_step=start, **monitor)
 
 
 def test_summary_rates_and_latencies():
@@ -69,6 +72,23 @@ def test_summary_rates_and_latencies():
     assert s["warning_rate_healthy"] == pytest.approx(1 / 4)  # warning-level events only; errors are alarms
     assert s["median_latency_steps"] == 2 and s["max_latency_steps"] == 3  # latencies 3, 2, 0
     assert s["wall_s"] == 1.23
+    # no preflight ran: the monitor's verdicts are the verdicts
+    assert s["monitor_only_recall"] == s["recall"] and s["monitor_only_false_alarm_rate"] == s["false_alarm_rate"]
+    assert s["step0_median_latency_steps"] == 1.5  # faults a and c act from step 0: latencies 3 and 0
+
+
+def test_summary_keeps_the_monitor_alone_apart_from_preflight_detections():
+    runs = [_run("a", "x", True, 0, codes=["preflight.micro_overfit"], monitor_detected=False, monitor_first_step=None),
+            _run("b", "x", True, 0, codes=["preflight.lr_at_step0", "lr.zero"], monitor_detected=True,
+                 monitor_first_step=1),
+            _run("c", "y", True, 12, start=10, codes=["loss.nonfinite"], monitor_detected=True, monitor_first_step=12),
+            _run(None, None, True, 0, codes=["preflight.micro_overfit"], monitor_detected=False,
+                 monitor_first_step=None)]
+    s = summarise(runs, wall_s=1.0)
+    assert s["recall"] == 1.0 and s["monitor_only_recall"] == pytest.approx(2 / 3)
+    assert s["false_alarm_rate"] == 1.0 and s["monitor_only_false_alarm_rate"] == 0.0
+    assert s["median_latency_steps"] == 0 and s["monitor_only_median_latency_steps"] == 1.5  # 1 and 2
+    assert s["step0_median_latency_steps"] == 0 and s["monitor_only_step0_median_latency_steps"] == 1
 
 
 def test_healthy_configs_come_from_the_hpo_space():
@@ -98,10 +118,15 @@ def test_a_fault_starting_after_the_run_is_refused():
 # ------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def small_benchmark():
-    faults = select_faults(REGISTRY, ["lr_zero", "head_detached", "optimizer_subset"])
+    faults = select_faults(REGISTRY, ["lr_zero", "head_detached", "optimizer_subset", "loss_eps_floor"])
     seen = []
-    bench = run_benchmark(faults, seeds=1, healthy=2, preset="tiny", steps=STEPS, device="cpu", overrides=SMALL,
-                          on_run=lambda r, done, total: seen.append((r.fault, done, total)))
+    threads = torch.get_num_threads()  # module scope runs before the per-test one-thread fixture
+    torch.set_num_threads(1)
+    try:
+        bench = run_benchmark(faults, seeds=1, healthy=2, preset="tiny", steps=STEPS, device="cpu",
+                              overrides=SMALL, on_run=lambda r, done, total: seen.append((r.fault, done, total)))
+    finally:
+        torch.set_num_threads(threads)
     return bench, seen
 
 
@@ -112,7 +137,32 @@ def test_runner_detects_faults_by_their_own_signal(small_benchmark):
     assert by["head_detached"].detected and "grad.none" in by["head_detached"].codes
     r = by["optimizer_subset"]
     assert r.detected and r.first_step == 0 and "param.not_in_optimizer" in r.codes  # known before any step
-    assert all(r.latency == r.first_step for r in bench.runs if r.fault)  # all three act from step 0
+    assert r.monitor_detected and r.monitor_first_step == 0
+    assert all(r.latency == r.first_step for r in bench.runs if r.fault)  # all four act from step 0
+
+
+def test_preflight_catches_what_training_cannot_show(small_benchmark):
+    # ε added to the prediction only: the loss is not 0 at the target, which the self-test
+    # sees before training; in 12 steps the monitored run shows nothing wrong
+    bench, _ = small_benchmark
+    r = next(r for r in bench.runs if r.fault == "loss_eps_floor")
+    assert r.detected and r.first_step == 0 and r.latency == 0
+    assert "preflight.loss_self_test" in r.codes and r.preflight_failed == ["loss_self_test"]
+    assert not r.monitor_detected and r.monitor_first_step is None
+    assert by_fault(bench)["lr_zero"].preflight_failed[0] == "lr_at_step0"
+
+
+def by_fault(bench):
+    return {r.fault: r for r in bench.runs}
+
+
+def test_without_preflight_only_the_monitor_scores():
+    faults = select_faults(REGISTRY, ["loss_eps_floor"])
+    bench = run_benchmark(faults, seeds=1, healthy=0, preset="tiny", steps=STEPS, device="cpu", overrides=SMALL,
+                          preflight=False)
+    (r,) = bench.runs
+    assert not r.detected and r.preflight_failed == [] and not any(c.startswith("preflight.") for c in r.codes)
+    assert bench.summary["recall"] == bench.summary["monitor_only_recall"] == 0.0
 
 
 def test_runner_healthy_runs_and_summary(small_benchmark):
@@ -120,9 +170,10 @@ def test_runner_healthy_runs_and_summary(small_benchmark):
     healthy = [r for r in bench.runs if r.fault is None]
     assert [r.seed for r in healthy] == [1000, 1001]
     assert not any(r.detected for r in healthy)
+    assert all(r.preflight_failed == [] for r in healthy)  # healthy configs pass the gate's checks
     assert all(r.steps_taken == r.batches_seen == STEPS for r in healthy)  # every step applied
     assert bench.summary["recall"] == 1.0 and bench.summary["false_alarm_rate"] == 0.0
-    assert [s[1:] for s in seen] == [(i, 5) for i in range(1, 6)]
+    assert [s[1:] for s in seen] == [(i, 6) for i in range(1, 7)]
     blob = bench.to_json()
     assert set(blob) == {"summary", "runs"} and set(blob["summary"]) == SUMMARY_KEYS
     assert all(set(r) == RUN_KEYS for r in blob["runs"])
@@ -195,3 +246,24 @@ def test_load_faults_and_fault_validation(tmp_path):
         Fault("x", "schedule").apply(object())
     with pytest.raises(ValueError, match="FAULTS"):
         load_faults(tmp_path / "missing.py")
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler")  # no optimizer step here
+def test_the_probe_follows_a_warmup_but_not_the_decay_of_a_squeezed_schedule():
+    from healthcheck.hooks.ris_detection import _NoDecay
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    factors = [0.1, 0.5, 1.0, 0.2, 0.05]
+    view = _NoDecay(torch.optim.lr_scheduler.LambdaLR(opt, lambda s: factors[min(s, 4)]))
+    assert view.optimizer is opt
+    lrs = []
+    for _ in range(4):
+        view.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 1.0])  # up with the warm-up, never down with the decay
+    # a warm-up that starts at 0 still gives the probe nothing to learn with
+    zero = torch.optim.SGD([param], lr=1.0)
+    flat = _NoDecay(torch.optim.lr_scheduler.LambdaLR(zero, lambda s: 0.0))
+    flat.step()
+    assert zero.param_groups[0]["lr"] == 0.0

@@ -21,10 +21,10 @@ CATALOGUE = {
     8: {"weights.changed"},  # unknown keys are the config's job; sources are recorded per change
     9: {"grad.none", "grad.zero"},
     10: {"loss.chance_level", "output.collapsed"},
-    11: {"weights.changed"},
-    12: {"output.saturated", "grad.vanishing", "grad.zero"},
+    11: {"weights.changed", "weights.unplanned_change"},  # every change; an error if no source owns it
+    12: {"output.saturated", "grad.vanishing", "grad.zero", "grad.dead_units"},
     13: {"param.not_in_optimizer"},
-    14: {"loss.diverging", "grad.exploding", "loss.nonfinite", "grad.nonfinite"},
+    14: {"loss.diverging", "grad.exploding", "loss.nonfinite", "grad.nonfinite", "param.update_ratio"},
 }
 
 

@@ -15,11 +15,12 @@ from torch import nn
 import healthcheck.detectors as D
 from healthcheck.events import CODES, Severity
 from healthcheck.observe import LiveView
-from hc_fakes import codes_where, healthy_eval, healthy_step, run
+from hc_fakes import codes_where, healthy_epoch, healthy_eval, healthy_step, run
 
 HEALTHY_STEPS = [healthy_step(i) for i in range(200)]
 HEALTHY_EVALS = [healthy_eval(e) for e in range(25)]
-HEALTHY = HEALTHY_STEPS + HEALTHY_EVALS
+HEALTHY = HEALTHY_STEPS + [r for e in range(25) for r in (healthy_epoch(e), healthy_eval(e))]
+SOURCES = {"mse": "config", "reg": "config"}
 
 
 def steps(n, start=0, **over):
@@ -49,6 +50,11 @@ FAULTS = {
     "WeightChanged": (D.WeightChanged, steps(10) + steps(5, start=10, weights={"mse": 1.0, "reg": 0.7},
                                                           weight_sources={"reg": "schedule"}),
                       {("weights.changed", "reg")}),
+    # the value moves while the recorded source stays "config": nobody owns the change
+    "UnplannedWeightChange": (D.UnplannedWeightChange,
+                              steps(10, weight_sources=SOURCES) + steps(5, start=10, weights={"mse": 1.0, "reg": 0.7},
+                                                                        weight_sources=SOURCES),
+                              {("weights.unplanned_change", "reg")}),
     "NonFiniteGrad": (D.NonFiniteGrad, steps(3) + [with_grad(healthy_step(3), encoder=math.nan, _total=math.nan)],
                       {("grad.nonfinite", "encoder")}),
     "ZeroGrad": (D.ZeroGrad, [with_grad(r, head=0.0) for r in steps(6)], {("grad.zero", "head")}),
@@ -60,6 +66,9 @@ FAULTS = {
                      {("param.frozen", "head")}),
     "UpdateRatio": (D.UpdateRatio, steps(25, update_norm={"encoder": 1e-7, "head": 1e-3}),
                     {("param.update_ratio", "encoder")}),
+    # lr 1e-3 and a gradient of ~0.5, yet the encoder moves 3e-8 of its norm (a clip to ~0)
+    "BlockedUpdate": (D.BlockedUpdate, steps(6, update_norm={"encoder": 1e-7, "head": 1e-3}),
+                      {("param.update_blocked", "encoder")}),
     "InvalidLR": (D.InvalidLR, [healthy_step(0, lr=[-1e-3, 1e-3])], {("lr.invalid", "group0")}),
     "ZeroLR": (D.ZeroLR, steps(3, lr=[0.0, 1e-3]), {("lr.zero", "group0")}),
     "TinyLR": (D.TinyLR, steps(12, lr=[1e-3, 2e-8]), {("lr.tiny", "group1")}),
@@ -72,6 +81,8 @@ FAULTS = {
     "ValConstant": (D.ValConstant, [healthy_eval(e, loss=0.4321) for e in range(4)], {("val.constant", "val")}),
     "ValPlateau": (D.ValPlateau, HEALTHY_EVALS[:5] + [healthy_eval(e, loss=0.6) for e in range(5, 17)],
                    {("val.plateau", "val")}),
+    "ValTrainGap": (D.ValTrainGap, [r for e in range(3) for r in (healthy_epoch(e, loss=0.01), healthy_eval(e, loss=1.2))],
+                    {("val.train_gap", "val")}),
     "ChanceLevel": (lambda: D.ChanceLevel(num_classes=10),
                     [healthy_eval(e, loss=math.log(10) + 0.01) for e in range(4)], {("loss.chance_level", "val")}),
     "CollapsedPredictions": (D.CollapsedPredictions,
@@ -84,7 +95,7 @@ FAULTS = {
 }
 
 # detectors that need a live model are tested below with one
-LIVE_ONLY = {"NoneGrad", "NotInOptimizer"}
+LIVE_ONLY = {"NoneGrad", "NotInOptimizer", "DeadUnits", "WeightDecay"}
 
 
 def all_detector_classes():
@@ -96,11 +107,26 @@ def test_every_detector_has_a_fault_test():
     assert all_detector_classes() == set(FAULTS) | LIVE_ONLY
 
 
+# Codes with an emitter other than a detector: the monitor reports on itself (a detector
+# that failed, the closing summary), `healthcheck watch` on the files it reads (a line that
+# is not a record), and a failed preflight check of the gate becomes `preflight.<check>`
+# when its verdict goes through a monitor (the detection benchmark does that).
+NOT_FROM_DETECTORS = ("monitor.", "watch.", "preflight.")
+
+
 def test_every_code_is_emitted_by_some_detector():
     emitted = {c for name in all_detector_classes() for c in getattr(D, name).codes}
     assert emitted <= set(CODES)
-    # monitor.* and watch.* codes come from the monitor and from `healthcheck watch`, not detectors
-    assert {c for c in CODES if not c.startswith(("monitor.", "watch."))} == emitted
+    assert {c for c in CODES if not c.startswith(NOT_FROM_DETECTORS)} == emitted
+    assert not any(c.startswith(NOT_FROM_DETECTORS) for c in emitted)
+
+
+def test_every_preflight_check_has_a_code():
+    from healthcheck.preflight import default_checks
+
+    names = [check.check_name for check in default_checks()] + ["config"]
+    assert {f"preflight.{n}" for n in names} == {c for c in CODES if c.startswith("preflight.")}
+    assert all(CODES[f"preflight.{n}"].severity is Severity.ERROR for n in names)
 
 
 @pytest.mark.parametrize("name", sorted(FAULTS))
@@ -201,7 +227,7 @@ def test_zero_lr_for_one_warmup_step_is_silent():
 def test_skipped_steps_partial_is_warning_none_is_error():
     none = run(D.SkippedSteps(), FAULTS["SkippedSteps"][1])
     assert {e.severity for e in none} == {Severity.ERROR}
-    partial = [healthy_step(i, steps_taken=i // 3) for i in range(30)]
+    partial = [healthy_step(i, steps_taken=1 + i // 3) for i in range(30)]  # one step in three
     events = run(D.SkippedSteps(), partial)
     assert events and {e.severity for e in events} == {Severity.WARNING}
     accumulated = [healthy_step(i, steps_taken=(i + 1) // 4) for i in range(40)]
@@ -322,3 +348,175 @@ def test_live_grad_stats_are_computed_once_per_phase():
     assert live.param_grad_stats() is not first
     expected = [p.grad.norm().item() for _, p in net.named_parameters()]
     assert list(first.norms) == pytest.approx(expected, rel=1e-6)
+
+
+# -- detectors added for the detection benchmark's misses --------------------------------
+def test_tiny_lr_is_an_error_only_when_it_never_was_larger():
+    (first, *_) = run(D.TinyLR(), steps(12, lr=[1e-3, 2e-8]))
+    assert first.severity is Severity.ERROR and first.where == "group1" and first.step == 9
+    # a warm-up that starts at 0 and stays tiny never had a usable rate either
+    never = [healthy_step(0, lr=[1e-3, 0.0])] + steps(12, start=1, lr=[1e-3, 2e-8])
+    assert {e.severity for e in run(D.TinyLR(), never)} == {Severity.ERROR}
+    # a schedule that decayed below min_lr at the end is a warning
+    decayed = steps(30) + steps(12, start=30, lr=[1e-3, 2e-8])
+    events = run(D.TinyLR(), decayed)
+    assert events and {e.severity for e in events} == {Severity.WARNING}
+
+
+def test_unplanned_change_stays_quiet_for_changes_with_a_new_source():
+    planned = steps(10, weight_sources=SOURCES) + steps(
+        5, start=10, weights={"mse": 1.0, "reg": 0.7}, weight_sources={"mse": "config", "reg": "schedule:phase 0"})
+    assert run(D.UnplannedWeightChange(), planned) == []
+    assert codes_where(run(D.WeightChanged(), planned)) == {("weights.changed", "reg")}  # still recorded
+    # one event at the change, evidence old and new; unmeasured sources are not judged
+    (event,) = run(D.UnplannedWeightChange(), FAULTS["UnplannedWeightChange"][1])
+    assert (event.step, event.evidence["old"], event.evidence["new"]) == (10, 0.1, 0.7)
+    assert event.severity is Severity.ERROR
+    no_sources = steps(10) + steps(5, start=10, weights={"mse": 1.0, "reg": 0.7})
+    assert run(D.UnplannedWeightChange(), no_sources) == []
+    # a per-step ramp whose owner keeps one source string is declared as owned
+    ramp = [healthy_step(i, weights={"mse": 1.0, "reg": 0.01 * i}, weight_sources={"mse": "config", "reg": "ramp"})
+            for i in range(10)]
+    assert len(run(D.UnplannedWeightChange(), ramp)) == 9
+    assert run(D.UnplannedWeightChange(owned=("ramp",)), ramp) == []
+
+
+def test_update_ratio_far_too_large_is_an_error_after_five_steps():
+    # ‖Δθ‖/‖θ‖ = 1/3 per step: each step replaces a third of the encoder's weights
+    events = run(D.UpdateRatio(), steps(6, update_norm={"encoder": 1.0, "head": 1e-3}))
+    assert [(e.where, e.step, e.severity) for e in events] == [("encoder", 4, Severity.ERROR),
+                                                               ("encoder", 5, Severity.ERROR)]
+    assert events[0].evidence["ratio"] == pytest.approx(1.0 / 3.0)
+    # 0.1 per step is large but below the error bound: only the 20-step warning could fire
+    assert run(D.UpdateRatio(), steps(10, update_norm={"encoder": 0.3, "head": 1e-3})) == []
+
+
+def test_blocked_update_needs_a_usable_lr_and_gradient():
+    blocked = {"encoder": 1e-7, "head": 1e-3}
+    assert run(D.BlockedUpdate(), steps(6, update_norm=blocked, lr=[1e-6, 1e-6])) == []  # lr.tiny's case
+    zero_grad = [with_grad(r, encoder=0.0) for r in steps(6, update_norm=blocked)]
+    assert run(D.BlockedUpdate(), zero_grad) == []  # nothing to apply
+    # plain SGD with a small gradient: the update is exactly lr x ‖g‖, nothing is blocked
+    sgd = [with_grad(r, encoder=1e-4) for r in steps(6, update_norm={"encoder": 1e-3 * 1e-4, "head": 1e-3})]
+    assert run(D.BlockedUpdate(), sgd) == []
+    assert run(D.BlockedUpdate(), steps(4, update_norm=blocked)) == []  # patience 5
+
+
+def test_val_train_gap_needs_two_evaluations_and_positive_losses():
+    pairs = lambda losses: [r for e, (t, v) in enumerate(losses) for r in (healthy_epoch(e, loss=t),
+                                                                           healthy_eval(e, loss=v))]
+    assert run(D.ValTrainGap(), pairs([(0.01, 1.2), (0.5, 0.55), (0.01, 1.2)])) == []  # never twice in a row
+    (event,) = run(D.ValTrainGap(), pairs([(0.5, 0.6), (0.01, 1.2), (0.01, 1.3)]))
+    assert event.step == healthy_eval(2).step and event.evidence["ratio"] == pytest.approx(130.0)
+    assert run(D.ValTrainGap(), pairs([(-2.0, 1.0), (-2.0, 1.0), (-2.0, 1.0)])) == []  # log-likelihoods
+
+
+def test_skipped_steps_no_step_at_all_fires_at_the_second_batch():
+    events = run(D.SkippedSteps(), [healthy_step(i, steps_taken=0) for i in range(3)])
+    assert [(e.step, e.severity) for e in events] == [(1, Severity.ERROR), (2, Severity.ERROR)]
+    # under AMP the scaler may skip its first steps: left to the window and the amp checks
+    amp = [healthy_step(i, steps_taken=0, amp={"scale": 2.0 ** (15 - i), "found_inf": True}) for i in range(5)]
+    assert run(D.SkippedSteps(), amp) == []
+    accumulated = [healthy_step(i, steps_taken=(i + 1) // 4) for i in range(8)]
+    assert run(D.SkippedSteps(accumulation=4), accumulated) == []
+
+
+@pytest.mark.parametrize("factory, message", [
+    (lambda: D.BlockedUpdate(low=0.0), "low=0.0"),
+    (lambda: D.ValTrainGap(max_ratio=0.5), "max_ratio=0.5"),
+    (lambda: D.UnplannedWeightChange(owned="schedule"), "owned='schedule'"),
+    (lambda: D.DeadUnits(min_fraction=0.0), "min_fraction=0.0"),
+    (lambda: D.WeightDecay(max_product=-1), "max_product=-1"),
+    (lambda: D.UpdateRatio(error_high=1e-9), "error_high=1e-09"),
+    (lambda: D.SkippedSteps(first_batches=0), "first_batches=0"),
+])
+def test_new_settings_name_the_bad_value(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory()
+
+
+class Mlp(nn.Module):
+    """Linear -> ReLU -> Linear; ``shift`` moves chosen hidden pre-activations far below 0."""
+
+    def __init__(self, vocab=None):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 4) if vocab else None
+        self.hidden = nn.Linear(4, 8)
+        self.out = nn.Linear(8, 2)
+        self.shift = torch.zeros(8)
+
+    def forward(self, x):
+        if self.embed is not None:
+            x = self.embed(x)
+        return self.out(torch.relu(self.hidden(x) - self.shift))
+
+
+def dead_unit_events(net, inputs, n=4):
+    det = D.DeadUnits()
+    live = LiveView(net, None)
+    state, events = det.new_state(), []
+    for i in range(n):
+        net.zero_grad(set_to_none=True)
+        net(inputs()).pow(2).mean().backward()
+        live.begin("after_backward", i)
+        events.extend(det.check(healthy_step(i), state, live))
+    return events
+
+
+def test_dead_units_names_the_layer_whose_units_died():
+    torch.manual_seed(0)
+    net = Mlp()
+    net.shift[:5] = 100.0  # 5 of 8 hidden units never activate: their rows get no gradient
+    events = dead_unit_events(net, lambda: torch.randn(16, 4))
+    assert codes_where(events) == {("grad.dead_units", "hidden")}
+    assert [e.step for e in events] == [2, 3]  # the third step in a row
+    assert events[0].evidence["fraction"] == pytest.approx(5 / 8) and events[0].evidence["rows"] == 8
+    net.shift[:5] = 0.0
+    net.shift[:3] = 100.0  # 3 of 8 dead: below half
+    assert dead_unit_events(net, lambda: torch.randn(16, 4)) == []
+
+
+def test_dead_units_healthy_net_and_embedding_rows_are_silent():
+    torch.manual_seed(0)
+    assert dead_unit_events(Mlp(), lambda: torch.randn(16, 4)) == []
+    # a batch touches 2 of 50 tokens: 96 % of the table's rows get no gradient, by design
+    net = Mlp(vocab=50)
+    assert dead_unit_events(net, lambda: torch.tensor([3, 7] * 8)) == []
+
+
+def weight_decay_events(optimizer, scheduler=None):
+    net = Net()
+    live = LiveView(net, optimizer(net))
+    if scheduler is not None:
+        scheduler(live.optimizer)
+    det = D.WeightDecay()
+    return list(det.check(healthy_step(0), det.new_state(), live))
+
+
+def test_weight_decay_times_lr_too_large_fires_on_the_group():
+    events = weight_decay_events(lambda net: torch.optim.AdamW(
+        [{"params": net.encoder.parameters(), "weight_decay": 200.0},
+         {"params": net.head.parameters(), "weight_decay": 0.0}], lr=1e-3))
+    assert codes_where(events) == {("optim.weight_decay", "group0")}
+    assert events[0].evidence["product"] == pytest.approx(0.2)
+    # a warm-up from 1 % of the peak lr does not hide a product of 1 at the peak
+    warm = weight_decay_events(lambda net: torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e3),
+                               lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.01))
+    assert codes_where(warm) == {("optim.weight_decay", "group0")} and warm[0].evidence["lr"] == pytest.approx(1e-3)
+
+
+def test_weight_decay_usual_settings_are_silent():
+    assert weight_decay_events(lambda net: torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)) == []
+    assert weight_decay_events(lambda net: torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=5e-4)) == []
+
+
+def test_frozen_with_gradient_and_lr_fires_after_two_applied_steps():
+    # head has a gradient (~0.8) and lr 1e-3 > 0, yet its update is exactly 0: a step doing nothing
+    events = run(D.FrozenParams(), steps(3, update_norm={"encoder": 1e-3, "head": 0.0}))
+    assert [(e.where, e.step) for e in events] == [("head", 1), ("head", 2)]
+    # without a gradient (an unused module) it waits the longer patience, like grad.none
+    idle = [with_grad(r, head=0.0) for r in steps(3, update_norm={"encoder": 1e-3, "head": 0.0})]
+    assert [(e.where, e.step) for e in run(D.FrozenParams(), idle)] == [("head", 2)]
+    # lr 0 (a warm-up's first step, twice) is lr.zero's finding; here it is the longer patience too
+    zero_lr = steps(2, update_norm={"encoder": 0.0, "head": 0.0}, lr=[0.0, 0.0])
+    assert run(D.FrozenParams(), zero_lr) == []

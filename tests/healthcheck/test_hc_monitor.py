@@ -48,8 +48,8 @@ def test_repeats_are_folded_and_counted_at_close():
 
 def test_severity_increase_is_emitted_again():
     m = Monitor([D.SkippedSteps()])
-    recs = [healthy_step(i, steps_taken=i // 3) for i in range(25)]  # partial: warning
-    recs += [healthy_step(i, steps_taken=8) for i in range(25, 60)]  # none applied: error
+    recs = [healthy_step(i, steps_taken=1 + i // 3) for i in range(25)]  # partial: warning
+    recs += [healthy_step(i, steps_taken=9) for i in range(25, 60)]  # none applied: error
     emitted = feed(m, recs)
     assert [e.severity for e in emitted] == [Severity.WARNING, Severity.ERROR]
     assert emitted[1].count > 1
@@ -202,3 +202,15 @@ def test_default_policy_reads_the_environment(monkeypatch):
     m = Monitor([D.ZeroLR()])
     feed(m, [healthy_step(i, lr=[0.0, 1e-3]) for i in range(4)])
     assert m.should_stop and m.stop_reason.severity is Severity.CRITICAL
+
+
+def test_detectors_added_later_judge_from_the_next_record_on():
+    sink = ListSink()
+    m = Monitor([D.ZeroLR()], sinks=[sink])
+    feed(m, [healthy_step(0, loss=1e25)])  # no range declared yet: nothing to say
+    m.add_detectors([D.ExpectedRange("loss", 0.0, 10.0)])
+    events = feed(m, [healthy_step(1, loss=1e25), healthy_step(2)])
+    assert [(e.code, e.step) for e in events] == [("value.out_of_range", 1)]
+    assert [type(d).__name__ for d in m.detectors] == ["ZeroLR", "ExpectedRange"]
+    with pytest.raises(TypeError, match="Detector instances"):
+        m.add_detectors([object()])

@@ -1,0 +1,88 @@
+"""The monitor as a ris_model Trainer callback: the loss-term ranges it adds at fit start.
+
+The ranges are a mathematical statement about HybridLoss (cov of two trace-N PSD matrices
+is in [0, 1 + N]; the other terms are shares), so they are checked against the loss itself
+on random predictions and targets, and against the gate's ranges at initialisation."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from healthcheck.hooks.ris_gate import init_ranges
+from healthcheck.hooks.ris_trainer import RisTrainerHealth, range_detectors, term_ranges
+from healthcheck.monitor import Monitor
+from healthcheck.events import SEVERITIES
+from healthcheck.policy import Policy
+from ris_model.config import load_config
+from ris_model.loss import CovPrediction, HybridLoss
+
+RECORD_ALL = Policy(severity={s: "record" for s in SEVERITIES})
+
+
+def test_training_ranges_are_the_gates_without_its_initialisation_floor():
+    for n in (1, 16, 64):
+        train, init = term_ranges(n), init_ranges(n)
+        assert set(train) == set(init)
+        for term, (lo, hi) in init.items():
+            assert train[term][1] == hi and train[term][0] <= lo
+    assert term_ranges(16)["cov"] == (0.0, 17.0)
+    with pytest.raises(ValueError, match="n_elements=0"):
+        term_ranges(0)
+
+
+def test_every_term_of_the_loss_stays_in_its_range_on_random_inputs():
+    cfg = load_config("tiny")
+    n, k = cfg.system.n_elements, cfg.system.k_max
+    loss = HybridLoss(cfg.loss.weights, system=cfg.system)
+    gen = torch.Generator().manual_seed(0)
+    ranges = term_ranges(n)
+    for scale in (1e-3, 1.0, 1e3):  # the terms normalise both sides: any scale stays in range
+        F = torch.randn(8, n, k, dtype=torch.complex64, generator=gen) * scale
+        A = torch.randn(8, n, n, dtype=torch.complex64, generator=gen)
+        R = A @ A.mH  # a random PSD target
+        phi = torch.rand(8, k, generator=gen) * 2 - 1
+        theta = torch.rand(8, k, generator=gen) * 0.5
+        terms = loss.terms(CovPrediction(factor=F), R, phi, theta, torch.full((8, k), 5.0),
+                           torch.ones(8, k, dtype=torch.bool))
+        for term, value in terms.items():
+            lo, hi = ranges[term]
+            assert lo <= float(value) <= hi, (term, float(value), scale)
+
+
+def fake_trainer(n_elements: int):
+    model = torch.nn.Linear(2, 2)
+    return SimpleNamespace(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                           cfg=SimpleNamespace(system=SimpleNamespace(n_elements=n_elements)),
+                           stop_reason=None, request_stop=lambda reason: None)
+
+
+def step_metrics(step, **terms):
+    values = {"cov": 1.5, "subspace": 0.8, "peak": 0.5, "ortho": 0.05, **terms}
+    return {"kind": "step", "step": step, "loss": sum(values.values()), "terms": values}
+
+
+def test_fit_start_adds_the_ranges_and_an_unnormalised_target_fires_at_step_0():
+    health = RisTrainerHealth(Monitor([], policy=RECORD_ALL))
+    trainer = fake_trainer(16)
+    health.on_fit_start(trainer)
+    health.on_fit_start(trainer)  # a second fit keeps one set
+    assert [d.key for d in health.monitor.detectors] == ["cov", "subspace", "peak", "ortho"]
+    health.on_after_backward(trainer, step_metrics(0, cov=1.2e8))  # target of trace 1e-4 N
+    health.on_after_backward(trainer, step_metrics(1, cov=16.9))  # inside [0, 17]: silent
+    health.on_validation_end(trainer, {"kind": "eval", "step": 1, "loss": 2.0,
+                                       "terms": {"cov": 1.0, "subspace": 1.5}})
+    got = [(e.code, e.where, e.step) for e in health.monitor.events]
+    assert got == [("value.out_of_range", "cov", 0), ("value.out_of_range", "val/subspace", 1)]
+
+
+def test_healthy_terms_stay_silent():
+    health = RisTrainerHealth(Monitor([], policy=RECORD_ALL))
+    trainer = fake_trainer(16)
+    health.on_fit_start(trainer)
+    for i in range(20):
+        health.on_after_backward(trainer, step_metrics(i, cov=1.6 - 0.03 * i, ortho=0.0))
+    assert list(health.monitor.events) == []
+    assert all(isinstance(d, type(range_detectors(4)[0])) for d in health.monitor.detectors)
