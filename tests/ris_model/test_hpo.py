@@ -128,3 +128,15 @@ def test_a_killed_study_resumes(tmp_path):
     after = {t.number: t.value for t in _done(tmp_path)}
     assert len(after) >= 3
     assert all(after[n] == v for n, v in before.items())  # finished trials are kept, not redone
+
+
+def test_gate_auto_runs_the_gate_then_the_study(tmp_path):
+    args = ["hpo", "--preset", "tiny", "--study-dir", str(tmp_path), "--trials", "1", "--epochs", "1",
+            "--gate", "auto", "--device", "cpu"]
+    for item in FAST:
+        args += ["--set", item]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    gate = json.loads((tmp_path / "gate.json").read_text())
+    assert gate["passed"] and gate["config_hash"] == fast_cfg().hash
+    assert len(_done(tmp_path, "ris-model")) == 1
