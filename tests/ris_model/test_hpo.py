@@ -82,10 +82,10 @@ def test_study_runs_and_prunes_an_unhealthy_trial(tmp_path):
     assert all(t.user_attrs["health"].get("error", 0) == 0 for t in study.trials if t.number != 1)
 
 
-def _worker(study_dir, trials, name="shared"):
+def _worker(study_dir, trials, name="shared", epochs=1):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RIS_MODEL_WANDB": "off"}
     args = [sys.executable, "-m", "ris_model.cli", "hpo", "--preset", "tiny", "--study-dir", str(study_dir),
-            "--study", name, "--trials", str(trials), "--epochs", "1", "--gate", "skip", "--device", "cpu"]
+            "--study", name, "--trials", str(trials), "--epochs", str(epochs), "--gate", "skip", "--device", "cpu"]
     for item in FAST:
         args += ["--set", item]
     return subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -99,19 +99,20 @@ def _done(study_dir, name="shared"):
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path):
-    workers = [_worker(tmp_path, 4) for _ in range(2)]
+    # enough trials that the study outlasts the second worker's start-up (imports take seconds)
+    workers = [_worker(tmp_path, 10, epochs=2) for _ in range(2)]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
     done = _done(tmp_path)
-    assert len(done) >= 4
+    assert len(done) >= 10
     assert len({t.user_attrs["worker"] for t in done}) == 2  # both processes ran trials
 
 
 def test_a_killed_study_resumes(tmp_path):
-    first = _worker(tmp_path, 3)
+    first = _worker(tmp_path, 8, epochs=3)  # long enough that a kill lands mid-study
     deadline = time.time() + 240
     while time.time() < deadline:
-        time.sleep(1)
+        time.sleep(0.2)
         if (tmp_path / "study.db").exists():
             try:
                 if len(_done(tmp_path)) >= 1:
@@ -121,12 +122,12 @@ def test_a_killed_study_resumes(tmp_path):
     first.send_signal(signal.SIGKILL)
     first.wait()
     before = {t.number: t.value for t in _done(tmp_path)}
-    assert 1 <= len(before) < 3
-    second = _worker(tmp_path, 3)
+    assert 1 <= len(before) < 8
+    second = _worker(tmp_path, len(before) + 2)
     out = second.communicate(timeout=300)[0]
     assert second.returncode == 0, out
     after = {t.number: t.value for t in _done(tmp_path)}
-    assert len(after) >= 3
+    assert len(after) >= len(before) + 2
     assert all(after[n] == v for n, v in before.items())  # finished trials are kept, not redone
 
 
