@@ -257,7 +257,7 @@ class RunWatch:
             return
         try:
             event = HealthEvent.from_dict(item)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, AttributeError, OverflowError) as err:  # malformed, not fatal
             self._bad(BadLine(self._health.path, self._health.line_no, f"not a health event ({err})",
                               json.dumps(item)[:80]))
             return
@@ -274,7 +274,7 @@ class RunWatch:
             self._on_line(item)
         try:
             record = StepRecord.from_metrics_line(item)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, AttributeError, OverflowError) as err:  # malformed, not fatal
             self._bad(BadLine(getattr(self._metrics, "path", self.run_dir), self.state.lines,
                               f"not a metrics line ({err})", json.dumps(item, default=str)[:80]))
             return

@@ -235,3 +235,16 @@ def test_run_watch_prints_a_panel_on_a_terminal(run_factory):
     text = out.getvalue()
     assert code == 1
     assert "weights.primary_zero" in text and "step" in text and "share" in text
+
+
+@pytest.mark.parametrize("bad", ['"weight_sources": [1]', '"step": 1e400'])
+def test_a_malformed_field_is_a_bad_line_not_a_crash(tmp_path, bad):
+    from _runfiles import step_line
+
+    lines = [json.dumps(step_line(i)) for i in range(3)]
+    good = json.dumps(step_line(3))
+    lines.append(good[:-1] + ", " + bad + "}")
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    res, v = verdict_of(tmp_path, "--fail-on", "critical")
+    assert res.exit_code == 0, res.output
+    assert any(e["code"] == "watch.bad_line" for e in v["events"])
