@@ -8,6 +8,7 @@ step, before any optimizer step, with an error event naming the weight, and exit
 import dataclasses
 import json
 
+import pytest
 from click.testing import CliRunner
 
 import ris_model.plugins
@@ -21,10 +22,15 @@ class DropPrimaryWeight(Callback):
         object.__setattr__(trainer.loss_fn, "weights", dataclasses.replace(w, cov=0.0))
 
 
-def test_train_stops_at_step_zero_naming_the_weight(tmp_path, monkeypatch):
+@pytest.fixture
+def primary_dropped_at_run_time(monkeypatch):
+    """`ris-model train` gets DropPrimaryWeight next to the plugins it loads (the monitor)."""
     real = ris_model.plugins.plugin_callbacks
     monkeypatch.setattr(ris_model.plugins, "plugin_callbacks",
                         lambda options, disabled=frozenset(): real(options, disabled=disabled) + [DropPrimaryWeight()])
+
+
+def test_train_stops_at_step_zero_naming_the_weight(tmp_path, primary_dropped_at_run_time):
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--preset", "tiny", "--epochs", "2", "--run-dir", str(run_dir),
                                        "--set", "train.train_scenes=64", "--set", "model.width=32",
@@ -51,10 +57,7 @@ def test_the_same_run_without_the_fault_is_healthy(tmp_path):
     assert not [e for e in events if e["severity"] in ("warning", "error", "critical")]
 
 
-def test_a_silenced_code_no_longer_stops_the_run(tmp_path, monkeypatch):
-    real = ris_model.plugins.plugin_callbacks
-    monkeypatch.setattr(ris_model.plugins, "plugin_callbacks",
-                        lambda options, disabled=frozenset(): real(options, disabled=disabled) + [DropPrimaryWeight()])
+def test_a_silenced_code_no_longer_stops_the_run(tmp_path, primary_dropped_at_run_time):
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--preset", "tiny", "--epochs", "1", "--run-dir", str(run_dir),
                                        "--set", "train.train_scenes=64", "--set", "model.width=32", "--wandb", "off",
