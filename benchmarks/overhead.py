@@ -5,7 +5,9 @@ round so machine noise hits them alike: no monitor, the monitor with every defau
 detector on every step, and the monitor every 16 steps. A step is timed from its
 ``on_batch_start`` to the end of its ``on_after_optimizer_step`` (the timer is the last
 callback, so the monitor's own hooks are inside the measurement). Reported: median step
-time per variant and the ratio to the unmonitored loop.
+time per variant and its ratio to the unmonitored loop, and the time spent inside the
+monitor's step hooks (median per step) as a share of the unmonitored step: the ratio of
+medians carries the machine's noise, the hook share only the monitor's own cost.
 
     python benchmarks/overhead.py --presets tiny small --rounds 6 --json out.json
 """
@@ -43,16 +45,37 @@ class StepTimer(Callback):
         self.times.append(time.perf_counter() - self._t0)
 
 
-def run_round(cfg, data, variant: str, tmp: Path, warmup: int) -> list[float]:
+class TimedHealth(RisTrainerHealth):
+    """The monitor's callback, with the time spent in its two step hooks summed per step."""
+
+    def __init__(self, monitor) -> None:
+        super().__init__(monitor)
+        self.hook_times: list[float] = []
+        self._spent = 0.0
+
+    def on_after_backward(self, trainer, metrics):
+        t0 = time.perf_counter()
+        super().on_after_backward(trainer, metrics)
+        self._spent = time.perf_counter() - t0
+
+    def on_after_optimizer_step(self, trainer, metrics):
+        t0 = time.perf_counter()
+        super().on_after_optimizer_step(trainer, metrics)
+        self.hook_times.append(self._spent + time.perf_counter() - t0)
+
+
+def run_round(cfg, data, variant: str, tmp: Path, warmup: int) -> tuple[list[float], list[float]]:
+    """Step times and (monitored variants) the monitor's hook time per step."""
     timer = StepTimer()
-    callbacks: list[Callback] = []
+    health: TimedHealth | None = None
     if variant != "off":
         every = 1 if variant == "every step" else 16
-        callbacks.append(RisTrainerHealth.build(tmp / "health", every=every, console=_quiet_console()))
+        health = TimedHealth.build(tmp / "health", every=every, console=_quiet_console())
+    callbacks: list[Callback] = [health] if health is not None else []
     trainer = Trainer(cfg, tmp / variant.replace(" ", "_"), device="cpu", callbacks=callbacks + [timer],
                       train_scenes=data, val_scenes=data.take(slice(0, cfg.train.batch_size)))
     trainer.fit()
-    return timer.times[warmup:]
+    return timer.times[warmup:], (health.hook_times[warmup:] if health is not None else [])
 
 
 def _quiet_console():
@@ -65,15 +88,22 @@ def measure(preset: str, rounds: int, steps: int, warmup: int) -> dict:
     cfg = load_config(preset, overrides=["train.epochs=1"])
     data = build_scenes(cfg.system, cfg.train.batch_size * (steps + warmup), seed=0)
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    hooks: dict[str, list[float]] = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]  # alternate who goes first
             for variant in order:
-                times[variant] += run_round(cfg, data, variant, Path(tmp) / f"{r}", warmup)
+                steps_t, hook_t = run_round(cfg, data, variant, Path(tmp) / f"{r}", warmup)
+                times[variant] += steps_t
+                hooks[variant] += hook_t
             print(f"{preset}: round {r + 1}/{rounds} done", file=sys.stderr)
     base = statistics.median(times["off"])
-    return {v: {"median_ms": 1e3 * statistics.median(t), "ratio": statistics.median(t) / base, "steps": len(t)}
-            for v, t in times.items()}
+    out = {}
+    for v, t in times.items():
+        hook = statistics.mean(hooks[v]) if hooks[v] else 0.0  # mean: every-16 steps are mostly 0
+        out[v] = {"median_ms": 1e3 * statistics.median(t), "ratio": statistics.median(t) / base,
+                  "hook_ms": 1e3 * hook, "hook_share": hook / base, "steps": len(t)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,12 +122,14 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {p: measure(p, args.rounds, args.steps, args.warmup) for p in args.presets}
     table = Table(title="health monitor overhead per training step (median, interleaved, CPU)")
-    for col in ("preset", "variant", "median step (ms)", "ratio to off", "steps timed"):
+    for col in ("preset", "variant", "median step (ms)", "ratio to off", "hooks (ms/step)", "hooks / off step",
+                "steps timed"):
         table.add_column(col, justify="right")
     for preset, rows in results.items():
         for variant, row in rows.items():
-            table.add_row(preset, variant, f"{row['median_ms']:.2f}", f"{row['ratio']:.3f}", str(row["steps"]))
-    Console().print(table)
+            table.add_row(preset, variant, f"{row['median_ms']:.2f}", f"{row['ratio']:.3f}",
+                          f"{row['hook_ms']:.3f}", f"{100 * row['hook_share']:.2f} %", str(row["steps"]))
+    Console(width=max(Console().width, 110)).print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"threads": args.threads, "results": results}, indent=2))
     print(f"wrote {args.json}", file=sys.stderr)

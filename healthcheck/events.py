@@ -149,7 +149,7 @@ _builtin("grad.exploding", "warning",
          "gradient dwarfs the last's.",
          "Lower the learning rate, clip gradients, check for a badly scaled input or loss term.")
 _builtin("grad.dead_units", "error",
-         "Half or more of a weight's output rows got an exactly-zero gradient, step after step: "
+         "Half or more of a layer's output units got an exactly-zero gradient, step after step: "
          "those units learn nothing (module named).",
          "Dead ReLUs, a clamp or hard threshold on the layer's output, zero initialisation, or "
          "pre-activations shifted far from 0: check the init and what follows that layer.")

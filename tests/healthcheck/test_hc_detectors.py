@@ -476,6 +476,30 @@ def test_dead_units_names_the_layer_whose_units_died():
     assert dead_unit_events(net, lambda: torch.randn(16, 4)) == []
 
 
+class NoBiasMlp(Mlp):
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(4, 8, bias=False)
+
+
+def test_dead_units_reads_weight_rows_where_the_layer_has_no_bias():
+    torch.manual_seed(0)
+    net = NoBiasMlp()
+    net.shift[:6] = 100.0
+    events = dead_unit_events(net, lambda: torch.randn(16, 4))
+    assert codes_where(events) == {("grad.dead_units", "hidden")}
+    assert events[0].evidence["fraction"] == pytest.approx(6 / 8)
+
+
+def test_dead_units_ignores_a_layer_whose_input_is_zero_but_units_are_alive():
+    # every row of out.weight is 0 (its input is 0), yet out's units pass gradient back
+    torch.manual_seed(0)
+    net = Mlp()
+    net.shift[:] = 100.0  # all hidden units dead: hidden fires, out (zero input) must not
+    events = dead_unit_events(net, lambda: torch.randn(16, 4))
+    assert codes_where(events) == {("grad.dead_units", "hidden")}
+
+
 def test_dead_units_healthy_net_and_embedding_rows_are_silent():
     torch.manual_seed(0)
     assert dead_unit_events(Mlp(), lambda: torch.randn(16, 4)) == []
