@@ -36,12 +36,17 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
+from .columns import KIND_CODES, MetricBlock
 from .detectors import PHASES, Detector, default_detectors
 from .events import CODES, HealthEvent, Severity
 from .observe import LiveView, StepRecord, as_record
 from .policy import CONTEXTS, Policy
 
 _PHASES_OF_KIND = {"step": ("after_backward", "after_step"), "epoch": ("epoch",), "eval": ("eval",)}
+_KIND_CODE_OF_PHASE = {"after_backward": KIND_CODES["step"], "after_step": KIND_CODES["step"],
+                       "epoch": KIND_CODES["epoch"], "eval": KIND_CODES["eval"]}
 _KEEP_EVENTS = 10_000  # emitted events kept in memory for inspection; counts are never capped
 _NO_EVENTS: tuple = ()
 
@@ -192,6 +197,64 @@ class Monitor:
             second = self._run(record, phases[1], live)
             return [*first, *second] if first or second else []
         return list(self._run(record, phases[0], live))
+
+    def observe_block(self, block: "MetricBlock") -> list[HealthEvent]:
+        """Judge consecutive metrics lines at once (offline: no live view).
+
+        The same events in the same order as `observe_record` on each line, but a
+        detector with a `Detector.screen` runs ``check`` only on the rows it names and
+        on the rows before them that rebuild its state (`Detector.memory`); one with a
+        `Detector.check_block` judges the block itself. The rest see every row.
+        """
+        if self.closed:
+            raise RuntimeError("observe() after close(): the monitor has written its summary")
+        found: list[tuple[int, int, int, HealthEvent]] = []
+        for phase_rank, phase in enumerate(PHASES):
+            in_phase = block.kind == _KIND_CODE_OF_PHASE[phase]
+            if not in_phase.any():
+                continue
+            tick_field = "step" if phase in ("after_backward", "after_step") else "epoch"
+            for slot_rank, (slot, check, state, every, needs_live) in enumerate(self._runs[phase]):
+                if needs_live:
+                    continue
+                rows = in_phase if every == 1 else in_phase & (block.ticks(tick_field) % every == 0)
+                idx = np.flatnonzero(rows)
+                if idx.size:
+                    found.extend((row, phase_rank, slot_rank, event)
+                                 for row, event in self._judge_rows(slot, check, state, block, idx))
+        found.sort(key=lambda f: f[:3])
+        emitted = []
+        for *_, event in found:
+            out = self._handle(event)
+            if out is not None:
+                emitted.append(out)
+        return emitted
+
+    def _judge_rows(self, slot: _Slot, check: Any, state: Any, block: "MetricBlock",
+                    idx: np.ndarray) -> list[tuple[int, HealthEvent]]:
+        det = slot.detector
+        try:
+            judged = det.check_block(block, idx, state)
+        except Exception as err:  # a broken detector must not break judging
+            return self._failed_on_block(slot, block, int(idx[0]), err)
+        if judged is not None:
+            return judged
+        out: list[tuple[int, HealthEvent]] = []
+        rows, flagged = rows_to_check(det, block, idx)
+        for row, counts in zip(rows.tolist(), flagged.tolist()):
+            try:
+                events = check(block.record(row), state, None)
+            except Exception as err:
+                return out + self._failed_on_block(slot, block, row, err)
+            if counts:  # a row replayed only to rebuild the state speaks for nothing
+                out.extend((row, e) for e in events)
+        return out
+
+    def _failed_on_block(self, slot: _Slot, block: "MetricBlock", row: int,
+                         err: Exception) -> list[tuple[int, HealthEvent]]:
+        slot.enabled = False
+        self._plan()  # observe_block goes on over the old plan; this detector's rows are done
+        return [(row, self._detector_failed(slot.detector, block.record(row), err))]
 
     def emit(self, event: HealthEvent) -> HealthEvent | None:
         """Push an event found elsewhere (a preflight check, an adapter) through the same
@@ -348,3 +411,27 @@ def judge_records(records: Iterable["StepRecord | Mapping[str, Any]"],
     for record in records:
         monitor.observe_record(record)
     return monitor.findings()
+
+
+def rows_to_check(detector: Detector, block: "MetricBlock", idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``idx`` (ascending) on which ``detector.check`` must run so that it
+    emits what it would emit on all of them, and leaves the same state behind; and which
+    of them are flagged (their events count; the others only rebuild the state).
+
+    Without a screen: all. With one: the rows it flags (and every irregular row), plus
+    the ``memory`` rows before each of them and at the block's end, which rebuild the
+    state the skipped rows would have left (the screen's contract, `Detector.screen`).
+    """
+    memory = detector.memory
+    must = None if memory is None else detector.screen(block)
+    if must is None:
+        return idx, np.ones(idx.size, dtype=bool)
+    sel = (must | block.irregular)[idx]
+    if memory == 0:
+        return idx[sel], np.ones(int(sel.sum()), dtype=bool)
+    keep = sel.copy()
+    ends = np.append(np.flatnonzero(sel), idx.size)
+    for back in range(1, memory + 1):
+        before = ends - back
+        keep[before[before >= 0]] = True
+    return idx[keep], sel[keep]

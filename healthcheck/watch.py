@@ -23,6 +23,7 @@ from .events import CODES, HealthEvent, Severity, register_code
 from .monitor import Monitor
 from .observe import StepRecord
 from .policy import Policy
+from .columns import MetricBlock
 from .runlog import (BadLine, KeyMap, RunLogError, detect_format, open_health, open_metrics)
 from .watchstate import RunState
 
@@ -35,7 +36,7 @@ register_code(
 
 END_CODE = "monitor.summary"  # the monitor writes it when it closes: the run has ended
 MAX_EVENTS = 10_000  # distinct events kept; a per-step repeating code must not grow memory
-_BATCH = 2_000  # lines judged per poll slice, so a catching-up view still redraws
+_BATCH = 8_192  # lines judged per poll slice (one block), so a catching-up view still redraws
 
 
 # ----------------------------------------------------------------------------- judging
@@ -215,9 +216,21 @@ class RunWatch:
             self._pending = self._metrics.poll()
         it = self._pending if max_lines is None else itertools.islice(self._pending, max_lines)
         count = 0
+        block: list[dict] = []
         for item in it:
             count += 1
-            self._take_metrics(item)
+            if type(item) is dict:
+                block.append(item)
+                if len(block) >= _BATCH:
+                    self._take_block(block)
+                    block = []
+            else:  # a bad line: what came before it is judged first, in order
+                if block:
+                    self._take_block(block)
+                    block = []
+                self._take_metrics(item)
+        if block:
+            self._take_block(block)
         if max_lines is None or count < max_lines:
             self._pending = None  # exhausted: the next poll looks at the file afresh
         return n + count
@@ -279,6 +292,30 @@ class RunWatch:
                               f"not a metrics line ({err})", json.dumps(item, default=str)[:80]))
             return
         for event in self.monitor.observe_record(record):
+            self._event(event, judged=True)
+
+    def _take_block(self, lines: list[dict]) -> None:
+        """Consecutive metrics lines, judged as one `MetricBlock` (the same verdict as line
+        by line, see `Monitor.observe_block`)."""
+        self.state.add_many(lines)
+        if self._on_line is not None:
+            for line in lines:
+                self._on_line(line)
+        block = MetricBlock(lines)
+        bad = []
+        for row in block.irregular_rows():
+            try:
+                block.record(row)
+            except (TypeError, ValueError, AttributeError, OverflowError) as err:  # malformed, not fatal
+                bad.append((row, err))
+        if bad:  # rare: report each, judge the rest
+            first = self.state.lines - len(lines) + 1
+            for row, err in bad:
+                self._bad(BadLine(getattr(self._metrics, "path", self.run_dir), first + row,
+                                  f"not a metrics line ({err})", json.dumps(lines[row], default=str)[:80]))
+            dropped = {row for row, _ in bad}
+            block = MetricBlock([line for i, line in enumerate(lines) if i not in dropped])
+        for event in self.monitor.observe_block(block):
             self._event(event, judged=True)
 
     def close(self) -> None:

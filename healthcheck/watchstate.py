@@ -86,6 +86,44 @@ class RunState:
         elif kind == "eval":
             self.last_eval = line
 
+    def add_many(self, lines: list[Mapping[str, Any]], now: float | None = None) -> None:
+        """`add` for consecutive lines, touching only the last of each kind and the tails
+        the history and the rate keep."""
+        if not lines:
+            return
+        now = _time.time() if now is None else now
+        self.lines += len(lines)
+        self.updated = now
+        if self.first_seen is None:
+            self.first_seen = now
+        kinds = [line.get("kind", "step") for line in lines]
+        present = set(kinds)
+        for kind in present:
+            self.kinds[kind] = self.kinds.get(kind, 0) + kinds.count(kind)
+        keep = max(self.history, _RATE_WINDOW)
+        steps: list[Mapping[str, Any]] = []
+        epoch_seen = eval_seen = False
+        for i in range(len(lines) - 1, -1, -1):
+            kind = kinds[i]
+            if kind == "step":
+                if len(steps) < keep:
+                    steps.append(lines[i])
+            elif kind == "epoch" and not epoch_seen:
+                self.last_epoch, epoch_seen = lines[i], True
+            elif kind == "eval" and not eval_seen:
+                self.last_eval, eval_seen = lines[i], True
+            if len(steps) >= keep and (epoch_seen or "epoch" not in present) \
+                    and (eval_seen or "eval" not in present):
+                break
+        for line in reversed(steps):
+            self.last_step = line
+            loss = _num(line.get("loss"))
+            self.losses.append(math.nan if loss is None else loss)
+            step = _num(line.get("step"))
+            t = _num(line.get("time"))
+            if step is not None and t is not None:
+                self._rate.append((t, step))
+
     @property
     def rate(self) -> float | None:
         """Steps per second over the recent window, from the lines' own timestamps.

@@ -24,6 +24,15 @@ Class attributes say where a detector runs:
 * ``needs_live``: True if it reads the model or optimizer. Such detectors are skipped when
   judging a metrics file offline (``monitor.judge_records``), and when no `LiveView` is
   handed to the monitor.
+
+Judging a long metrics file (``Monitor.observe_block``) may skip rows, if the detector
+says which ones it must see. ``screen(block)`` returns a boolean mask over a
+`MetricBlock`'s rows that must include every row on which ``check`` would emit or would
+change its state other than as ``memory`` allows: after ``memory`` consecutive rows the
+screen passed over, the state must be what ``check`` on those rows alone leaves (0: the
+detector keeps no state; 1: a passed-over row resets it, e.g. a streak back to 0). A mask
+that flags too much only costs time; one that flags too little changes the verdict, so
+the equivalence tests run every screen against the record-by-record path.
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 from ..events import CODES, HealthEvent, Severity
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from ..columns import MetricBlock
     from ..observe import LiveView, StepRecord
 
 PHASES = ("after_backward", "after_step", "epoch", "eval")
@@ -70,6 +82,7 @@ class Detector:
     codes: ClassVar[tuple[str, ...]] = ()
     phases: ClassVar[frozenset[str]] = frozenset()
     needs_live: ClassVar[bool] = False
+    memory: ClassVar[int | None] = None  # None: no screen, every row is checked
 
     @property
     def name(self) -> str:
@@ -80,6 +93,15 @@ class Detector:
 
     def check(self, record: "StepRecord", state: Any, live: "LiveView | None") -> Sequence[HealthEvent]:
         raise NotImplementedError
+
+    def screen(self, block: "MetricBlock") -> "np.ndarray | None":
+        """Rows of ``block`` this detector must see (see the module doc); None: all."""
+        return None
+
+    def check_block(self, block: "MetricBlock", rows: "np.ndarray", state: Any) -> "list | None":
+        """Judge ``rows`` of ``block`` in bulk: [(row, event), ...], or None to let the
+        monitor run ``check`` row by row."""
+        return None
 
     def event(self, code: str, record: "StepRecord", *, title: str, detail: str = "",
               evidence: Mapping[str, float] | None = None, where: str | None = None,

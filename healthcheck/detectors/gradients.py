@@ -17,8 +17,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
+
 from ..events import HealthEvent
 from ..observe import ROOT, LiveView, StepRecord, top_module
+from .screens import any_value, module_extremes, not_finite
 from .base import (NO_EVENTS, Detector, DetectorState, Streaks, check_float, check_int, finite,
                    finite_module_items, fmt, group_names, module_items, name_list)
 
@@ -35,6 +38,10 @@ class NonFiniteGrad(Detector):
 
     codes = ("grad.nonfinite",)
     phases = frozenset({"after_backward"})
+    memory = 0
+
+    def screen(self, block):
+        return any_value(block, "grad_norm", not_finite)
 
     def check(self, record: StepRecord, state: DetectorState, live: LiveView | None) -> Sequence[HealthEvent]:
         if record.amp is not None:
@@ -139,6 +146,10 @@ class ZeroGrad(Detector):
 
     codes = ("grad.zero",)
     phases = frozenset({"after_backward"})
+    memory = 1
+
+    def screen(self, block):
+        return any_value(block, "grad_norm", lambda g: g == 0.0, skip_total=True)
 
     def __init__(self, patience: int = 5) -> None:
         self.patience = check_int("patience", patience, 1)
@@ -177,6 +188,19 @@ class VanishingGrad(Detector):
 
     codes = ("grad.vanishing",)
     phases = frozenset({"after_backward"})
+    memory = 1
+
+    def screen(self, block):
+        # A non-finite module keeps its streak and fewer than two finite ones keep the
+        # first/last streak: such rows are looked at. first/last < ratio with first <
+        # first_max implies smallest/largest < ratio with smallest < first_max.
+        out = any_value(block, "grad_norm", lambda g: ~np.isfinite(g) | ((0.0 < g) & (g < self.min_norm)),
+                        skip_total=True)
+        if self.ratio is not None:
+            lo, hi, count = module_extremes(block, "grad_norm")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out |= (count < 2) | ((lo < self.first_max) & ~(lo / hi >= self.ratio))
+        return out
 
     def __init__(self, min_norm: float = 1e-7, ratio: float | None = 1e-3,
                  first_max: float = 1e-4, patience: int = 5) -> None:
@@ -245,6 +269,52 @@ class ExplodingGrad(Detector):
 
     def new_state(self) -> _ExplodeState:
         return _ExplodeState()
+
+    def check_block(self, block, rows, state: _ExplodeState):
+        """A block with no candidate jump and no first/last excess only moves the running
+        levels: they are advanced in numpy (log and EMA agree with the per-record path to
+        a few ulps) and nothing is emitted. Any candidate sends the block row by row."""
+        names, cols = block.mapping("grad_norm")
+        if not names:
+            return []  # no norms: every row leaves the state alone
+        if block.irregular[rows].any():
+            return None
+        from scipy.signal import lfilter
+
+        k = rows.size
+        judged = np.arange(state.n + 1, state.n + k + 1) > self.warmup
+        log_growth, beta = math.log(self.growth), self.beta
+        levels: dict[str, float] = {}
+        for name in names:
+            v = cols[name][rows]
+            valid = np.isfinite(v) & (v > 0)
+            if not valid.any():
+                continue
+            lv = np.log(v[valid])
+            start = state.log_ema.get(name)
+            if start is None:
+                ema = np.empty_like(lv)
+                ema[0] = lv[0]
+                if lv.size > 1:
+                    ema[1:] = lfilter([1.0 - beta], [1.0, -beta], lv[1:], zi=[beta * lv[0]])[0]
+                before = np.concatenate([[np.inf], ema[:-1]])
+            else:
+                ema = lfilter([1.0 - beta], [1.0, -beta], lv, zi=[beta * start])[0]
+                before = np.concatenate([[start], ema[:-1]])
+            if (judged[valid] & (lv - before > log_growth - 1e-9)).any():
+                return None
+            levels[name] = float(ema[-1])
+        if self.max_norm is not None and "_total" in cols and (cols["_total"][rows] > self.max_norm).any():
+            return None
+        if self.ratio is not None:
+            lo, hi, count = module_extremes(block, "grad_norm")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                if ((count[rows] < 2) | ~(hi[rows] / lo[rows] <= self.ratio)).any():
+                    return None
+            state.counts["first/last"] = 0
+        state.n += k
+        state.log_ema.update(levels)
+        return []
 
     def check(self, record: StepRecord, state: _ExplodeState, live: LiveView | None) -> Sequence[HealthEvent]:
         norms = record.grad_norm

@@ -14,7 +14,10 @@ from typing import Sequence
 
 from ..events import HealthEvent
 from ..observe import LiveView, StepRecord
+import numpy as np
+
 from .base import NO_EVENTS, Detector, DetectorState, Streaks, check_float, check_int, finite, fmt
+from .screens import any_value, not_finite, same_primary
 
 
 class NonFiniteLoss(Detector):
@@ -29,6 +32,10 @@ class NonFiniteLoss(Detector):
 
     codes = ("loss.nonfinite",)
     phases = frozenset({"after_backward", "eval"})
+    memory = 0
+
+    def screen(self, block):
+        return not_finite(block.scalar("loss")) | any_value(block, "terms", not_finite)
 
     def check(self, record: StepRecord, state: DetectorState, live: LiveView | None) -> Sequence[HealthEvent]:
         loss = record.loss
@@ -66,6 +73,10 @@ class ZeroLoss(Detector):
 
     codes = ("loss.zero",)
     phases = frozenset({"after_backward"})
+    memory = 0
+
+    def screen(self, block):
+        return np.abs(block.scalar("loss")) <= self.eps
 
     def __init__(self, eps: float = 0.0) -> None:
         self.eps = check_float("eps", eps, lo=0.0)
@@ -110,7 +121,6 @@ class ConstantLoss(Detector):
 
     codes = ("loss.constant",)
     phases = frozenset({"after_step"})
-
     def __init__(self, window: int = 20, rtol: float = 1e-7) -> None:
         self.window = check_int("window", window, 2)
         self.rtol = check_float("rtol", rtol, lo=0.0)
@@ -129,12 +139,36 @@ class ConstantLoss(Detector):
             state.ref, state.count = loss, 1
         if state.count < self.window:
             return NO_EVENTS
-        return (self.event(
+        return (self._event(record, state, loss),)
+
+    def check_block(self, block, rows, state: _ConstantState):
+        """The same comparison over the block's loss column, without a record per row."""
+        if block.irregular[rows].any():
+            return None
+        out = []
+        rtol, window, isfinite = self.rtol, self.window, math.isfinite
+        ref, count = state.ref, state.count
+        for row, loss in zip(rows.tolist(), block.scalar("loss")[rows].tolist()):
+            if not isfinite(loss):
+                count = 0
+                continue
+            if count and abs(loss - ref) <= rtol * abs(ref):
+                count += 1
+            else:
+                ref, count = loss, 1
+            if count >= window:
+                state.ref, state.count = ref, count
+                out.append((row, self._event(block.record(row), state, loss)))
+        state.ref, state.count = ref, count
+        return out
+
+    def _event(self, record: StepRecord, state: _ConstantState, loss: float) -> HealthEvent:
+        return self.event(
             "loss.constant", record, where="total",
             title=f"training loss stuck at {fmt(loss)} for {state.count} steps",
             detail=(f"The loss stayed within rtol={self.rtol:g} of {state.ref!r} for {state.count} "
                     "consecutive steps although every step sees a different batch."),
-            evidence={"loss": loss, "steps": state.count}),)
+            evidence={"loss": loss, "steps": state.count})
 
 
 class DeadTerm(Detector):
@@ -146,6 +180,10 @@ class DeadTerm(Detector):
 
     codes = ("loss.dead_term",)
     phases = frozenset({"after_backward"})
+    memory = 1
+
+    def screen(self, block):
+        return any_value(block, "terms", lambda t: t == 0.0)
 
     def __init__(self, patience: int = 10) -> None:
         self.patience = check_int("patience", patience, 1)
@@ -184,6 +222,27 @@ class PrimaryShare(Detector):
 
     codes = ("loss.primary_share",)
     phases = frozenset({"after_backward"})
+    memory = 1
+
+    def screen(self, block):
+        # Rows that leave the count alone (no primary weight or term, nothing to share)
+        # are flagged too: only a row that resets the count may be passed over.
+        same, p = same_primary(block)
+        t_names, terms = block.mapping("terms")
+        w_names, weights = block.mapping("weights")
+        if not same or p is None or p not in terms or p not in weights:
+            return None
+        wp = weights[p]
+        total = np.zeros(block.n)
+        for k in t_names:
+            if k in weights:
+                part = weights[k] * np.abs(terms[k])
+                total += np.where(np.isfinite(terms[k]) & np.isfinite(weights[k]), part, 0.0)
+        own = wp * np.abs(terms[p])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = own / total
+        judged = np.isfinite(wp) & (wp > 0)
+        return judged & ~(np.isfinite(own) & (total > 0) & (share >= self.min_share * (1 + 1e-9)))
 
     def __init__(self, min_share: float = 0.1, patience: int = 10) -> None:
         self.min_share = check_float("min_share", min_share, lo=0.0, hi=1.0)
@@ -263,6 +322,27 @@ class Divergence(Detector):
         loss = record.loss
         if record.kind != "step" or loss is None or not math.isfinite(loss):
             return NO_EVENTS
+        ref = self._advance(state, loss)
+        if state.count < self.patience:
+            return NO_EVENTS
+        return (self._event(record, state, loss, ref),)
+
+    def check_block(self, block, rows, state: _DivergeState):
+        """The same recursion over the block's loss column, without a record per row."""
+        if block.irregular[rows].any():
+            return None
+        out = []
+        advance, patience, isfinite = self._advance, self.patience, math.isfinite
+        for row, loss in zip(rows.tolist(), block.scalar("loss")[rows].tolist()):
+            if not isfinite(loss):
+                continue
+            ref = advance(state, loss)
+            if state.count >= patience:
+                out.append((row, self._event(block.record(row), state, loss, ref)))
+        return out
+
+    def _advance(self, state: _DivergeState, loss: float) -> float:
+        """One finite step loss into the state; returns the reference it was judged by."""
         state.n += 1
         if state.n == 1:
             state.ema = state.first = loss
@@ -273,12 +353,13 @@ class Divergence(Detector):
                      and state.ema > self.factor * ref)
         state.best = min(state.best, state.ema)
         state.count = state.count + 1 if diverging else 0
-        if state.count < self.patience:
-            return NO_EVENTS
-        return (self.event(
+        return ref
+
+    def _event(self, record: StepRecord, state: _DivergeState, loss: float, ref: float) -> HealthEvent:
+        return self.event(
             "loss.diverging", record, where="total",
             title=f"loss diverging: smoothed {fmt(state.ema)} vs best {fmt(ref)}",
             detail=(f"The smoothed training loss {state.ema!r} has been above {self.factor:g}x its "
                     f"best value {ref!r} for {state.count} steps (latest batch loss {loss!r})."),
             evidence={"loss": loss, "smoothed": state.ema, "best": ref,
-                      "ratio": state.ema / ref, "steps": state.count}),)
+                      "ratio": state.ema / ref, "steps": state.count})

@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from ..events import HealthEvent
 from ..observe import LiveView, StepRecord
 from .base import NO_EVENTS, Detector, Streaks, check_float, check_int, finite
@@ -106,6 +108,16 @@ class SaturatedOutputs(Detector):
 
     codes = ("output.saturated",)
     phases = frozenset({"after_step", "eval"})
+    memory = 1
+
+    def screen(self, block):
+        names, metrics = block.mapping("metrics")
+        out = np.zeros(block.n, dtype=bool)
+        for key in names:
+            if key.endswith(self.suffix):
+                share = metrics[key]
+                out |= ~np.isfinite(share) | (share > self.max_fraction)
+        return out
 
     def __init__(self, suffix: str = "_at_bound", max_fraction: float = 0.2, patience: int = 3) -> None:
         if not suffix:

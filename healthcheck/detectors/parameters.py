@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from ..events import HealthEvent, Severity
 from ..observe import LiveView, StepRecord
+from .screens import any_value
 from .base import (NO_EVENTS, Detector, Streaks, check_float, check_int, finite, fmt,
                    group_names, module_items, name_list)
 
@@ -80,6 +83,10 @@ class FrozenParams(Detector):
 
     codes = ("param.frozen",)
     phases = frozenset({"after_step"})
+    memory = 1
+
+    def screen(self, block):
+        return _not_applied(block) | any_value(block, "update_norm", lambda u: u == 0.0, skip_total=True)
 
     def __init__(self, patience: int = 3, patience_with_grad: int = 2) -> None:
         self.patience = check_int("patience", patience, 1)
@@ -131,6 +138,11 @@ class UpdateRatio(Detector):
 
     codes = ("param.update_ratio",)
     phases = frozenset({"after_step"})
+    memory = 1
+
+    def screen(self, block):
+        bound = self.high if self.error_high is None else min(self.high, self.error_high)
+        return _not_applied(block) | _ratio_test(block, lambda r: (r < self.low) | (r > bound))
 
     def __init__(self, low: float = 1e-6, high: float = 1.0, patience: int = 20,
                  error_high: float | None = 0.2, error_patience: int = 5) -> None:
@@ -192,6 +204,10 @@ class BlockedUpdate(Detector):
 
     codes = ("param.update_blocked",)
     phases = frozenset({"after_step"})
+    memory = 1
+
+    def screen(self, block):
+        return _not_applied(block) | _ratio_test(block, lambda r: r < self.low, zero_update_judged=True)
 
     def __init__(self, low: float = 1e-6, min_lr: float = 1e-5, max_gain: float = 1e-2,
                  patience: int = 5) -> None:
@@ -226,3 +242,25 @@ class BlockedUpdate(Detector):
                             f"({record.lr}) and its gradient norm before the step is {fmt(g)}."),
                     evidence={"ratio": r, "update_norm": u, "grad_norm": g, "lr": lr_max, "steps": n}))
         return out or NO_EVENTS
+
+
+def _not_applied(block) -> np.ndarray:
+    """Rows the update checks pass by without touching their state: skipped steps."""
+    skipped = block.scalar("skipped")
+    return ~np.isnan(skipped) & (skipped != 0)
+
+
+def _ratio_test(block, test, zero_update_judged: bool = False) -> np.ndarray:
+    """Rows where some module's ‖Δθ‖/‖θ‖ (both finite, ‖θ‖ non-zero, and ‖Δθ‖ too unless
+    ``zero_update_judged``) passes ``test``."""
+    names, updates = block.mapping("update_norm")
+    _, params = block.mapping("param_norm")
+    out = np.zeros(block.n, dtype=bool)
+    for name in names:
+        if name == "_total" or name not in params:
+            continue
+        u, w = updates[name], params[name]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = u / w
+        out |= np.isfinite(u) & np.isfinite(w) & ((u != 0) | zero_update_judged) & (w != 0) & test(r)
+    return out

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
+
 from ..events import HealthEvent, Severity
 from ..observe import LiveView, StepRecord
 from .base import NO_EVENTS, Detector, DetectorState, check_float, check_int
@@ -38,6 +40,11 @@ class InvalidLR(Detector):
 
     codes = ("lr.invalid",)
     phases = frozenset({"after_backward"})
+    memory = 0
+
+    def screen(self, block):
+        lr = block.lr()
+        return (~np.isfinite(lr) | (lr < 0)).any(axis=1)
 
     def check(self, record: StepRecord, state: DetectorState, live: LiveView | None) -> Sequence[HealthEvent]:
         out = []
@@ -61,6 +68,10 @@ class ZeroLR(Detector):
 
     codes = ("lr.zero",)
     phases = frozenset({"after_backward"})
+    memory = 1
+
+    def screen(self, block):
+        return (block.lr() == 0.0).any(axis=1)
 
     def __init__(self, patience: int = 2) -> None:
         self.patience = check_int("patience", patience, 1)
@@ -104,6 +115,11 @@ class TinyLR(Detector):
 
     codes = ("lr.tiny",)
     phases = frozenset({"after_backward"})
+    memory = 1  # a row with every rate >= min_lr ends every streak and every "since the start"
+
+    def screen(self, block):
+        lr = block.lr()
+        return (~(lr >= self.min_lr)).any(axis=1)
 
     def __init__(self, min_lr: float = 1e-7, patience: int = 10) -> None:
         self.min_lr = check_float("min_lr", min_lr, lo=0.0, lo_open=True)

@@ -13,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
+
 from ..events import HealthEvent, Severity
 from ..observe import LiveView, StepRecord
 from .base import NO_EVENTS, Detector, check_float, check_int
@@ -42,6 +44,21 @@ class SkippedSteps(Detector):
 
     codes = ("steps.skipped",)
     phases = frozenset({"after_step"})
+    @property
+    def memory(self) -> int:
+        """window + 1: the state is the (batches, steps) counters of that many rows."""
+        return self.window + 1
+
+    def screen(self, block):
+        # A row can fire only within ``window`` rows after a step went missing (batches
+        # minus steps grew), or when no step was ever taken; rows near the block's start
+        # may follow a miss in the block before.
+        seen, taken = block.scalar("batches_seen"), block.scalar("steps_taken")
+        gap = seen - taken
+        miss = ~np.isfinite(gap) | (taken == 0)
+        miss[1:] |= gap[1:] != gap[:-1]
+        miss[: self.memory] = True
+        return _spread(miss, self.memory)
 
     def __init__(self, window: int = 20, max_fraction: float = 0.5, accumulation: int = 1,
                  first_batches: int | None = 2) -> None:
@@ -108,6 +125,19 @@ class AmpOverflow(Detector):
 
     codes = ("amp.overflow",)
     phases = frozenset({"after_step"})
+    @property
+    def memory(self) -> int:
+        """window: the state is the overflow flags of that many rows."""
+        return self.window
+
+    def screen(self, block):
+        names, amp = block.mapping("amp")
+        if "found_inf" not in amp:
+            return None if names else np.zeros(block.n, dtype=bool)
+        flags = amp["found_inf"]
+        hit = ~(flags == 0)
+        hit[: self.memory] = True
+        return _spread(hit, self.memory)
 
     def __init__(self, window: int = 50, max_fraction: float = 0.2) -> None:
         self.window = check_int("window", window, 1)
@@ -146,6 +176,13 @@ class AmpScaleCollapse(Detector):
 
     codes = ("amp.scale_collapse",)
     phases = frozenset({"after_step"})
+    memory = 0
+
+    def screen(self, block):
+        names, amp = block.mapping("amp")
+        if "scale" not in amp:
+            return None if names else np.zeros(block.n, dtype=bool)
+        return ~(amp["scale"] >= self.min_scale)
 
     def __init__(self, min_scale: float = 1.0) -> None:
         self.min_scale = check_float("min_scale", min_scale, lo=0.0, lo_open=True)
@@ -160,3 +197,13 @@ class AmpScaleCollapse(Detector):
             title=f"AMP loss scale collapsed to {scale:.3g}",
             detail=f"The GradScaler scale is {scale!r}, below min_scale={self.min_scale:g}.",
             evidence={"scale": scale, "min_scale": self.min_scale}),)
+
+
+def _spread(hit: np.ndarray, rows: int) -> np.ndarray:
+    """``hit`` and the ``rows`` rows after each hit: where a windowed count can see it."""
+    out = hit.copy()
+    idx = np.flatnonzero(hit)
+    for k in range(1, rows + 1):
+        after = idx + k
+        out[after[after < hit.size]] = True
+    return out

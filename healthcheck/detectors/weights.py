@@ -13,9 +13,12 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from ..events import HealthEvent
 from ..observe import LiveView, StepRecord
 from .base import NO_EVENTS, Detector, DetectorState, check_float, fmt
+from .screens import changed, same_primary
 
 
 class PrimaryWeightZero(Detector):
@@ -28,6 +31,18 @@ class PrimaryWeightZero(Detector):
 
     codes = ("weights.primary_zero",)
     phases = frozenset({"after_backward"})
+    memory = 0
+
+    def screen(self, block):
+        same, p = same_primary(block)
+        names, weights = block.mapping("weights")
+        if not same:
+            return None
+        if p is None or not names:
+            return np.zeros(block.n, dtype=bool)
+        if p not in weights:
+            return np.ones(block.n, dtype=bool)
+        return ~(weights[p] > 0) | ~np.isfinite(weights[p])
 
     def check(self, record: StepRecord, state: DetectorState, live: LiveView | None) -> Sequence[HealthEvent]:
         p = record.primary
@@ -67,6 +82,11 @@ class WeightChanged(Detector):
 
     codes = ("weights.changed",)
     phases = frozenset({"after_backward"})
+    memory = 1  # the state is the last row's weights
+
+    def screen(self, block):
+        names, _ = block.mapping("weights")
+        return changed(block, "weights") if names else np.zeros(block.n, dtype=bool)
 
     def __init__(self, rtol: float = 1e-9) -> None:
         self.rtol = check_float("rtol", rtol, lo=0.0)
@@ -128,6 +148,19 @@ class UnplannedWeightChange(Detector):
 
     codes = ("weights.unplanned_change",)
     phases = frozenset({"after_backward"})
+    memory = 1  # the state is the last row's weights and sources
+
+    def screen(self, block):
+        names, _ = block.mapping("weights")
+        sources = block.strings("weight_sources")
+        acting = [bool(s) for s in sources]
+        if not names or not any(acting):
+            return np.zeros(block.n, dtype=bool)
+        if not all(acting):
+            return None
+        out = changed(block, "weights")
+        out[1:] |= np.array([a != b for a, b in zip(sources[1:], sources)], dtype=bool)
+        return out
 
     def __init__(self, rtol: float = 1e-9, owned: Sequence[str] = ()) -> None:
         self.rtol = check_float("rtol", rtol, lo=0.0)

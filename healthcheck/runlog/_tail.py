@@ -35,6 +35,11 @@ class BadLine:
 Item = Union[dict, BadLine]
 _scan_once = json.JSONDecoder().scan_once  # what json.loads runs, with the same defaults
 
+try:  # five times faster than the standard parser on a metrics line; optional
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - the standard library path below stays exact
+    _fast_loads = None
+
 
 @dataclass(frozen=True)
 class FileStatus:
@@ -184,6 +189,9 @@ class JsonLinesTail:
         # json.loads adds per call (type checks, encoding detection, whitespace regexes);
         # a line that is anything else goes through json.loads as before.
         tail = self._lines
+        if _fast_loads is not None:
+            yield from self._poll_fast(tail)
+            return
         scan = _scan_once
         for first, block in tail.poll_blocks():
             try:
@@ -206,6 +214,25 @@ class JsonLinesTail:
                         yield obj
                         continue
                 yield from self._parse(line_no, text.encode("utf-8"))
+
+    def _poll_fast(self, tail: LineTail) -> Iterator[Item]:
+        """orjson on each line; a line it refuses (NaN and Infinity, which Python's json
+        writes and reads, or anything malformed) goes through json.loads as before."""
+        fast = _fast_loads
+        for first, block in tail.poll_blocks():
+            line_no = first - 1
+            for raw in block.split(b"\n"):
+                line_no += 1
+                tail.line_no = line_no
+                try:
+                    obj = fast(raw)
+                except ValueError:
+                    yield from self._parse(line_no, raw)
+                    continue
+                if type(obj) is dict:
+                    yield obj
+                else:
+                    yield from self._parse(line_no, raw)
 
     def _parse(self, line_no: int, raw: bytes) -> Iterator[Item]:
         if not raw.strip():

@@ -5,29 +5,11 @@ writes 0 into the live loss after validation. ``ris-model train`` must stop at i
 step, before any optimizer step, with an error event naming the weight, and exit non-zero.
 """
 
-import dataclasses
 import json
 
-import pytest
 from click.testing import CliRunner
 
-import ris_model.plugins
-from ris_model.callbacks import Callback
 from ris_model.cli import main
-
-
-class DropPrimaryWeight(Callback):
-    def on_batch_start(self, trainer, batch_index):
-        w = trainer.loss_fn.weights
-        object.__setattr__(trainer.loss_fn, "weights", dataclasses.replace(w, cov=0.0))
-
-
-@pytest.fixture
-def primary_dropped_at_run_time(monkeypatch):
-    """`ris-model train` gets DropPrimaryWeight next to the plugins it loads (the monitor)."""
-    real = ris_model.plugins.plugin_callbacks
-    monkeypatch.setattr(ris_model.plugins, "plugin_callbacks",
-                        lambda options, disabled=frozenset(): real(options, disabled=disabled) + [DropPrimaryWeight()])
 
 
 def test_train_stops_at_step_zero_naming_the_weight(tmp_path, primary_dropped_at_run_time):

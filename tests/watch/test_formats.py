@@ -199,6 +199,18 @@ def test_tensorboard_run_judged_by_the_cli(tmp_path, event_class):
     assert res.exit_code == 1
 
 
+def test_tensorboard_run_reported_by_the_cli(tmp_path, event_class):
+    run = tmp_path / "tb"
+    run.mkdir()
+    recs = [record(scalar_event(event_class, i, {"train/loss": 0.0, "lr": 0.01})) for i in range(40)]
+    (run / "events.out.tfevents.1.host").write_bytes(b"".join(recs))
+    res = CliRunner().invoke(cli, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    html = (run / "report.html").read_text()
+    assert "<td>format</td><td>tensorboard</td>" in html and "<code>loss.constant</code>" in html
+    assert html.count('src="data:image/png;base64,') == len(list((run / "report").glob("*.png"))) > 0
+
+
 def test_a_mistyped_loss_key_is_a_usage_error_naming_the_columns(tmp_path):
     (tmp_path / "metrics.csv").write_text("step,train_loss\n0,1.0\n")
     res = CliRunner().invoke(cli, ["watch", str(tmp_path), "--loss-key", "trainloss"])
