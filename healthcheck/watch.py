@@ -138,6 +138,23 @@ class EventBook:
         return max((e.event.severity for e in self._entries.values()), default=None)
 
 
+def _lists(tail: Any) -> Iterator[list]:
+    """A metrics reader's items a read at a time (`poll_many`), or in small lists for a
+    reader that hands them out one by one."""
+    many = getattr(tail, "poll_many", None)
+    if many is not None:
+        yield from many()
+        return
+    batch: list = []
+    for item in tail.poll():
+        batch.append(item)
+        if len(batch) >= 1024:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 # ------------------------------------------------------------------------- the watcher
 class RunWatch:
     """Everything `watch` knows about one run dir, advanced by `poll()`.
@@ -165,6 +182,7 @@ class RunWatch:
         self._metrics = None
         self._health = open_health(self.run_dir)
         self._pending: Iterator | None = None
+        self._carry: list | None = None  # lines read but left for the next poll (max_lines)
         self.new_events: list[HealthEvent] = []  # news since the caller last cleared it
 
     @property
@@ -174,7 +192,7 @@ class RunWatch:
     @property
     def catching_up(self) -> bool:
         """The last `poll(max_lines=…)` stopped before the end of what is there."""
-        return self._pending is not None
+        return self._pending is not None or bool(self._carry)
 
     @property
     def columns(self) -> list[str]:
@@ -213,22 +231,29 @@ class RunWatch:
         if not self._open():
             return n
         if self._pending is None:
-            self._pending = self._metrics.poll()
-        it = self._pending if max_lines is None else itertools.islice(self._pending, max_lines)
+            self._pending = _lists(self._metrics)
         count = 0
         block: list[dict] = []
-        for item in it:
-            count += 1
-            if type(item) is dict:
-                block.append(item)
-                if len(block) >= _BATCH:
-                    self._take_block(block)
-                    block = []
-            else:  # a bad line: what came before it is judged first, in order
-                if block:
-                    self._take_block(block)
-                    block = []
-                self._take_metrics(item)
+        while max_lines is None or count < max_lines:
+            items = self._carry or next(self._pending, None)
+            self._carry = None
+            if items is None:
+                break
+            if max_lines is not None and count + len(items) > max_lines:  # the rest: next poll
+                cut = max_lines - count
+                items, self._carry = items[:cut], items[cut:]
+            count += len(items)
+            for item in items:
+                if type(item) is dict:
+                    block.append(item)
+                    if len(block) >= _BATCH:
+                        self._take_block(block)
+                        block = []
+                else:  # a bad line: what came before it is judged first, in order
+                    if block:
+                        self._take_block(block)
+                        block = []
+                    self._take_metrics(item)
         if block:
             self._take_block(block)
         if max_lines is None or count < max_lines:

@@ -172,6 +172,28 @@ def make_storage(url: str):
     return url
 
 
+def _open_study(settings: StudySettings, attempts: int = 5) -> Any:
+    """Create or join the study. Workers started together race to create the SQLite schema
+    and the study row; the loser sees a locked database or a duplicate row for a moment,
+    and simply tries again."""
+    import time
+
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(
+                study_name=settings.study_name, storage=make_storage(storage_url(settings)),
+                direction="minimize", sampler=optuna.samplers.TPESampler(seed=settings.seed),
+                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1), load_if_exists=True)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def run_study(base: Config, settings: StudySettings, log: Callable[[str], None] = print) -> Any:
     """Optimise until the study holds ``settings.trials`` finished (complete or pruned) trials."""
     import optuna
@@ -184,10 +206,7 @@ def run_study(base: Config, settings: StudySettings, log: Callable[[str], None] 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings.study_dir.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        study_name=settings.study_name, storage=make_storage(storage_url(settings)), direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=settings.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1), load_if_exists=True)
+    study = _open_study(settings)
     optuna.storages.fail_stale_trials(study)
     space = search_space(base)
     base = base.with_values({"train.epochs": settings.epochs}, "hpo")

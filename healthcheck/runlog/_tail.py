@@ -218,21 +218,55 @@ class JsonLinesTail:
     def _poll_fast(self, tail: LineTail) -> Iterator[Item]:
         """orjson on each line; a line it refuses (NaN and Infinity, which Python's json
         writes and reads, or anything malformed) goes through json.loads as before."""
-        fast = _fast_loads
         for first, block in tail.poll_blocks():
-            line_no = first - 1
-            for raw in block.split(b"\n"):
-                line_no += 1
-                tail.line_no = line_no
-                try:
-                    obj = fast(raw)
-                except ValueError:
-                    yield from self._parse(line_no, raw)
-                    continue
-                if type(obj) is dict:
-                    yield obj
-                else:
-                    yield from self._parse(line_no, raw)
+            yield from self._lines_of(tail, first, block)
+
+    def _lines_of(self, tail: LineTail, first: int, block: bytes) -> Iterator[Item]:
+        fast = _fast_loads
+        line_no = first - 1
+        for raw in block.split(b"\n"):
+            line_no += 1
+            tail.line_no = line_no
+            try:
+                obj = fast(raw)
+            except ValueError:
+                yield from self._parse(line_no, raw)
+                continue
+            if type(obj) is dict:
+                yield obj
+            else:
+                yield from self._parse(line_no, raw)
+
+    def poll_many(self) -> Iterator[list[Item]]:
+        """`poll` a read (about 1 MiB) at a time, as one list: what a bulk reader wants.
+
+        With orjson, a read whose every line is one JSON object is parsed in a single call
+        (its lines joined into one array); any other read goes line by line as in `poll`.
+        `line_no` is then the read's last line as soon as its list is handed out.
+        """
+        if _fast_loads is None or self._loads is not json.loads:
+            batch: list[Item] = []
+            for item in self.poll():
+                batch.append(item)
+                if len(batch) >= 4096:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+            return
+        tail = self._lines
+        for first, block in tail.poll_blocks():
+            count = block.count(b"\n") + 1
+            try:
+                objs = _fast_loads(b"[" + block.replace(b"\n", b",") + b"]")
+            except ValueError:
+                objs = None
+            # the same number of objects as lines, all dicts: every line was one object
+            if objs is not None and len(objs) == count and all(type(o) is dict for o in objs):
+                tail.line_no = first + count - 1
+                yield objs
+            else:
+                yield list(self._lines_of(tail, first, block))
 
     def _parse(self, line_no: int, raw: bytes) -> Iterator[Item]:
         if not raw.strip():

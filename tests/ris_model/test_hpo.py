@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import optuna
@@ -83,7 +84,7 @@ def test_study_runs_and_prunes_an_unhealthy_trial(tmp_path):
 
 
 def _worker(study_dir, trials, name="shared", epochs=1):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RIS_MODEL_WANDB": "off"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RIS_MODEL_WANDB": "off", "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, "-m", "ris_model.cli", "hpo", "--preset", "tiny", "--study-dir", str(study_dir),
             "--study", name, "--trials", str(trials), "--epochs", str(epochs), "--gate", "skip", "--device", "cpu"]
     for item in FAST:
@@ -110,15 +111,20 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
 
 def test_a_killed_study_resumes(tmp_path):
     first = _worker(tmp_path, 8, epochs=3)  # long enough that a kill lands mid-study
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        time.sleep(0.2)
-        if (tmp_path / "study.db").exists():
-            try:
-                if len(_done(tmp_path)) >= 1:
-                    break
-            except KeyError:  # the study is not created yet
-                pass
+    # Wait for the worker to report two trials on its own output (the first is stored by
+    # the time the second ends): opening the study from here while the worker is still
+    # creating it races it for the schema.
+    finished = threading.Event()
+
+    def watch_output():
+        reported = 0
+        for line in first.stdout:
+            reported += line.startswith("trial ")
+            if reported >= 2:
+                finished.set()
+
+    threading.Thread(target=watch_output, daemon=True).start()
+    assert finished.wait(timeout=240), "the first worker did not finish two trials"
     first.send_signal(signal.SIGKILL)
     first.wait()
     before = {t.number: t.value for t in _done(tmp_path)}
