@@ -16,6 +16,7 @@ record-by-record path would judge them.
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any, Sequence
 
 import numpy as np
@@ -56,11 +57,15 @@ class MetricBlock:
         self.lr()
         self.ticks("step")
         self.ticks("epoch")
-        empty: dict = {}
-        odd = [i for i, line in enumerate(self.lines)  # fields only the record conversion reads
-               if type(line.get("rank", 0)) is not int or type(line.get("schema", 1)) is not int
-               or type(line.get("weight_sources", empty)) is not dict]
-        self.irregular[odd] = True
+        # fields only the record conversion reads: ints, and a dict of sources
+        if not (set(map(type, self.field("rank"))) <= {int, type(None)}
+                and set(map(type, self.field("schema"))) <= {int, type(None)}
+                and set(map(type, self.field("weight_sources"))) <= {dict, type(None)}):
+            empty: dict = {}
+            odd = [i for i, line in enumerate(self.lines)
+                   if type(line.get("rank", 0)) is not int or type(line.get("schema", 1)) is not int
+                   or type(line.get("weight_sources", empty)) is not dict]
+            self.irregular[odd] = True
         return np.flatnonzero(self.irregular).tolist()
 
     # -- rows --------------------------------------------------------------------------
@@ -75,7 +80,10 @@ class MetricBlock:
         """The step or epoch counter of every row, as the monitor's ``every`` reads it."""
         t = self._ticks.get(field)
         if t is None:
-            values = [line.get(field) for line in self.lines]
+            values = self.field(field)
+            if set(map(type, values)) == {int}:
+                t = self._ticks[field] = np.array(values, dtype=np.int64)
+                return t
             try:
                 t = np.array([v if type(v) is int else int(v or 0) for v in values], dtype=np.int64)
             except (TypeError, ValueError, OverflowError):  # the record path raises for such a row
@@ -92,6 +100,13 @@ class MetricBlock:
             col = self._scalars[key] = self._floats([line.get(key) for line in self.lines], allow_none=True)
         return col
 
+    def field(self, key: str) -> list[Any]:
+        """The raw value of ``key`` in every row (None where absent)."""
+        try:
+            return list(map(itemgetter(key), self.lines))
+        except KeyError:
+            return [line.get(key) for line in self.lines]
+
     def has(self, key: str) -> np.ndarray:
         """Rows where ``key`` is present and not null."""
         return np.array([line.get(key) is not None for line in self.lines], dtype=bool)
@@ -105,7 +120,10 @@ class MetricBlock:
         cached = self._mappings.get(key)
         if cached is not None:
             return cached
-        dicts = [line.get(key) for line in self.lines]
+        if not any(key in line for line in self.lines):  # e.g. no AMP in this run
+            self._mappings[key] = ((), {})
+            return (), {}
+        dicts = self.field(key)
         names: tuple[str, ...] = ()
         for d in dicts:
             if type(d) is dict and d:
@@ -117,11 +135,14 @@ class MetricBlock:
             self.irregular |= bad
         else:
             empty: dict = {}
-            fixed = [d if type(d) is dict else empty for d in dicts]
+            fixed = dicts if set(map(type, dicts)) == {dict} else [d if type(d) is dict else empty for d in dicts]
             size = len(names)
-            self.irregular |= np.fromiter((len(d) != size for d in fixed), dtype=bool, count=self.n)
+            self.irregular |= np.fromiter(map(len, fixed), dtype=np.int64, count=self.n) != size
             for name in names:
-                cols[name] = self._floats([d.get(name, _MISSING) for d in fixed], allow_none=False)
+                try:  # the common case in one C loop; a gap or an odd value takes the slow path
+                    cols[name] = np.fromiter(map(itemgetter(name), fixed), dtype=np.float64, count=self.n)
+                except (KeyError, TypeError, ValueError, OverflowError):
+                    cols[name] = self._floats([d.get(name, _MISSING) for d in fixed], allow_none=False)
         self._mappings[key] = (names, cols)
         return names, cols
 
@@ -129,9 +150,15 @@ class MetricBlock:
         """Learning rate per row and group, (n, groups); a scalar lr is one group."""
         if self._lr is not None:
             return self._lr
-        values = [line.get("lr") for line in self.lines]
+        values = self.field("lr")
         first = next((v for v in values if v is not None), None)
         width = len(first) if isinstance(first, list) else (0 if first is None else 1)
+        if width and set(map(type, values)) == {list} and set(map(len, values)) == {width}:
+            try:
+                self._lr = np.array(values, dtype=np.float64).reshape(self.n, width)
+                return self._lr
+            except (TypeError, ValueError, OverflowError):
+                pass
         rows = []
         for i, v in enumerate(values):
             if isinstance(v, list) and len(v) == width:
