@@ -118,7 +118,7 @@ def _keys(loss_key, val_loss_key, lr_key, step_key) -> KeyMap:
 @click.option("--fail-on", type=click.Choice(SEVERITY_CHOICES), default="error", show_default=True,
               help="Exit 1 when an event of this severity or worse was found.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON verdict {run_dir, healthy, worst_severity, events, last}.")
+              help="Print one JSON verdict {run_dir, healthy, worst_severity, fail_on, events, last, reader}.")
 @click.option("--interval", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
               metavar="S", help="Seconds between polls of the run's files in --follow.")
 @click.option("--timeout", type=click.FloatRange(min=0.0), default=None, metavar="S",
