@@ -27,6 +27,7 @@ from .observe import StepRecord
 from .policy import Policy
 from .columns import MetricBlock
 from .runlog import (BadLine, KeyMap, RunLogError, detect_format, open_health, open_metrics)
+from .runlog._tail import batched
 from .watchstate import RunState
 
 register_code(
@@ -159,17 +160,7 @@ def _lists(tail: Any) -> Iterator[list]:
     """A metrics reader's items a read at a time (`poll_many`), or in small lists for a
     reader that hands them out one by one."""
     many = getattr(tail, "poll_many", None)
-    if many is not None:
-        yield from many()
-        return
-    batch: list = []
-    for item in tail.poll():
-        batch.append(item)
-        if len(batch) >= 1024:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    yield from many() if many is not None else batched(tail.poll(), 1024)
 
 
 # ------------------------------------------------------------------------- the watcher

@@ -41,6 +41,18 @@ except ImportError:  # pragma: no cover - the standard library path below stays 
     _fast_loads = None
 
 
+def batched(items: Iterator[Any], size: int) -> Iterator[list]:
+    """Consecutive lists of up to ``size`` items (itertools.batched, as lists, on 3.11)."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 @dataclass(frozen=True)
 class FileStatus:
     """What the tailer noticed about the file itself on the last poll."""
@@ -245,14 +257,7 @@ class JsonLinesTail:
         `line_no` is then the read's last line as soon as its list is handed out.
         """
         if _fast_loads is None or self._loads is not json.loads:
-            batch: list[Item] = []
-            for item in self.poll():
-                batch.append(item)
-                if len(batch) >= 4096:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
+            yield from batched(self.poll(), 4096)
             return
         tail = self._lines
         for first, block in tail.poll_blocks():
