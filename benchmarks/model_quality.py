@@ -3,8 +3,10 @@
 For each preset: train on fresh scenes every epoch (nothing to memorise) for about
 ``--minutes`` of CPU time (process time, one thread: robust to a shared machine), then evaluate on held-out scenes at several SNRs, next to
 MUSIC on R_ls (the classical baseline), MUSIC on the true R (the ceiling) and the CRB.
-The epoch count is calibrated from a one-epoch probe so the cosine schedule fits the
-budget instead of being cut off mid-way.
+The epoch count is calibrated from a short probe so the cosine schedule fits the
+budget instead of being cut off mid-way: the probe times the set-up (the first training
+and validation scenes) and one steady-state epoch (fresh scenes, training, validation,
+checkpoint), so the real run's CPU time lands near the budget.
 
     python benchmarks/model_quality.py --presets tiny small --minutes 12 --json out.json
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
+from ris_model.callbacks import Callback
 from ris_model.config import load_config
 from ris_model.evaluation import evaluate_run
 from ris_model.progress import ProgressCallback
@@ -30,16 +33,40 @@ from ris_model.train import Trainer
 ROWS = ("music_learned", "music_ls", "music_true")
 
 
+class EpochClock(Callback):
+    """CPU time at the end of each validation: consecutive differences are whole epochs."""
+
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+
+    def on_validation_end(self, trainer, metrics) -> None:
+        self.marks.append(time.process_time())
+
+
+def probe_costs(cfg, run_dir: Path) -> tuple[float, float]:
+    """(set-up CPU s, CPU s of one steady-state epoch) of a run with this config.
+
+    The first epoch trains on the scenes built with the Trainer; from the second on, each
+    epoch also draws its fresh scenes. Timing the second epoch alone (from the first
+    validation's end to the second's) measures what every later epoch costs; the mean of
+    both epochs leaves half of the per-epoch scene cost out, and the set-up is paid once.
+    """
+    clock = EpochClock()
+    t0 = time.process_time()
+    probe = Trainer(cfg.with_values({"train.epochs": 2}, "benchmark"), run_dir / "probe", device="cpu",
+                    callbacks=[clock])
+    setup_s = time.process_time() - t0
+    probe.fit()
+    return setup_s, clock.marks[1] - clock.marks[0]
+
+
 def train_within(preset: str, minutes: float, run_dir: Path, extra: list[str]) -> dict:
     base = load_config(preset, overrides=["train.fresh_scenes=true", *extra])
-    # the probe's second epoch draws fresh scenes, so their cost is in the per-epoch figure
-    probe = Trainer(base.with_values({"train.epochs": 2}, "benchmark"), run_dir / "probe", device="cpu")
-    t0 = time.process_time()
-    probe.fit()
-    epoch_s = (time.process_time() - t0) / 2
-    epochs = max(2, int(minutes * 60 / epoch_s))
+    setup_s, epoch_s = probe_costs(base, run_dir)
+    epochs = max(2, int((minutes * 60 - setup_s) / epoch_s))
     cfg = base.with_values({"train.epochs": epochs}, "benchmark")
-    print(f"{preset}: one epoch {epoch_s:.1f} CPU s -> {epochs} epochs for {minutes:g} CPU min", file=sys.stderr)
+    print(f"{preset}: set-up {setup_s:.1f} CPU s, one epoch {epoch_s:.2f} CPU s -> {epochs} epochs "
+          f"for {minutes:g} CPU min", file=sys.stderr)
     t0, w0 = time.process_time(), time.perf_counter()
     result = Trainer(cfg, run_dir / "run", device="cpu", callbacks=[ProgressCallback()]).fit()
     return {"epochs": epochs, "train_cpu_s": time.process_time() - t0, "train_wall_s": time.perf_counter() - w0,
