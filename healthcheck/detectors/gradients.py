@@ -22,6 +22,7 @@ import numpy as np
 from ..events import HealthEvent
 from ..observe import ROOT, LiveView, StepRecord, top_module
 from .screens import any_value, module_extremes, not_finite
+from .smoothing import ema_series
 from .base import (NO_EVENTS, Detector, DetectorState, Streaks, check_float, check_int, finite,
                    finite_module_items, fmt, group_names, module_items, name_list)
 
@@ -279,8 +280,6 @@ class ExplodingGrad(Detector):
             return []  # no norms: every row leaves the state alone
         if block.irregular[rows].any():
             return None
-        from scipy.signal import lfilter
-
         k = rows.size
         judged = np.arange(state.n + 1, state.n + k + 1) > self.warmup
         log_growth, beta = math.log(self.growth), self.beta
@@ -292,15 +291,8 @@ class ExplodingGrad(Detector):
                 continue
             lv = np.log(v[valid])
             start = state.log_ema.get(name)
-            if start is None:
-                ema = np.empty_like(lv)
-                ema[0] = lv[0]
-                if lv.size > 1:
-                    ema[1:] = lfilter([1.0 - beta], [1.0, -beta], lv[1:], zi=[beta * lv[0]])[0]
-                before = np.concatenate([[np.inf], ema[:-1]])
-            else:
-                ema = lfilter([1.0 - beta], [1.0, -beta], lv, zi=[beta * start])[0]
-                before = np.concatenate([[start], ema[:-1]])
+            ema = ema_series(lv, beta, start)
+            before = np.concatenate([[np.inf if start is None else start], ema[:-1]])
             if (judged[valid] & (lv - before > log_growth - 1e-9)).any():
                 return None
             levels[name] = float(ema[-1])

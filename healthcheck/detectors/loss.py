@@ -18,6 +18,7 @@ import numpy as np
 
 from .base import NO_EVENTS, Detector, DetectorState, Streaks, check_float, check_int, finite, fmt
 from .screens import any_value, not_finite, same_primary
+from .smoothing import ema_series
 
 
 class NonFiniteLoss(Detector):
@@ -369,18 +370,12 @@ class Divergence(Detector):
         x = losses[np.isfinite(losses)]
         if x.size == 0:
             return True
-        from scipy.signal import lfilter
-
-        beta = self.beta
         if state.n == 0:
             first = float(x[0])
-            ema = np.empty_like(x)
-            ema[0] = first
-            if x.size > 1:
-                ema[1:] = lfilter([1.0 - beta], [1.0, -beta], x[1:], zi=[beta * first])[0]
+            ema = ema_series(x, self.beta, None)
         else:
             first = state.first
-            ema = lfilter([1.0 - beta], [1.0, -beta], x, zi=[beta * state.ema])[0]
+            ema = ema_series(x, self.beta, state.ema)
         best_before = np.minimum.accumulate(np.concatenate([[state.best], ema[:-1]]))
         ref = np.maximum(best_before, self.floor * first)
         judged = np.arange(state.n + 1, state.n + x.size + 1) > self.warmup
