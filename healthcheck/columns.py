@@ -69,6 +69,20 @@ class MetricBlock:
         return np.flatnonzero(self.irregular).tolist()
 
     # -- rows --------------------------------------------------------------------------
+    def take(self, rows: np.ndarray) -> "MetricBlock":
+        """The block of ``rows`` only (ascending), for a detector that judges only those:
+        its screen then compares a row with the row it judged before and counts windows in
+        its own rows, not in lines of other kinds or steps it skips. Columns already built
+        are sliced, not rebuilt (with their irregular rows)."""
+        sub = MetricBlock([self.lines[i] for i in rows.tolist()], self.first_row)
+        sub.irregular = self.irregular[rows]
+        sub._scalars = {k: v[rows] for k, v in self._scalars.items()}
+        sub._mappings = {k: (names, {n: c[rows] for n, c in cols.items()})
+                         for k, (names, cols) in self._mappings.items()}
+        sub._lr = None if self._lr is None else self._lr[rows]
+        sub._ticks = {k: v[rows] for k, v in self._ticks.items()}
+        return sub
+
     def record(self, row: int) -> StepRecord:
         """The row as the record-by-record path sees it (errors as there)."""
         r = self._records.get(row)
@@ -82,13 +96,21 @@ class MetricBlock:
         if t is None:
             values = self.field(field)
             if set(map(type, values)) == {int}:
-                t = self._ticks[field] = np.array(values, dtype=np.int64)
-                return t
+                try:
+                    t = self._ticks[field] = np.array(values, dtype=np.int64)
+                    return t
+                except OverflowError:  # beyond int64: a record holds it as a Python int
+                    pass
             try:
-                t = np.array([v if type(v) is int else int(v or 0) for v in values], dtype=np.int64)
+                ints = [v if type(v) is int else int(v or 0) for v in values]
             except (TypeError, ValueError, OverflowError):  # the record path raises for such a row
                 t = np.zeros(self.n, dtype=np.int64)
                 self.irregular[:] = True
+            else:
+                try:
+                    t = np.array(ints, dtype=np.int64)
+                except OverflowError:  # exact Python ints, so ``every`` picks the record path's rows
+                    t = np.array(ints, dtype=object)
             self._ticks[field] = t
         return t
 
@@ -199,7 +221,10 @@ def _to_float(v: Any, irregular: np.ndarray, i: int, allow_none: bool = True) ->
     if v is None and allow_none:
         return float("nan")
     if type(v) in (int, float):
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:  # an int no float holds: the record path raises for the row
+            pass
     irregular[i] = True  # bool, str, list, missing...: the record path decides what it means
     return float("nan")
 

@@ -209,19 +209,27 @@ class Monitor:
         if self.closed:
             raise RuntimeError("observe() after close(): the monitor has written its summary")
         found: list[tuple[int, int, int, HealthEvent]] = []
+        own_rows: dict[tuple[int, int], tuple[np.ndarray, MetricBlock]] = {}
         for phase_rank, phase in enumerate(PHASES):
-            in_phase = block.kind == _KIND_CODE_OF_PHASE[phase]
+            kind = _KIND_CODE_OF_PHASE[phase]
+            in_phase = block.kind == kind
             if not in_phase.any():
                 continue
             tick_field = "step" if phase in ("after_backward", "after_step") else "epoch"
             for slot_rank, (slot, check, state, every, needs_live) in enumerate(self._runs[phase]):
                 if needs_live:
                     continue
-                rows = in_phase if every == 1 else in_phase & (block.ticks(tick_field) % every == 0)
-                idx = np.flatnonzero(rows)
+                if (kind, every) not in own_rows:
+                    rows = in_phase if every == 1 else in_phase & (block.ticks(tick_field) % every == 0).astype(bool)
+                    idx = np.flatnonzero(rows)
+                    # a detector's screen sees only the rows it judges: "the row before" and
+                    # "the next n rows" are then its rows, not lines of other kinds between them
+                    own_rows[(kind, every)] = (idx, block if idx.size == block.n else block.take(idx))
+                idx, own = own_rows[(kind, every)]
                 if idx.size:
-                    found.extend((row, phase_rank, slot_rank, event)
-                                 for row, event in self._judge_rows(slot, check, state, block, idx))
+                    judged = self._judge_rows(slot, check, state, own, np.arange(idx.size))
+                    found.extend((row if own is block else int(idx[row]), phase_rank, slot_rank, event)
+                                 for row, event in judged)
         found.sort(key=lambda f: f[:3])
         emitted = []
         for *_, event in found:
@@ -423,7 +431,10 @@ def rows_to_check(detector: Detector, block: "MetricBlock", idx: np.ndarray) -> 
     state the skipped rows would have left (the screen's contract, `Detector.screen`).
     """
     memory = detector.memory
-    must = None if memory is None else detector.screen(block)
+    try:
+        must = None if memory is None else detector.screen(block)
+    except Exception:  # values the screen cannot read (an unhashable primary): ``check`` judges them
+        must = None
     if must is None:
         return idx, np.ones(idx.size, dtype=bool)
     sel = (must | block.irregular)[idx]

@@ -245,9 +245,9 @@ class BlockedUpdate(Detector):
 
 
 def _not_applied(block) -> np.ndarray:
-    """Rows the update checks pass by without touching their state: skipped steps."""
-    skipped = block.scalar("skipped")
-    return ~np.isnan(skipped) & (skipped != 0)
+    """Rows the update checks pass by without touching their state: skipped steps, read
+    by truth value as the record does ("0" and NaN are skipped, None is not)."""
+    return np.fromiter(map(bool, block.field("skipped")), dtype=bool, count=block.n)
 
 
 def _ratio_test(block, test, zero_update_judged: bool = False) -> np.ndarray:

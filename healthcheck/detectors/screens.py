@@ -32,11 +32,13 @@ def not_finite(x: np.ndarray) -> np.ndarray:
 
 def changed(block: "MetricBlock", field: str) -> np.ndarray:
     """Rows whose mapping ``field`` differs from the row before, or holds NaN (never equal
-    to itself), or follows a row of another kind; the first row always."""
+    to itself), or follows a row of another kind or an irregular row (whose extra names
+    no column holds); the first row always."""
     names, cols = block.mapping(field)
     out = np.zeros(block.n, dtype=bool)
     out[0] = True
     out[1:] |= block.kind[:-1] != block.kind[1:]
+    out[1:] |= block.irregular[:-1]
     for name in names:
         c = cols[name]
         out[1:] |= ~(c[1:] == c[:-1])

@@ -147,40 +147,203 @@ def _eval_line(line, k):
     line["loss"] = 0.5
 
 
+# -- mixed precision: an "amp" field on the lines of the fault (the "amp" base puts one on every line)
+def _amp_overflow(line, k):
+    line.setdefault("amp", {"scale": 65536.0, "found_inf": False})["found_inf"] = True
+
+
+def _amp_flag_text(line, k):
+    line.setdefault("amp", {"scale": 65536.0, "found_inf": False})["found_inf"] = "0"  # truthy
+
+
+def _amp_scale_collapse(line, k):
+    line.setdefault("amp", {"scale": 65536.0, "found_inf": False})["scale"] = 2.0 ** -(k + 1)
+
+
+def _amp_null(line, k):
+    line["amp"] = None
+
+
+# -- output saturation (SaturatedOutputs reads metrics keys ending in "_at_bound")
+def _saturated(line, k):
+    line.setdefault("metrics", {})["head_at_bound"] = 0.5
+
+
+def _saturation_nan(line, k):
+    line.setdefault("metrics", {})["head_at_bound"] = math.nan
+
+
+# -- step counters
+def _stalled(line, k):
+    line["steps_taken"] -= k + 1  # no step applied from the fault's first line on
+
+
+def _counters_missing(line, k):
+    line.pop("steps_taken", None)
+    line.pop("batches_seen", None)
+
+
+def _skipped_text(line, k):
+    line["skipped"] = "0"  # a non-empty string: skipped, as bool() reads it
+
+
+def _skipped_nan(line, k):
+    line["skipped"] = math.nan
+
+
+# -- other kinds of line among the steps
+def _epoch_line(line, k):
+    line["kind"] = "epoch"
+    line["loss"] = 0.6
+
+
+def _eval_metrics(line, k):
+    line["kind"] = "eval"
+    line["loss"] = 0.5 + 1e-3 * k
+    line["metrics"] = {"val_acc": 0.9, "pred_top_share": 0.99, "head_at_bound": 0.3}
+
+
+# -- fields missing, renamed or reordered
+def _no_weights(line, k):
+    line.pop("weights", None)
+    line.pop("weight_sources", None)
+
+
+def _no_terms(line, k):
+    line.pop("terms", None)
+
+
+def _primary_changes(line, k):
+    line["primary"] = "subspace"
+
+
+def _primary_list(line, k):
+    line["primary"] = ["cov"]
+
+
+def _source_changes(line, k):
+    line["weight_sources"]["subspace"] = "hpo"
+
+
+def _extra_weight(line, k):
+    line["weights"]["aux"] = 0.3  # a term weighted for a while, then gone again
+
+
+def _grad_order(line, k):
+    line["grad_norm"] = dict(reversed(line["grad_norm"].items()))
+
+
+def _total_only(line, k):
+    line["grad_norm"] = {"_total": line["grad_norm"]["_total"]}
+
+
+def _total_zero(line, k):
+    line["grad_norm"]["_total"] = 0.0
+
+
+# -- values of other JSON types
+def _values_text(line, k):
+    line["loss"] = str(line["loss"])
+    line["terms"]["cov"] = str(line["terms"]["cov"])
+
+
+def _values_bool(line, k):
+    line["loss"] = True
+    line["update_norm"]["head"] = False
+
+
+def _values_null(line, k):
+    line["loss"] = None
+    line["grad_norm"]["trunk"] = None
+    line["lr"] = None
+
+
+def _lr_scalar(line, k):
+    line["lr"] = 1e-3
+
+
+def _huge_step(line, k):
+    line["step"] = 2 ** 63 + k  # a JSON integer beyond int64: a record holds it as a Python int
+
+
+def _huge_value(line, k):
+    line["terms"]["subspace"] = 10 ** 400  # json reads it as an int no float can hold: a bad line
+
+
 FAULTS = {f.__name__[1:]: f for f in (
     _nan_loss, _nan_term, _zero_loss, _dead_term, _primary_zero, _weight_change, _weight_change_sourced,
     _small_share, _constant_loss, _diverging, _grad_zero, _grad_nan, _grad_vanishing, _grad_first_small,
     _grad_jump, _grad_first_big, _lr_zero, _lr_tiny, _lr_invalid, _frozen, _update_big, _update_tiny,
-    _skipped, _missing_loss, _odd_value, _missing_module, _eval_line)}
+    _skipped, _missing_loss, _odd_value, _missing_module, _eval_line,
+    _amp_overflow, _amp_flag_text, _amp_scale_collapse, _amp_null, _saturated, _saturation_nan,
+    _stalled, _counters_missing, _skipped_text, _skipped_nan, _epoch_line, _eval_metrics,
+    _no_weights, _no_terms, _primary_changes, _primary_list, _source_changes, _extra_weight,
+    _grad_order, _total_only, _total_zero, _values_text, _values_bool, _values_null, _lr_scalar,
+    _huge_step, _huge_value)}
 
 
-def make_lines(n: int, faults: list[tuple[str, int, int]], seed: int = 0) -> list[dict]:
+# -- what every line of a run carries besides the healthy fields
+def _amp_base(line, i):
+    line["amp"] = {"scale": 65536.0, "found_inf": False}
+
+
+def _saturation_base(line, i):
+    line["metrics"] = {"head_at_bound": 0.05}
+
+
+BASES = {"plain": None, "amp": _amp_base, "saturation": _saturation_base}
+
+
+def make_lines(n: int, faults: list[tuple[str, int, int]], seed: int = 0, base: str = "plain",
+               interleave: int = 0) -> list[dict]:
+    """``interleave``: after every that many steps, an epoch line and an eval line that
+    repeat the step's counters and AMP state (as loggers that copy them onto every line do)."""
     rng = random.Random(seed)
     lines = [healthy_line(i, rng) for i in range(n)]
+    if BASES[base] is not None:
+        for i, line in enumerate(lines):
+            BASES[base](line, i)
     for name, start, length in faults:
         for k, i in enumerate(range(start, min(n, start + length))):
-            FAULTS[name](lines[i], k)
+            try:
+                FAULTS[name](lines[i], k)
+            except (KeyError, TypeError):  # an earlier fault removed or retyped the field
+                pass
+    if interleave:
+        lines = [out for i, line in enumerate(lines) for out in (
+            [line, _other_kind(line, "epoch", 0.6), _other_kind(line, "eval", 0.5 + 1e-3 * (i % 7))]
+            if i % interleave == interleave - 1 else [line])]
     return lines
 
 
-def one_by_one(lines: list[dict]) -> tuple[list[tuple], list[tuple]]:
-    monitor = Monitor(stream_detectors(), source="watch")
+def _other_kind(step: dict, kind: str, loss: float) -> dict:
+    keep = ("schema", "step", "epoch", "time", "rank", "steps_taken", "batches_seen", "amp")
+    return {**{k: copy.deepcopy(step[k]) for k in keep if k in step}, "kind": kind, "loss": loss}
+
+
+def one_by_one(lines: list[dict], every=1) -> tuple[list[tuple], list[tuple]]:
+    monitor = Monitor(stream_detectors(), source="watch", every=every)
     emitted = []
     for line in copy.deepcopy(lines):
         try:
             record = StepRecord.from_metrics_line(line)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # what watch reports as a bad line
             continue
         emitted += monitor.observe_record(record)
     return _keys(emitted), _keys(monitor.findings())
 
 
-def in_blocks(lines: list[dict], cuts: list[int]) -> tuple[list[tuple], list[tuple]]:
-    monitor = Monitor(stream_detectors(), source="watch")
+def in_blocks(lines: list[dict], cuts: list[int], every=1, as_watch: bool = False) -> tuple[list[tuple], list[tuple]]:
+    """``as_watch``: every column built first (`MetricBlock.irregular_rows`), as watch does
+    to drop bad lines, instead of as the screens ask for them."""
+    monitor = Monitor(stream_detectors(), source="watch", every=every)
     emitted, start = [], 0
     for end in sorted({*cuts, len(lines)}):
         if end > start:
-            emitted += monitor.observe_block(MetricBlock(copy.deepcopy(lines[start:end])))
+            block = MetricBlock(copy.deepcopy(lines[start:end]))
+            if as_watch:
+                block.irregular_rows()
+            emitted += monitor.observe_block(block)
             start = end
     return _keys(emitted), _keys(monitor.findings())
 
@@ -189,12 +352,86 @@ def _keys(events) -> list[tuple]:
     return [(e.code, e.where, e.step, str(e.severity), e.count) for e in events]
 
 
-@pytest.mark.parametrize("fault", sorted(set(FAULTS) - {"odd_value"}))
+@pytest.mark.parametrize("fault", sorted(set(FAULTS) - {"odd_value", "huge_value"}))
 def test_each_fault_is_judged_the_same_in_blocks(fault):
     lines = make_lines(300, [(fault, 120, 40)])
     expected = one_by_one(lines)
     assert in_blocks(lines, [64, 121, 122, 200]) == expected
-    assert in_blocks(lines, list(range(0, 300, 7))) == expected
+    assert in_blocks(lines, list(range(0, 300, 7)), as_watch=True) == expected
+
+
+@pytest.mark.parametrize("base", sorted(set(BASES) - {"plain"}))
+@pytest.mark.parametrize("fault", ["amp_overflow", "amp_flag_text", "amp_scale_collapse", "amp_null", "saturated",
+                                   "saturation_nan", "stalled", "counters_missing", "skipped_text", "eval_metrics"])
+def test_each_fault_on_lines_that_all_carry_the_field(base, fault):
+    lines = make_lines(300, [(fault, 120, 40)], base=base)
+    expected = one_by_one(lines)
+    assert in_blocks(lines, [64, 121, 122, 200]) == expected
+    assert in_blocks(lines, []) == expected  # no block starts near the fault
+
+
+def test_a_primary_a_screen_cannot_look_up_is_judged_by_the_checks():
+    # the record path's detectors fail on it (and say so); the screens must not crash
+    lines = make_lines(100, [("primary_list", 0, 100)])
+    emitted, _ = one_by_one(lines)
+    assert {code for code, *_ in emitted} == {"monitor.detector_failed"}
+    assert in_blocks(lines, [50]) == one_by_one(lines)
+
+
+@pytest.mark.parametrize("fault", ["amp_overflow", "stalled", "weight_change", "saturated", "skipped"])
+def test_epoch_and_eval_lines_between_steps_do_not_shorten_a_window(fault):
+    # the epoch and eval lines repeat the step's counters and AMP state: nothing in them
+    # is news, yet a window counted in lines instead of steps would end too early
+    lines = make_lines(300, [(fault, 100, 15)], base="amp", interleave=1)
+    assert in_blocks(lines, []) == one_by_one(lines)
+    assert in_blocks(lines, [200, 201, 450], as_watch=True) == one_by_one(lines)
+
+
+def test_a_stall_between_epoch_and_eval_lines_is_counted_in_steps():
+    lines = make_lines(300, [])
+    for i, line in enumerate(lines):  # 12 batches from step 120 on apply no step, then steps resume
+        line["steps_taken"] = line["batches_seen"] - min(max(0, i - 119), 12)
+    lines = [out for line in lines for out in (
+        line, _other_kind(line, "epoch", 0.6), _other_kind(line, "eval", 0.5))]
+    _, findings = one_by_one(lines)
+    assert ("steps.skipped", 140, 11) in [(code, step, count) for code, _, step, _, count in findings]
+    assert in_blocks(lines, []) == one_by_one(lines)
+
+
+@pytest.mark.parametrize("every", [2, 3, {"WeightChanged": 2, "UnplannedWeightChange": 3},
+                                   {"SkippedSteps": 2, "AmpOverflow": 2}])
+@pytest.mark.parametrize("fault", ["weight_change", "weight_change_sourced", "stalled", "amp_overflow", "grad_zero"])
+def test_a_monitor_that_checks_every_nth_step_agrees_in_blocks(every, fault):
+    lines = make_lines(300, [(fault, 121, 30)], base="amp")
+    assert in_blocks(lines, [64, 122, 200], every) == one_by_one(lines, every)
+
+
+def test_a_skipped_flag_is_read_by_its_truth_value():
+    # "0" is a skipped step to the record path (bool("0")): the zero updates around it
+    # are two applied steps apart, not two in a row
+    lines = make_lines(300, [])
+    lines[120]["update_norm"]["trunk"] = 0.0
+    lines[122]["skipped"] = "0"
+    lines[123]["update_norm"]["trunk"] = 0.0
+    assert in_blocks(lines, []) == one_by_one(lines) == ([], [])
+
+
+def test_a_weight_that_comes_and_goes_is_a_change_both_times():
+    lines = make_lines(300, [("extra_weight", 150, 1)])
+    emitted, _ = one_by_one(lines)
+    assert [(code, where, step) for code, where, step, *_ in emitted] == [
+        ("weights.changed", "aux", 150), ("weights.changed", "aux", 151)]
+    assert in_blocks(lines, [64, 200]) == one_by_one(lines)
+
+
+def test_a_line_with_a_number_no_float_holds_is_an_irregular_row_not_a_crash():
+    lines = make_lines(50, [("huge_value", 20, 1), ("huge_step", 30, 1)])
+    block = MetricBlock(lines)
+    assert 20 in block.irregular_rows()
+    with pytest.raises(OverflowError):  # the record path's verdict: watch reports a bad line
+        block.record(20)
+    good = [line for line in lines if _valid(line)]
+    assert in_blocks(good, [10], as_watch=True) == one_by_one(lines)
 
 
 def test_a_fault_the_screens_must_not_miss_is_found_at_all():
@@ -212,16 +449,19 @@ def test_a_healthy_run_is_silent_in_blocks():
 @given(n=st.integers(20, 260),
        faults=st.lists(st.tuples(st.sampled_from(sorted(FAULTS)), st.integers(0, 250), st.integers(1, 60)),
                        max_size=4),
-       cuts=st.lists(st.integers(0, 260), max_size=6), seed=st.integers(0, 3))
-def test_blocks_and_records_agree_on_any_mix_of_faults(n, faults, cuts, seed):
-    lines = make_lines(n, faults, seed)
+       cuts=st.lists(st.integers(0, 260), max_size=6), seed=st.integers(0, 3),
+       base=st.sampled_from(sorted(BASES)), interleave=st.sampled_from([0, 0, 1, 7]),
+       every=st.sampled_from([1, 1, 1, 2, {"WeightChanged": 3, "SkippedSteps": 2, "AmpOverflow": 2}]),
+       as_watch=st.booleans())
+def test_blocks_and_records_agree_on_any_mix_of_faults(n, faults, cuts, seed, base, interleave, every, as_watch):
+    lines = make_lines(n, faults, seed, base, interleave)
     lines = [line for line in lines if _valid(line)]
-    assert in_blocks(lines, cuts) == one_by_one(lines)
+    assert in_blocks(lines, cuts, every, as_watch) == one_by_one(lines, every)
 
 
 def _valid(line: dict) -> bool:
     try:
         StepRecord.from_metrics_line(line)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
     return True
