@@ -1,7 +1,10 @@
 """How fast `healthcheck watch` catches up on a long run, how much memory it needs, and
 how long a new line waits before it is judged in --follow.
 
-    python benchmarks/watch.py [--sizes 100000,1000000] [--json OUT] [--quick]
+    python benchmarks/watch.py [--sizes 100000,1000000] [--epoch-every 100] [--json OUT] [--quick]
+
+The file is a healthy run's: step lines with two terms and three modules, and (by
+default) an epoch and an eval line after every 100 steps, as `ris-model train` writes.
 
 Each scan runs in a fresh child process, so its peak RSS (ru_maxrss) is its own; two
 sizes ten times apart show whether memory grows with the file. Three scans per size:
@@ -37,17 +40,34 @@ _TEMPLATE = (
     '"batches_seen":%d,"skipped":false}\n')
 
 
-def write_metrics(path: str, n: int) -> None:
-    """n step lines of a healthy run, written in blocks (a few seconds for 1M)."""
+_EPOCH = ('{"schema":1,"kind":"epoch","step":%d,"epoch":%d,"time":%.3f,"rank":0,"loss":%.6f,'
+          '"terms":{"cov":%.6f,"subspace":%.6f},"weights":{"cov":1.0,"subspace":0.1},"primary":"cov",'
+          '"lr":[0.001],"steps_taken":%d,"batches_seen":%d}\n')
+_EVAL = ('{"schema":1,"kind":"eval","step":%d,"epoch":%d,"time":%.3f,"rank":0,"loss":%.6f,'
+         '"terms":{"cov":%.6f,"subspace":%.6f},"weights":{"cov":1.0,"subspace":0.1},"metrics":{}}\n')
+
+
+def write_metrics(path: str, n: int, epoch_every: int = 0) -> None:
+    """n lines of a healthy run, written in blocks (a few seconds for 1M); with
+    ``epoch_every``, an epoch line and an eval line after every that many step lines, as
+    ``ris-model train`` writes them (they count in n)."""
     with open(path, "w") as fh:
         block = []
-        for i in range(n):
+        i = written = 0
+        while written < n:
             cov = 1.0 / (1.0 + 1e-4 * i) + 0.001 * math.sin(i)
             sub = 0.5 * cov + 0.001 * math.cos(i)
             g = 0.5 + 0.1 * math.sin(0.01 * i)
             block.append(_TEMPLATE % (i, i // 1000, 1.7e9 + 0.01 * i, cov + 0.1 * sub, cov, sub,
                                       g, 0.8 * g, 0.5 * g, 0.3 * g, i + 1, i + 1))
-            if len(block) == 10_000:
+            written += 1
+            if epoch_every and (i + 1) % epoch_every == 0:
+                e, t = i // epoch_every, 1.7e9 + 0.01 * i
+                block.append(_EPOCH % (i, e, t, cov + 0.1 * sub, cov, sub, i + 1, i + 1))
+                block.append(_EVAL % (i, e, t, 1.1 * cov, cov, sub))
+                written += 2
+            i += 1
+            if len(block) >= 10_000:
                 fh.write("".join(block))
                 block.clear()
         fh.write("".join(block))
@@ -123,6 +143,8 @@ def main() -> None:
     ap.add_argument("--modes", default="read,record,judge")
     ap.add_argument("--json", dest="json_out", default=os.path.join(ROOT, "benchmarks", "results", "watch.json"))
     ap.add_argument("--quick", action="store_true", help="sizes 10000,100000 (a smoke run)")
+    ap.add_argument("--epoch-every", type=int, default=100,
+                    help="an epoch and an eval line after every N step lines, as real runs have (0: none)")
     ap.add_argument("--child", nargs=2, metavar=("MODE", "RUN_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -130,13 +152,14 @@ def main() -> None:
         return
     sizes = [10_000, 100_000] if args.quick else [int(s) for s in args.sizes.split(",")]
     results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                           "loadavg_at_start": os.getloadavg()}, "scan": [], "lag": []}
+                           "loadavg_at_start": os.getloadavg()}, "epoch_every": args.epoch_every,
+               "scan": [], "lag": []}
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             run_dir = os.path.join(tmp, f"run{n}")
             os.makedirs(run_dir)
             t0 = time.perf_counter()
-            write_metrics(os.path.join(run_dir, "metrics.jsonl"), n)
+            write_metrics(os.path.join(run_dir, "metrics.jsonl"), n, args.epoch_every)
             size_mb = os.path.getsize(os.path.join(run_dir, "metrics.jsonl")) / 2**20
             print(f"wrote {n:,} lines ({size_mb:.0f} MB) in {time.perf_counter() - t0:.1f}s", flush=True)
             for mode in args.modes.split(","):
