@@ -97,6 +97,10 @@ class ModelConfig:
     dropout: float = _spec(0.0, lo=0.0, hi=0.9, doc="dropout between trunk layers")
     eps: float = _spec(1e-3, lo=0.0, hi=1.0, doc="diagonal loading of R_hat; keeps MUSIC/MVDR well posed")
     input: Literal["rbp", "rbp+rls"] = _spec("rbp", doc="physics-informed input features")
+    factor: Literal["direct", "residual"] = _spec(
+        "direct", doc="direct: the head outputs F; residual: F = dominant eigen-factor of R_bp + head output")
+    residual_scale: float = _spec(0.05, lo=0.0, hi=10.0,
+                                  doc="fixed scale of the head's correction (residual): small Adam steps next to the base")
 
 
 # ----------------------------------------------------------------------------- loss
@@ -308,13 +312,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "system": dict(preset="tiny", nx=4, ny=4, bs_antennas=4, snapshots=32, k_max=2,
                        field="far", range_planes=1),
-        "model": dict(width=256, depth=3),  # 0.21 M parameters (budget 0.3 M)
+        "model": dict(width=256, depth=3),  # 0.21 M parameters (0.23 M with factor=residual; budget 0.3 M)
         "train": dict(batch_size=32, train_scenes=2048, val_scenes=256, epochs=20, lr=3e-3),
     },
     "small": {
         "system": dict(preset="small", nx=8, ny=8, bs_antennas=8, snapshots=64, k_max=3,
                        field="near", r_min=1.0, r_max=10.0, range_planes=8),
-        "model": dict(width=256, depth=3),  # 1.3 M parameters (budget 2 M)
+        "model": dict(width=256, depth=3),  # 1.3 M parameters (1.4 M with factor=residual; budget 2 M)
         "train": dict(batch_size=64, train_scenes=4096, val_scenes=512, epochs=20),
     },
     "paper": {

@@ -4,6 +4,11 @@ The input is the back-projected covariance R_bp (physics.md): cheap, biased, but
 in the aperture's coordinates, so the network learns a correction rather than the
 measurement model. The output is a factor F ∈ C^{N×K_max}; R̂ = N·FFᴴ/tr(FFᴴ) is then
 Hermitian, PSD and rank ≤ K_max by construction, and MUSIC can use span(F) directly.
+
+With ``model.factor = "residual"`` the factor starts from R_bp's dominant eigen-factor
+and the head adds a scaled correction: an untrained network then reproduces MUSIC on
+R_bp (as precise as MUSIC on R_ls at these presets) instead of a random subspace, and
+training spends its budget on what the measurement gets wrong.
 """
 
 from __future__ import annotations
@@ -30,7 +35,11 @@ class CovarianceNet(nn.Module):
     """MLP trunk on Hermitian features of R_bp plus SNR, and a factor head.
 
     Two top-level modules, ``encoder`` and ``factor_head``, so per-module gradient and
-    update norms name the part of the network that stopped learning.
+    update norms name the part of the network that stopped learning. In the residual form
+    the trunk also reads the base factor, and the head's output is multiplied by the fixed
+    ``residual_scale``: Adam moves every weight by about the learning rate whatever its
+    initial size, so only a fixed scale keeps the early, still random correction from
+    swamping the base.
     """
 
     def __init__(self, system: SystemConfig, cfg: ModelConfig) -> None:
@@ -38,6 +47,9 @@ class CovarianceNet(nn.Module):
         self.n = system.n_elements
         self.k_max = system.k_max
         n_in = self.n * self.n + 1  # Hermitian features of R_bp, and the SNR
+        self.residual = cfg.factor == "residual"
+        if self.residual:
+            n_in += 2 * self.n * self.k_max  # the base factor itself, so the head sees what it corrects
         layers: list[nn.Module] = []
         width_in = n_in
         for _ in range(cfg.depth):
@@ -47,14 +59,41 @@ class CovarianceNet(nn.Module):
             width_in = cfg.width
         self.encoder = nn.Sequential(*layers)
         self.factor_head = nn.Linear(cfg.width, 2 * self.n * self.k_max)  # Re and Im of F
+        self.residual_scale = cfg.residual_scale
 
     def forward(self, rbp: torch.Tensor, snr_db: torch.Tensor) -> CovPrediction:
-        feats = hermitian_features(rbp).to(self.factor_head.weight.dtype)  # (B, N²)
+        dtype = self.factor_head.weight.dtype
+        feats = hermitian_features(rbp).to(dtype)  # (B, N²)
         snr = (snr_db.to(feats.dtype) / 20.0).unsqueeze(-1)  # (B, 1), O(1) over the usual SNR range
-        h = self.encoder(torch.cat([feats, snr], dim=-1))  # (B, width)
+        parts = [feats, snr]
+        if self.residual:
+            base = dominant_factor(rbp, self.k_max)  # (B, N, K) complex64, no gradient
+            parts.append(torch.cat([base.real, base.imag], dim=-1).flatten(1).to(dtype) * math.sqrt(self.n))
+        h = self.encoder(torch.cat(parts, dim=-1))  # (B, width)
         out = self.factor_head(h).view(-1, 2, self.n, self.k_max)  # (B, 2, N, K)
-        factor = torch.complex(out[:, 0].float(), out[:, 1].float())  # (B, N, K); complex math in fp32
-        return CovPrediction(factor=factor / math.sqrt(self.n))
+        factor = torch.complex(out[:, 0].float(), out[:, 1].float()) / math.sqrt(self.n)  # complex math in fp32
+        if self.residual:
+            factor = base + self.residual_scale * factor
+        return CovPrediction(factor=factor)
+
+
+@torch.no_grad()
+def dominant_factor(R: torch.Tensor, k: int) -> torch.Tensor:
+    """The K dominant eigenvectors of the input, scaled by √(λ/N), each with a canonical phase.
+
+    The measurement already places most sources to within a beam; starting from its
+    dominant subspace lets the network spend its capacity on the correction. Each column's
+    phase is fixed (first element real, >= 0) so the correction the head adds is a
+    function of R alone, not of the eigensolver's arbitrary phase choice. The input has
+    no gradient, so eigh's unstable backward is never taken.
+    """
+    n = R.shape[-1]
+    evals, evecs = torch.linalg.eigh(R.to(torch.complex64))  # ascending
+    top = evecs[..., -k:].flip(-1)  # (B, N, K), strongest first
+    lam = evals[..., -k:].flip(-1).clamp_min(0)  # (B, K)
+    ref = top[..., 0, :]  # (B, K)
+    phase = torch.where(ref.abs() > 0, ref.conj() / ref.abs().clamp_min(1e-30), torch.ones_like(ref))
+    return top * phase.unsqueeze(-2) * (lam / n).sqrt().unsqueeze(-2).to(top.dtype)
 
 
 def count_parameters(model: nn.Module) -> int:

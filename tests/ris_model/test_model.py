@@ -41,3 +41,24 @@ def test_prediction_is_a_trace_n_psd_low_rank_covariance():
     evals = torch.linalg.eigvalsh(R)
     assert (evals > -1e-4).all()
     assert ((evals > 1e-4 * n).sum(-1) <= cfg.system.k_max).all()
+
+
+def test_residual_factor_starts_from_the_dominant_subspace_of_the_input():
+    cfg = load_config("tiny", overrides=["model.factor=residual", "model.residual_scale=0"])
+    model = CovarianceNet(cfg.system, cfg.model)
+    a = torch.randn(3, 16, 16, dtype=torch.complex64)
+    rbp = a @ a.mH
+    factor = model(rbp, torch.zeros(3)).factor
+    k = cfg.system.k_max
+    top = torch.linalg.eigh(rbp).eigenvectors[..., -k:]
+    q = torch.linalg.qr(factor).Q
+    torch.testing.assert_close((q.mH @ top).abs().square().sum(-2), torch.ones(3, k), rtol=1e-4, atol=1e-4)
+    assert (factor[:, 0, :].imag.abs() < 1e-6).all() and (factor[:, 0, :].real >= 0).all()
+
+
+def test_residual_correction_reaches_the_factor_and_trains():
+    cfg = load_config("tiny", overrides=["model.factor=residual"])
+    model = CovarianceNet(cfg.system, cfg.model)
+    a = torch.randn(2, 16, 16, dtype=torch.complex64)
+    model(a @ a.mH, torch.zeros(2)).factor.abs().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.factor_head.parameters())
