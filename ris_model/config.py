@@ -224,6 +224,9 @@ class LossConfig:
         False, doc="allow loss.weights.cov = 0; only for deliberate ablations")
     peak_offset_deg: float = _spec(3.0, lo=0.0, lo_open=True, hi=30.0,
                                    doc="distance of the neighbourhood probes of the peak term")
+    signal_columns: Literal["all", "count"] = _spec(
+        "all", doc="columns of F whose span the subspace and peak terms score: all K_max, or the "
+                   "first K (the scene's source count, the subspace oracle-K MUSIC searches)")
 
 
 # ---------------------------------------------------------------------------- train

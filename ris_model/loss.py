@@ -42,8 +42,8 @@ class CovPrediction:
         by the self-test and by tests; never on a training path (eigh backward).
         """
         evals, evecs = torch.linalg.eigh(R)  # ascending
-        top = evals[..., -rank:].clamp_min(0).sqrt()
-        return cls(factor=evecs[..., -rank:] * top.unsqueeze(-2).to(evecs.dtype))
+        top = evals[..., -rank:].flip(-1).clamp_min(0).sqrt()  # strongest first, as the model orders them
+        return cls(factor=evecs[..., -rank:].flip(-1) * top.unsqueeze(-2).to(evecs.dtype))
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ class HybridLoss(nn.Module):
     """
 
     def __init__(self, weights: LossWeights, *, system: SystemConfig,
-                 allow_zero_primary: bool = False, peak_offset_deg: float = 3.0) -> None:
+                 allow_zero_primary: bool = False, peak_offset_deg: float = 3.0,
+                 signal_columns: str = "all") -> None:
         super().__init__()
         if isinstance(weights, Mapping):
             weights = LossWeights.from_mapping(weights)
@@ -114,6 +115,8 @@ class HybridLoss(nn.Module):
         if getattr(weights, LossWeights.PRIMARY) == 0 and not allow_zero_primary:
             raise ConfigError(f"the primary loss weight {LossWeights.PRIMARY!r} is 0, so nothing would be "
                               f"learned; set it > 0 or pass allow_zero_primary=True for an ablation")
+        if signal_columns not in ("all", "count"):
+            raise ConfigError(f"signal_columns must be 'all' or 'count', but got {signal_columns!r}")
         if not peak_offset_deg > 0:
             raise ConfigError(f"peak_offset_deg must be > 0, but got {peak_offset_deg=}")
         self.weights = weights
@@ -121,6 +124,7 @@ class HybridLoss(nn.Module):
         self.near_field = system.near_field
         self.k0 = wavenumber(system)
         self.peak_offset = math.radians(peak_offset_deg)
+        self.signal_columns = signal_columns
         self.register_buffer("positions", system_positions(system, dtype=torch.float32), persistent=False)
 
     def set_weights(self, weights: LossWeights) -> None:
@@ -134,6 +138,20 @@ class HybridLoss(nn.Module):
         return ris_steering(phi.to(real), theta.to(real), r.to(real) if self.near_field else None,
                             positions, self.k0).to(dtype)
 
+    def signal_factor(self, factor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The columns whose span the subspace and peak terms score.
+
+        MUSIC with the oracle source count K searches the noise subspace of the K dominant
+        directions, so spare columns (K < K_max) must not be allowed to widen the scored
+        span around a source: with ``count`` only the first K columns count (the factor
+        lists its strongest directions first), the rest are zeroed.
+        """
+        if self.signal_columns == "all":
+            return factor
+        count = mask.sum(-1, keepdim=True)  # (B, 1)
+        keep = torch.arange(factor.shape[-1], device=factor.device) < count  # (B, K_max)
+        return factor * keep.unsqueeze(-2).to(factor.dtype)
+
     def terms(self, pred: CovPrediction, R: torch.Tensor, phi: torch.Tensor, theta: torch.Tensor,
               r: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         factor = pred.factor
@@ -146,14 +164,15 @@ class HybridLoss(nn.Module):
 
         weight = mask.to(factor.real.dtype)  # (B, K)
         n_src = weight.sum().clamp_min(1.0)
+        signal = self.signal_factor(factor, mask)
         a_true = self.steering(phi, theta, r, factor.dtype)  # (B, K, N)
-        e_true = noise_energy(factor, a_true)  # (B, K)
+        e_true = noise_energy(signal, a_true)  # (B, K)
         subspace = (e_true * weight).sum() / n_src
 
         d = self.peak_offset
         probes = [(phi + d, theta), (phi - d, theta), (phi, theta + d), (phi, theta - d)]
         a_near = torch.cat([self.steering(p, t, r, factor.dtype) for p, t in probes], dim=1)  # (B, 4K, N)
-        e_near = noise_energy(factor, a_near).unflatten(1, (4, -1)).mean(1)  # (B, K)
+        e_near = noise_energy(signal, a_near).unflatten(1, (4, -1)).mean(1)  # (B, K)
         contrast = e_true / (e_true + e_near).clamp_min(1e-12)
         peak = (contrast * weight).sum() / n_src
 

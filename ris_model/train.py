@@ -97,7 +97,8 @@ class Trainer:
         self.n_parameters = count_parameters(self.model)
         self.loss_fn = HybridLoss(cfg.loss.weights, system=cfg.system,
                                   allow_zero_primary=cfg.loss.ablation_zero_primary,
-                                  peak_offset_deg=cfg.loss.peak_offset_deg).to(self.device)
+                                  peak_offset_deg=cfg.loss.peak_offset_deg,
+                                  signal_columns=cfg.loss.signal_columns).to(self.device)
         self.net = self.dist.wrap(self.model)
         self.optimizer = build_optimizer(self.model, lr=tc.lr, weight_decay=tc.weight_decay)
         self.train_data = train_scenes if train_scenes is not None else build_scenes(cfg.system, tc.train_scenes, tc.seed)

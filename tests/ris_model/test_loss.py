@@ -93,3 +93,30 @@ def test_weighted_total_is_the_weighted_sum(setup):
     out = loss(CovPrediction(factor), s.R, s.phi, s.theta, s.r, s.mask)
     w = loss.weights.as_dict()
     assert float(out.total) == pytest.approx(sum(w[t] * float(v) for t, v in out.terms.items()), rel=1e-6)
+
+
+def _loss(cfg, **options):
+    return HybridLoss(LossWeights(cov=1.0, subspace=0.5, peak=0.5, ortho=0.1), system=cfg.system, **options)
+
+
+def test_count_columns_ignore_the_spare_columns(setup):
+    cfg, s, _ = setup
+    loss_all, loss_count = _loss(cfg), _loss(cfg, signal_columns="count")
+    exact = CovPrediction.from_covariance(s.R.to(torch.complex128), cfg.system.k_max).factor
+    spare = torch.randn(exact.shape, dtype=exact.dtype, generator=torch.Generator().manual_seed(6))
+    keep = torch.arange(cfg.system.k_max) < s.mask.sum(-1, keepdim=True)
+    # strongest-first exact columns plus junk in the spare slots: only the counted span is scored
+    factor = torch.where(keep.unsqueeze(-2), exact, 1e-3 * spare)
+    args = (s.R.to(torch.complex128), s.phi.double(), s.theta.double(), s.r.double(), s.mask)
+    assert float(loss_count.terms(CovPrediction(factor), *args)["subspace"]) < 1e-6
+    swapped = torch.where(keep.unsqueeze(-2), 1e-3 * spare, exact)  # the sources only in the spare slots
+    if bool((~keep).any()):
+        assert float(loss_count.terms(CovPrediction(swapped), *args)["subspace"]) > 0.1
+        assert float(loss_all.terms(CovPrediction(swapped), *args)["subspace"]) < float(
+            loss_count.terms(CovPrediction(swapped), *args)["subspace"])
+
+
+def test_unknown_loss_options_are_refused():
+    cfg = load_config("tiny")
+    with pytest.raises(ConfigError, match="signal_columns"):
+        _loss(cfg, signal_columns="some")
