@@ -99,6 +99,9 @@ class ModelConfig:
     input: Literal["rbp", "rbp+rls"] = _spec("rbp", doc="physics-informed input features")
     factor: Literal["direct", "residual"] = _spec(
         "direct", doc="direct: the head outputs F; residual: F = dominant eigen-factor of R_bp + head output")
+    residual_span: int = _spec(0, lo=0, hi=4096,
+                               doc="residual: 0 lets the head correct F anywhere; m > 0 only within the span "
+                                   "of R_bp's m dominant eigenvectors (an m x K_max mixing)")
     residual_scale: float = _spec(0.05, lo=0.0, hi=10.0,
                                   doc="fixed scale of the head's correction (residual): small Adam steps next to the base")
 

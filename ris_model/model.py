@@ -58,7 +58,11 @@ class CovarianceNet(nn.Module):
                 layers.append(nn.Dropout(cfg.dropout))
             width_in = cfg.width
         self.encoder = nn.Sequential(*layers)
-        self.factor_head = nn.Linear(cfg.width, 2 * self.n * self.k_max)  # Re and Im of F
+        # the head's rows: Re and Im of F (N x K_max), or of the mixing (m x K_max) when the
+        # residual correction is restricted to R_bp's m dominant eigenvectors
+        self.span = min(cfg.residual_span, self.n) if self.residual else 0
+        self.rows = self.span or self.n
+        self.factor_head = nn.Linear(cfg.width, 2 * self.rows * self.k_max)
         self.residual_scale = cfg.residual_scale
 
     def forward(self, rbp: torch.Tensor, snr_db: torch.Tensor) -> CovPrediction:
@@ -67,11 +71,14 @@ class CovarianceNet(nn.Module):
         snr = (snr_db.to(feats.dtype) / 20.0).unsqueeze(-1)  # (B, 1), O(1) over the usual SNR range
         parts = [feats, snr]
         if self.residual:
-            base = dominant_factor(rbp, self.k_max)  # (B, N, K) complex64, no gradient
+            vecs, lam = dominant_eigen(rbp, max(self.k_max, self.span))  # no gradient
+            base = vecs[..., :self.k_max] * (lam[:, :self.k_max] / self.n).sqrt().unsqueeze(-2).to(vecs.dtype)
             parts.append(torch.cat([base.real, base.imag], dim=-1).flatten(1).to(dtype) * math.sqrt(self.n))
         h = self.encoder(torch.cat(parts, dim=-1))  # (B, width)
-        out = self.factor_head(h).view(-1, 2, self.n, self.k_max)  # (B, 2, N, K)
-        factor = torch.complex(out[:, 0].float(), out[:, 1].float()) / math.sqrt(self.n)  # complex math in fp32
+        out = self.factor_head(h).view(-1, 2, self.rows, self.k_max)  # (B, 2, rows, K)
+        factor = torch.complex(out[:, 0].float(), out[:, 1].float()) / math.sqrt(self.rows)  # complex math in fp32
+        if self.span:
+            factor = vecs[..., :self.span] @ factor  # (B, N, K): a mixing of the dominant eigenvectors
         if self.residual:
             factor = base + self.residual_scale * factor
         return CovPrediction(factor=factor)
@@ -88,12 +95,20 @@ def dominant_factor(R: torch.Tensor, k: int) -> torch.Tensor:
     no gradient, so eigh's unstable backward is never taken.
     """
     n = R.shape[-1]
+    vecs, lam = dominant_eigen(R, k)
+    return vecs * (lam / n).sqrt().unsqueeze(-2).to(vecs.dtype)
+
+
+@torch.no_grad()
+def dominant_eigen(R: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k dominant unit eigenvectors (B, N, k), strongest first, each with its first
+    element real and >= 0, and their eigenvalues (B, k), clamped at 0."""
     evals, evecs = torch.linalg.eigh(R.to(torch.complex64))  # ascending
-    top = evecs[..., -k:].flip(-1)  # (B, N, K), strongest first
-    lam = evals[..., -k:].flip(-1).clamp_min(0)  # (B, K)
-    ref = top[..., 0, :]  # (B, K)
+    top = evecs[..., -k:].flip(-1)  # (B, N, k), strongest first
+    lam = evals[..., -k:].flip(-1).clamp_min(0)  # (B, k)
+    ref = top[..., 0, :]  # (B, k)
     phase = torch.where(ref.abs() > 0, ref.conj() / ref.abs().clamp_min(1e-30), torch.ones_like(ref))
-    return top * phase.unsqueeze(-2) * (lam / n).sqrt().unsqueeze(-2).to(top.dtype)
+    return top * phase.unsqueeze(-2), lam
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ris_model.config import load_config
-from ris_model.model import CovarianceNet, count_parameters, hermitian_features
+from ris_model.model import CovarianceNet, count_parameters, dominant_eigen, dominant_factor, hermitian_features
 
 BUDGET = {"tiny": 300_000, "small": 2_000_000, "paper": 20_000_000}
 
@@ -62,3 +62,16 @@ def test_residual_correction_reaches_the_factor_and_trains():
     a = torch.randn(2, 16, 16, dtype=torch.complex64)
     model(a @ a.mH, torch.zeros(2)).factor.abs().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.factor_head.parameters())
+
+
+def test_span_restricted_correction_stays_in_the_dominant_eigenvectors():
+    cfg = load_config("small", overrides=["model.factor=residual", "model.residual_span=5",
+                                          "model.residual_scale=1"])
+    model = CovarianceNet(cfg.system, cfg.model)
+    a = torch.randn(2, 64, 64, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))
+    rbp = a @ a.mH
+    factor = model(rbp, torch.zeros(2)).factor.detach()
+    vecs, _ = dominant_eigen(rbp, 5)
+    outside = factor - vecs @ (vecs.mH @ factor)
+    assert outside.abs().max() < 1e-4 * factor.abs().max()
+    assert model.factor_head.out_features == 2 * 5 * cfg.system.k_max
