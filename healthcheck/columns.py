@@ -159,12 +159,25 @@ class MetricBlock:
             empty: dict = {}
             fixed = dicts if set(map(type, dicts)) == {dict} else [d if type(d) is dict else empty for d in dicts]
             size = len(names)
-            self.irregular |= np.fromiter(map(len, fixed), dtype=np.int64, count=self.n) != size
+            lengths = np.fromiter(map(len, fixed), dtype=np.int64, count=self.n)
+            self.irregular |= lengths != size
+            # Rows without the field (epoch and eval lines lack the norms, say) are already
+            # irregular: the columns are read from the others only, so the fast path holds.
+            rows = None if (lengths != 0).all() else np.flatnonzero(lengths != 0)
+            having = fixed if rows is None else [fixed[i] for i in rows.tolist()]
             for name in names:
                 try:  # the common case in one C loop; a gap or an odd value takes the slow path
-                    cols[name] = np.fromiter(map(itemgetter(name), fixed), dtype=np.float64, count=self.n)
+                    col = np.fromiter(map(itemgetter(name), having), dtype=np.float64, count=len(having))
                 except (KeyError, TypeError, ValueError, OverflowError):
-                    cols[name] = self._floats([d.get(name, _MISSING) for d in fixed], allow_none=False)
+                    col = self._floats([d.get(name, _MISSING) for d in fixed], allow_none=False)
+                    rows_done = True
+                else:
+                    rows_done = rows is None
+                if not rows_done:
+                    full = np.full(self.n, np.nan)
+                    full[rows] = col
+                    col = full
+                cols[name] = col
         self._mappings[key] = (names, cols)
         return names, cols
 
