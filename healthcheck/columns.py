@@ -34,10 +34,9 @@ class MetricBlock:
     reads, and detectors reading the same field share the work.
     """
 
-    def __init__(self, lines: Sequence[dict], first_row: int = 0) -> None:
+    def __init__(self, lines: Sequence[dict]) -> None:
         self.lines = lines
         self.n = len(lines)
-        self.first_row = first_row  # rows this monitor saw before this block
         self.irregular = np.zeros(self.n, dtype=bool)
         kinds = [line.get("kind", "step") for line in lines]
         self.kind = np.array([KIND_CODES.get(k, 0) if type(k) is str else 0 for k in kinds], dtype=np.int8)
@@ -74,7 +73,7 @@ class MetricBlock:
         its screen then compares a row with the row it judged before and counts windows in
         its own rows, not in lines of other kinds or steps it skips. Columns already built
         are sliced, not rebuilt (with their irregular rows)."""
-        sub = MetricBlock([self.lines[i] for i in rows.tolist()], self.first_row)
+        sub = MetricBlock([self.lines[i] for i in rows.tolist()])
         sub.irregular = self.irregular[rows]
         sub._scalars = {k: v[rows] for k, v in self._scalars.items()}
         sub._mappings = {k: (names, {n: c[rows] for n, c in cols.items()})
@@ -128,10 +127,6 @@ class MetricBlock:
             return list(map(itemgetter(key), self.lines))
         except KeyError:
             return [line.get(key) for line in self.lines]
-
-    def has(self, key: str) -> np.ndarray:
-        """Rows where ``key`` is present and not null."""
-        return np.array([line.get(key) is not None for line in self.lines], dtype=bool)
 
     def mapping(self, key: str) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
         """A field holding a name -> number dict (terms, weights, norms per module).
@@ -211,9 +206,6 @@ class MetricBlock:
                            dtype=np.float64).reshape(self.n, width)
         self._lr = out
         return out
-
-    def strings(self, key: str) -> list[Any]:
-        return [line.get(key) for line in self.lines]
 
     def _floats(self, values: list[Any], *, allow_none: bool) -> np.ndarray:
         try:

@@ -21,11 +21,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+from .columns import MetricBlock
 from .events import CODES, HealthEvent, Severity, register_code
 from .monitor import Monitor
 from .observe import StepRecord
 from .policy import Policy
-from .columns import MetricBlock
 from .runlog import (BadLine, KeyMap, RunLogError, detect_format, open_health, open_metrics)
 from .runlog._tail import batched
 from .watchstate import RunState

@@ -74,13 +74,7 @@ class RunState:
         kind = line.get("kind", "step")
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         if kind == "step":
-            self.last_step = line  # lines are fresh dicts from the reader; no copy
-            loss = _num(line.get("loss"))
-            self.losses.append(math.nan if loss is None else loss)
-            step = _num(line.get("step"))
-            t = _num(line.get("time"))
-            if step is not None and t is not None:  # no timestamps (CSV logs): no rate
-                self._rate.append((t, step))
+            self._take_step(line)
         elif kind == "epoch":
             self.last_epoch = line
         elif kind == "eval":
@@ -116,13 +110,16 @@ class RunState:
                     and (eval_seen or "eval" not in present):
                 break
         for line in reversed(steps):
-            self.last_step = line
-            loss = _num(line.get("loss"))
-            self.losses.append(math.nan if loss is None else loss)
-            step = _num(line.get("step"))
-            t = _num(line.get("time"))
-            if step is not None and t is not None:
-                self._rate.append((t, step))
+            self._take_step(line)
+
+    def _take_step(self, line: Mapping[str, Any]) -> None:
+        self.last_step = line  # lines are fresh dicts from the reader; no copy
+        loss = _num(line.get("loss"))
+        self.losses.append(math.nan if loss is None else loss)
+        step = _num(line.get("step"))
+        t = _num(line.get("time"))
+        if step is not None and t is not None:  # no timestamps (CSV logs): no rate
+            self._rate.append((t, step))
 
     @property
     def rate(self) -> float | None:

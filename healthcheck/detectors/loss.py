@@ -134,11 +134,7 @@ class ConstantLoss(Detector):
         if record.kind != "step" or loss is None or not math.isfinite(loss):
             state.count = 0
             return NO_EVENTS
-        if state.count and abs(loss - state.ref) <= self.rtol * abs(state.ref):
-            state.count += 1
-        else:
-            state.ref, state.count = loss, 1
-        if state.count < self.window:
+        if self._one_step(state, loss) is None:
             return NO_EVENTS
         return (self._event(record, state, loss),)
 
@@ -157,20 +153,12 @@ class ConstantLoss(Detector):
                 state.ref, state.count = float(losses[-1]), 1
                 return [] if first is None else [(int(rows[0]), self._event(block.record(int(rows[0])), first, float(losses[0])))]
         out = []
-        rtol, window, isfinite = self.rtol, self.window, math.isfinite
-        ref, count = state.ref, state.count
         for row, loss in zip(rows.tolist(), losses.tolist()):
-            if not isfinite(loss):
-                count = 0
+            if not math.isfinite(loss):
+                state.count = 0
                 continue
-            if count and abs(loss - ref) <= rtol * abs(ref):
-                count += 1
-            else:
-                ref, count = loss, 1
-            if count >= window:
-                state.ref, state.count = ref, count
+            if self._one_step(state, loss) is not None:
                 out.append((row, self._event(block.record(row), state, loss)))
-        state.ref, state.count = ref, count
         return out
 
     def _one_step(self, state: _ConstantState, loss: float) -> _ConstantState | None:

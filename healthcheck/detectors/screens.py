@@ -48,7 +48,7 @@ def changed(block: "MetricBlock", field: str) -> np.ndarray:
 
 def same_primary(block: "MetricBlock") -> tuple[bool, str | None]:
     """(True, name) when every row names the same primary term."""
-    primaries = block.strings("primary")
+    primaries = block.field("primary")
     first = primaries[0]
     return primaries.count(first) == len(primaries), first
 

@@ -152,7 +152,7 @@ class UnplannedWeightChange(Detector):
 
     def screen(self, block):
         names, _ = block.mapping("weights")
-        sources = block.strings("weight_sources")
+        sources = block.field("weight_sources")
         acting = [bool(s) for s in sources]
         if not names or not any(acting):
             return np.zeros(block.n, dtype=bool)
