@@ -16,6 +16,7 @@ record-by-record path would judge them.
 
 from __future__ import annotations
 
+from itertools import repeat
 from operator import itemgetter
 from typing import Any, Sequence
 
@@ -24,6 +25,7 @@ import numpy as np
 from .observe import StepRecord
 
 KIND_CODES = {"step": 0, "epoch": 1, "eval": 2}  # any other kind is read as a step
+MAPPINGS = ("terms", "weights", "grad_norm", "update_norm", "param_norm", "metrics", "amp")
 _MISSING = object()  # a key absent from a row's mapping: float() of it fails on purpose
 
 
@@ -34,12 +36,14 @@ class MetricBlock:
     reads, and detectors reading the same field share the work.
     """
 
-    def __init__(self, lines: Sequence[dict]) -> None:
+    def __init__(self, lines: Sequence[dict], kind: np.ndarray | None = None) -> None:
         self.lines = lines
         self.n = len(lines)
         self.irregular = np.zeros(self.n, dtype=bool)
-        kinds = [line.get("kind", "step") for line in lines]
-        self.kind = np.array([KIND_CODES.get(k, 0) if type(k) is str else 0 for k in kinds], dtype=np.int8)
+        if kind is None:
+            kinds = map(dict.get, lines, repeat("kind"), repeat("step"))
+            kind = np.array([KIND_CODES.get(k, 0) if type(k) is str else 0 for k in kinds], dtype=np.int8)
+        self.kind = kind
         self._records: dict[int, StepRecord] = {}
         self._scalars: dict[str, np.ndarray] = {}
         self._mappings: dict[str, tuple[tuple[str, ...], dict[str, np.ndarray]]] = {}
@@ -51,12 +55,16 @@ class MetricBlock:
 
     def irregular_rows(self) -> list[int]:
         """Rows some column could not hold (after building every column a check reads)."""
-        for key in ("terms", "weights", "grad_norm", "update_norm", "param_norm", "metrics", "amp"):
+        for key in MAPPINGS:
             self.mapping(key)
         self.lr()
         self.ticks("step")
         self.ticks("epoch")
-        # fields only the record conversion reads: ints, and a dict of sources
+        return self._odd_record_fields()
+
+    def _odd_record_fields(self) -> list[int]:
+        """Mark rows whose ints or sources the record conversion reads differently; all
+        irregular rows."""
         if not (set(map(type, self.field("rank"))) <= {int, type(None)}
                 and set(map(type, self.field("schema"))) <= {int, type(None)}
                 and set(map(type, self.field("weight_sources"))) <= {dict, type(None)}):
@@ -73,7 +81,7 @@ class MetricBlock:
         its screen then compares a row with the row it judged before and counts windows in
         its own rows, not in lines of other kinds or steps it skips. Columns already built
         are sliced, not rebuilt (with their irregular rows)."""
-        sub = MetricBlock([self.lines[i] for i in rows.tolist()])
+        sub = self.select(rows)
         sub.irregular = self.irregular[rows]
         sub._scalars = {k: v[rows] for k, v in self._scalars.items()}
         sub._mappings = {k: (names, {n: c[rows] for n, c in cols.items()})
@@ -81,6 +89,10 @@ class MetricBlock:
         sub._lr = None if self._lr is None else self._lr[rows]
         sub._ticks = {k: v[rows] for k, v in self._ticks.items()}
         return sub
+
+    def select(self, rows: np.ndarray) -> "MetricBlock":
+        """A fresh block of ``rows`` (ascending): nothing built yet, judged on its own."""
+        return MetricBlock([self.lines[i] for i in rows.tolist()], self.kind[rows])
 
     def record(self, row: int) -> StepRecord:
         """The row as the record-by-record path sees it (errors as there)."""
@@ -118,7 +130,7 @@ class MetricBlock:
         """One number per row; NaN where the key is absent, null or not a number."""
         col = self._scalars.get(key)
         if col is None:
-            col = self._scalars[key] = self._floats([line.get(key) for line in self.lines], allow_none=True)
+            col = self._scalars[key] = self._floats(self.field(key), allow_none=True)
         return col
 
     def field(self, key: str) -> list[Any]:
@@ -126,7 +138,7 @@ class MetricBlock:
         try:
             return list(map(itemgetter(key), self.lines))
         except KeyError:
-            return [line.get(key) for line in self.lines]
+            return list(map(dict.get, self.lines, repeat(key)))
 
     def mapping(self, key: str) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
         """A field holding a name -> number dict (terms, weights, norms per module).
@@ -137,10 +149,10 @@ class MetricBlock:
         cached = self._mappings.get(key)
         if cached is not None:
             return cached
-        if not any(key in line for line in self.lines):  # e.g. no AMP in this run
+        dicts = self.field(key)
+        if dicts.count(None) == self.n:  # e.g. no AMP in this run
             self._mappings[key] = ((), {})
             return (), {}
-        dicts = self.field(key)
         names: tuple[str, ...] = ()
         for d in dicts:
             if type(d) is dict and d:
@@ -185,6 +197,10 @@ class MetricBlock:
         width = len(first) if isinstance(first, list) else (0 if first is None else 1)
         if width and set(map(type, values)) == {list} and set(map(len, values)) == {width}:
             try:
+                if width == 1:  # one param group: one C pass, not a list per row
+                    self._lr = np.fromiter(map(itemgetter(0), values), dtype=np.float64,
+                                           count=self.n).reshape(self.n, 1)
+                    return self._lr
                 self._lr = np.array(values, dtype=np.float64).reshape(self.n, width)
                 return self._lr
             except (TypeError, ValueError, OverflowError):
@@ -234,4 +250,4 @@ def _to_float(v: Any, irregular: np.ndarray, i: int, allow_none: bool = True) ->
     return float("nan")
 
 
-__all__ = ["KIND_CODES", "MetricBlock"]
+__all__ = ["KIND_CODES", "MAPPINGS", "MetricBlock"]

@@ -21,13 +21,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
+
 from .columns import MetricBlock
 from .events import CODES, HealthEvent, Severity, register_code
 from .monitor import Monitor
 from .observe import StepRecord
 from .policy import Policy
 from .runlog import (BadLine, KeyMap, RunLogError, detect_format, open_health, open_metrics)
+from .runlog._layout import LineLayout, StructRows
 from .runlog._tail import batched
+from .typedblock import StructBlock
 from .watchstate import RunState
 
 register_code(
@@ -156,11 +160,18 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _lists(tail: Any) -> Iterator[list]:
-    """A metrics reader's items a read at a time (`poll_many`), or in small lists for a
-    reader that hands them out one by one."""
+def _lists(tail: Any, layout: LineLayout | None) -> Iterator[list]:
+    """A metrics reader's items a read at a time (`poll_many`, typed where the layout
+    fits), or in small lists for a reader that hands them out one by one."""
     many = getattr(tail, "poll_many", None)
-    yield from many() if many is not None else batched(tail.poll(), 1024)
+    yield from many(layout) if many is not None else batched(tail.poll(), 1024)
+
+
+def _split(items: list, n: int) -> tuple[list, list]:
+    """The first ``n`` items and the rest, typed rows staying typed."""
+    if isinstance(items, StructRows):
+        return items.split(n)
+    return items[:n], items[n:]
 
 
 # ------------------------------------------------------------------------- the watcher
@@ -169,13 +180,16 @@ class RunWatch:
 
     The run dir and its metrics file may not exist yet (``--follow`` before training
     starts): polls then find nothing until they do. With ``fmt="auto"`` the format is
-    detected once a metrics file of some kind appears.
+    detected once a metrics file of some kind appears. ``typed=False`` parses every
+    metrics.jsonl line as a dict instead of decoding regular lines into typed rows
+    (`runlog.LineLayout`): the same verdict, slower; a baseline for the benchmark.
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, fmt: str = "auto", keys: KeyMap | None = None,
                  detectors: Iterable[Any] | None = None, history: int = 60,
                  policy: Policy | None = None,
-                 on_line: Callable[[Mapping[str, Any]], None] | None = None) -> None:
+                 on_line: Callable[[Mapping[str, Any]], None] | None = None,
+                 typed: bool = True) -> None:
         self.run_dir = os.fspath(run_dir)
         self.fmt = fmt
         self.keys = keys or KeyMap()
@@ -190,6 +204,8 @@ class RunWatch:
         self._metrics = None
         self._health = open_health(self.run_dir)
         self._pending: Iterator | None = None
+        # the shapes of this run's lines, learned as they are read (typed=False: dicts only)
+        self._layout = LineLayout() if typed else None
         self._carry: list | None = None  # lines read but left for the next poll (max_lines)
         self.new_events: list[HealthEvent] = []  # news since the caller last cleared it
 
@@ -232,14 +248,11 @@ class RunWatch:
         With `max_lines`, stops after that many and resumes there on the next call, so a
         caller catching up on a long file can redraw in between.
         """
-        n = 0
-        for item in self._health.poll():
-            n += 1
-            self._take_health(item)
+        n = self._take_health_lines()
         if not self._open():
             return n
         if self._pending is None:
-            self._pending = _lists(self._metrics)
+            self._pending = _lists(self._metrics, self._layout)
         with _gc_paused():
             count = self._read_metrics(max_lines)
         if max_lines is None or count < max_lines:
@@ -248,36 +261,56 @@ class RunWatch:
 
     def _read_metrics(self, max_lines: int | None) -> int:
         count = 0
-        block: list[dict] = []
+        block: list = []
+        shapes = None  # the typed shapes of the rows in `block`; None: dicts
         while max_lines is None or count < max_lines:
             items = self._carry or next(self._pending, None)
             self._carry = None
             if items is None:
                 break
             if max_lines is not None and count + len(items) > max_lines:  # the rest: next poll
-                cut = max_lines - count
-                items, self._carry = items[:cut], items[cut:]
+                items, self._carry = _split(items, max_lines - count)
             count += len(items)
-            if set(map(type, items)) == {dict}:  # the usual read: no bad line in it
-                block.extend(items)
+            item_shapes = getattr(items, "shapes", None)
+            if item_shapes is not None or set(map(type, items)) == {dict}:  # no bad line in it
+                if block and item_shapes is not shapes:  # rows of another kind: judge those first
+                    self._take_block(block)
+                    block = []
+                shapes = item_shapes
+                if shapes is None:
+                    block.extend(items)
+                elif block:
+                    block.extend_rows(items)
+                else:
+                    block = items
                 while len(block) >= _BATCH:
-                    self._take_block(block[:_BATCH])
-                    block = block[_BATCH:]
+                    now, block = _split(block, _BATCH)
+                    self._take_block(now)
                 continue
-            for item in items:
-                if type(item) is dict:
-                    block.append(item)
-                    if len(block) >= _BATCH:
-                        self._take_block(block)
-                        block = []
-                else:  # a bad line: what came before it is judged first, in order
-                    if block:
-                        self._take_block(block)
-                        block = []
-                    self._take_metrics(item)
+            if block and shapes is not None:
+                self._take_block(block)
+                block = []
+            shapes = None
+            block = self._take_items(items, block)
         if block:
             self._take_block(block)
         return count
+
+    def _take_items(self, items: list, block: list) -> list:
+        """Dicts and bad lines in file order: the dicts go to ``block``, judged whenever it
+        is full or a bad line comes (what came before a bad line is judged first)."""
+        for item in items:
+            if type(item) is dict:
+                block.append(item)
+                if len(block) >= _BATCH:
+                    self._take_block(block)
+                    block = []
+            else:
+                if block:
+                    self._take_block(block)
+                    block = []
+                self._take_metrics(item)
+        return block
 
     def poll_all(self) -> int:
         """Read and judge everything there is now; an unreadable file is a `RunLogError`."""
@@ -289,6 +322,13 @@ class RunWatch:
                 raise RunLogError(f"cannot read {err.filename!r}: permission denied") from None
             if not self.catching_up:
                 return total
+
+    def _take_health_lines(self) -> int:
+        n = 0
+        for item in self._health.poll():
+            n += 1
+            self._take_health(item)
+        return n
 
     def _event(self, event: HealthEvent, *, judged: bool = False) -> None:
         if not judged:  # the monitor applied the policy to what it judged
@@ -338,14 +378,18 @@ class RunWatch:
         for event in self.monitor.observe_record(record):
             self._event(event, judged=True)
 
-    def _take_block(self, lines: list[dict]) -> None:
-        """Consecutive metrics lines, judged as one `MetricBlock` (the same verdict as line
-        by line, see `Monitor.observe_block`)."""
-        self.state.add_many(lines)
+    def _take_block(self, lines: list) -> None:
+        """Consecutive metrics lines (dicts, or typed `StructRows`), judged as one
+        `MetricBlock` (the same verdict as line by line, see `Monitor.observe_block`)."""
+        if isinstance(lines, StructRows):
+            block = StructBlock(lines)
+            self.state.add_many(block.lines, kinds=block.kind_names())
+        else:
+            block = MetricBlock(lines)
+            self.state.add_many(lines)
         if self._on_line is not None:
-            for line in lines:
+            for line in block.lines:
                 self._on_line(line)
-        block = MetricBlock(lines)
         bad = []
         for row in block.irregular_rows():
             try:
@@ -353,12 +397,12 @@ class RunWatch:
             except (TypeError, ValueError, AttributeError, OverflowError) as err:  # malformed, not fatal
                 bad.append((row, err))
         if bad:  # rare: report each, judge the rest
-            first = self.state.lines - len(lines) + 1
+            first = self.state.lines - block.n + 1
             for row, err in bad:
                 self._bad(BadLine(getattr(self._metrics, "path", self.run_dir), first + row,
-                                  f"not a metrics line ({err})", json.dumps(lines[row], default=str)[:80]))
+                                  f"not a metrics line ({err})", json.dumps(block.lines[row], default=str)[:80]))
             dropped = {row for row, _ in bad}
-            block = MetricBlock([line for i, line in enumerate(lines) if i not in dropped])
+            block = block.select(np.array([i for i in range(block.n) if i not in dropped], dtype=np.int64))
         for event in self.monitor.observe_block(block):
             self._event(event, judged=True)
 

@@ -11,7 +11,7 @@ import math
 import time as _time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 _RATE_WINDOW = 50  # step lines the rate is averaged over: smooth, yet follows a slowdown
 
@@ -80,9 +80,11 @@ class RunState:
         elif kind == "eval":
             self.last_eval = line
 
-    def add_many(self, lines: list[Mapping[str, Any]], now: float | None = None) -> None:
+    def add_many(self, lines: Sequence[Mapping[str, Any]], now: float | None = None,
+                 kinds: list[str] | None = None) -> None:
         """`add` for consecutive lines, touching only the last of each kind and the tails
-        the history and the rate keep."""
+        the history and the rate keep (``kinds``, when the caller knows them, spares
+        reading every line)."""
         if not lines:
             return
         now = _time.time() if now is None else now
@@ -90,7 +92,8 @@ class RunState:
         self.updated = now
         if self.first_seen is None:
             self.first_seen = now
-        kinds = [line.get("kind", "step") for line in lines]
+        if kinds is None:
+            kinds = [line.get("kind", "step") for line in lines]
         present = set(kinds)
         for kind in present:
             self.kinds[kind] = self.kinds.get(kind, 0) + kinds.count(kind)

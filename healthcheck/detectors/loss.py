@@ -109,6 +109,14 @@ class _ConstantState:
     count: int = 0
 
 
+def _known_outcome(state: _ConstantState, loss: float) -> None:
+    """The state after a loss whose outcome needs no look back (see `ConstantLoss.check_block`)."""
+    if math.isfinite(loss):
+        state.ref, state.count = float(loss), 1
+    else:
+        state.count = 0
+
+
 class ConstantLoss(Detector):
     """The training loss is unchanged (relative ``rtol``) for ``window`` steps (``loss.constant``).
 
@@ -139,26 +147,39 @@ class ConstantLoss(Detector):
         return (self._event(record, state, loss),)
 
     def check_block(self, block, rows, state: _ConstantState):
-        """The same comparison over the block's loss column, without a record per row."""
+        """The same comparisons over the block's loss column, stepping through only the
+        rows whose outcome depends on the state.
+
+        A finite loss more than 2.5 rtol away from the finite loss before it starts a new
+        reference whatever the state was (that loss was within rtol of the reference, so
+        this one is not), and a non-finite loss ends any run: both leave a state known
+        without looking back. Only the rows after a close pair, or after a non-finite
+        loss, and the first row, are stepped through, from the state the row before left.
+        """
         if block.irregular[rows].any():
             return None
         losses = block.scalar("loss")[rows]
-        if self.window > 2 and rows.size > 1 and np.isfinite(losses).all():
-            # Every loss more than 2.5 rtol away from the one before: after the first row
-            # (judged below against the incoming reference) each row starts a new
-            # reference, so the block ends at (last loss, 1) and no count gets near window.
-            prev = losses[:-1]
-            if (np.abs(losses[1:] - prev) > 2.5 * self.rtol * np.abs(prev)).all():
-                first = self._one_step(state, float(losses[0]))
-                state.ref, state.count = float(losses[-1]), 1
-                return [] if first is None else [(int(rows[0]), self._event(block.record(int(rows[0])), first, float(losses[0])))]
+        finite = np.isfinite(losses)
+        known = ~finite  # rows that set the state on their own
+        with np.errstate(invalid="ignore"):
+            known[1:] |= finite[1:] & finite[:-1] & (
+                np.abs(losses[1:] - losses[:-1]) > 2.5 * self.rtol * np.abs(losses[:-1]))
+        known[0] = False
         out = []
-        for row, loss in zip(rows.tolist(), losses.tolist()):
+        last = -1
+        for i in np.flatnonzero(~known).tolist():
+            if i - 1 > last:  # the row before set the state on its own
+                _known_outcome(state, losses[i - 1])
+            last = i
+            loss = float(losses[i])
             if not math.isfinite(loss):
                 state.count = 0
                 continue
             if self._one_step(state, loss) is not None:
+                row = int(rows[i])
                 out.append((row, self._event(block.record(row), state, loss)))
+        if last < losses.size - 1:
+            _known_outcome(state, losses[-1])
         return out
 
     def _one_step(self, state: _ConstantState, loss: float) -> _ConstantState | None:

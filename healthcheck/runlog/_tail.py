@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterator, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Union
+
+if TYPE_CHECKING:
+    from ._layout import LineLayout
 
 _CHUNK = 1 << 20  # 1 MiB: large enough that syscalls don't dominate, small enough to be flat
 _SNIPPET = 80  # characters of a bad line kept for the warning; a line may be megabytes
@@ -234,44 +237,61 @@ class JsonLinesTail:
             yield from self._lines_of(tail, first, block)
 
     def _lines_of(self, tail: LineTail, first: int, block: bytes) -> Iterator[Item]:
-        fast = _fast_loads
-        line_no = first - 1
-        for raw in block.split(b"\n"):
-            line_no += 1
+        for line_no, raw in enumerate(block.split(b"\n"), first):
             tail.line_no = line_no
-            try:
-                obj = fast(raw)
-            except ValueError:
-                yield from self._parse(line_no, raw)
-                continue
-            if type(obj) is dict:
-                yield obj
-            else:
-                yield from self._parse(line_no, raw)
+            yield from self._parse_fast(line_no, raw)
 
-    def poll_many(self) -> Iterator[list[Item]]:
+    def poll_many(self, layout: "LineLayout | None" = None) -> Iterator[list[Item]]:
         """`poll` a read (about 1 MiB) at a time, as one list: what a bulk reader wants.
 
         With orjson, a read whose every line is one JSON object is parsed in a single call
         (its lines joined into one array); any other read goes line by line as in `poll`.
-        `line_no` is then the read's last line as soon as its list is handed out.
+        With a `LineLayout`, a read whose every line fits a shape it learned from earlier
+        reads comes as `StructRows` instead of dicts. `line_no` is then the read's last
+        line as soon as its list is handed out.
         """
         if _fast_loads is None or self._loads is not json.loads:
             yield from batched(self.poll(), 4096)
             return
         tail = self._lines
         for first, block in tail.poll_blocks():
+            count = tail.line_no - first + 1  # the reader counted the lines as it read them
+            rows = None if layout is None else layout.decode(block, count)
+            if rows is not None:
+                yield rows
+                continue
+            items = self.parse_block(first, block, count)
+            if layout is not None and (len(items) == count and all(type(o) is dict for o in items)):
+                layout.learn(items)  # a clean read: the next ones likely have its shapes
+            yield items
+
+    def parse_block(self, first: int, block: bytes, count: int | None = None) -> list[Item]:
+        """The items of ``block`` (complete lines joined by newlines, the first of them
+        line ``first``) as `poll_many` hands them out; the reader's position is untouched."""
+        if count is None:
             count = block.count(b"\n") + 1
-            try:
-                objs = _fast_loads(b"[" + block.replace(b"\n", b",") + b"]")
-            except ValueError:
-                objs = None
-            # the same number of objects as lines, all dicts: every line was one object
-            if objs is not None and len(objs) == count and all(type(o) is dict for o in objs):
-                tail.line_no = first + count - 1
-                yield objs
-            else:
-                yield list(self._lines_of(tail, first, block))
+        try:
+            objs = _fast_loads(b"[" + block.replace(b"\n", b",") + b"]")
+        except ValueError:
+            objs = None
+        # the same number of objects as lines, all dicts: every line was one object
+        if objs is not None and len(objs) == count and all(type(o) is dict for o in objs):
+            return objs
+        items: list[Item] = []
+        for line_no, raw in enumerate(block.split(b"\n"), first):
+            items.extend(self._parse_fast(line_no, raw))
+        return items
+
+    def _parse_fast(self, line_no: int, raw: bytes) -> Iterator[Item]:
+        try:
+            obj = _fast_loads(raw)
+        except ValueError:
+            yield from self._parse(line_no, raw)
+            return
+        if type(obj) is dict:
+            yield obj
+        else:
+            yield from self._parse(line_no, raw)
 
     def _parse(self, line_no: int, raw: bytes) -> Iterator[Item]:
         if not raw.strip():

@@ -8,6 +8,7 @@ detectors know, cut into blocks at arbitrary places, and compare every emitted e
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 
@@ -18,6 +19,8 @@ from hypothesis import strategies as st
 from healthcheck.columns import MetricBlock
 from healthcheck.monitor import Monitor
 from healthcheck.observe import StepRecord
+from healthcheck.runlog._layout import LineLayout
+from healthcheck.typedblock import StructBlock
 from healthcheck.watch import stream_detectors
 
 MODULES = ("encoder", "trunk", "head")
@@ -348,6 +351,29 @@ def in_blocks(lines: list[dict], cuts: list[int], every=1, as_watch: bool = Fals
     return _keys(emitted), _keys(monitor.findings())
 
 
+def in_reads(lines: list[dict], read_size: int, every=1) -> tuple[list[tuple], list[tuple], int]:
+    """As watch reads metrics.jsonl: ``read_size`` lines a read, decoded into typed rows
+    (`StructBlock`) when every line fits the shapes learned from earlier reads, else
+    parsed as dicts (and learned from). Also returns how many lines went the typed way."""
+    monitor = Monitor(stream_detectors(), source="watch", every=every)
+    layout = LineLayout()
+    emitted, typed = [], 0
+    for start in range(0, len(lines), read_size):
+        read = [json.dumps(line) for line in lines[start:start + read_size]]
+        raw = "\n".join(read).encode()
+        rows = layout.decode(raw, len(read))
+        if rows is None:
+            dicts = [json.loads(text) for text in read]
+            layout.learn(dicts)
+            block = MetricBlock(dicts)
+        else:
+            block = StructBlock(rows)
+            typed += len(rows)
+        block.irregular_rows()
+        emitted += monitor.observe_block(block)
+    return _keys(emitted), _keys(monitor.findings()), typed
+
+
 def _keys(events) -> list[tuple]:
     return [(e.code, e.where, e.step, str(e.severity), e.count) for e in events]
 
@@ -465,3 +491,37 @@ def _valid(line: dict) -> bool:
     except (TypeError, ValueError, OverflowError):
         return False
     return True
+
+
+# -- typed rows: what watch judges once it has learned a run's line shapes
+@pytest.mark.parametrize("fault", sorted(set(FAULTS) - {"odd_value", "huge_value"}))
+def test_each_fault_is_judged_the_same_in_typed_rows(fault):
+    lines = [line for line in make_lines(300, [(fault, 120, 40)], interleave=7) if _valid(line)]
+    *verdict, typed = in_reads(lines, 16)
+    assert verdict == list(one_by_one(lines))
+    assert typed >= len(lines) // 2  # most reads did go the typed way
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_a_fault_that_keeps_the_line_shape_is_found_in_typed_rows(base):
+    # zero loss, zero gradients and a changed weight change values only: those reads stay
+    # typed, so these findings come from typed blocks, not from a dict fallback
+    lines = make_lines(400, [("zero_loss", 100, 1), ("grad_zero", 200, 10), ("weight_change", 300, 50)],
+                       base=base, interleave=9)
+    *verdict, typed = in_reads(lines, 32)
+    assert typed == len(lines) - 32  # only the first read, before any shape was known
+    assert {"loss.zero", "grad.zero", "weights.changed"} <= {code for code, *_ in verdict[0]}
+    assert verdict == list(one_by_one(lines))
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(20, 260),
+       faults=st.lists(st.tuples(st.sampled_from(sorted(FAULTS)), st.integers(0, 250), st.integers(1, 60)),
+                       max_size=4),
+       read_size=st.integers(1, 64), seed=st.integers(0, 3), base=st.sampled_from(sorted(BASES)),
+       interleave=st.sampled_from([0, 1, 7]),
+       every=st.sampled_from([1, 1, 2, {"WeightChanged": 3, "SkippedSteps": 2, "AmpOverflow": 2}]))
+def test_typed_rows_and_records_agree_on_any_mix_of_faults(n, faults, read_size, seed, base, interleave, every):
+    lines = [line for line in make_lines(n, faults, seed, base, interleave) if _valid(line)]
+    *verdict, _ = in_reads(lines, read_size, every)
+    assert verdict == list(one_by_one(lines, every))
