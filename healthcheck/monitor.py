@@ -47,6 +47,7 @@ from .policy import CONTEXTS, Policy
 _PHASES_OF_KIND = {"step": ("after_backward", "after_step"), "epoch": ("epoch",), "eval": ("eval",)}
 _KIND_CODE_OF_PHASE = {"after_backward": KIND_CODES["step"], "after_step": KIND_CODES["step"],
                        "epoch": KIND_CODES["epoch"], "eval": KIND_CODES["eval"]}
+_PHASE_RANK = {p: i for i, p in enumerate(PHASES)}
 _KEEP_EVENTS = 10_000  # emitted events kept in memory for inspection; counts are never capped
 _NO_EVENTS: tuple = ()
 
@@ -209,27 +210,43 @@ class Monitor:
         if self.closed:
             raise RuntimeError("observe() after close(): the monitor has written its summary")
         found: list[tuple[int, int, int, HealthEvent]] = []
-        own_rows: dict[tuple[int, int], tuple[np.ndarray, MetricBlock]] = {}
-        for phase_rank, phase in enumerate(PHASES):
-            kind = _KIND_CODE_OF_PHASE[phase]
-            in_phase = block.kind == kind
-            if not in_phase.any():
-                continue
-            tick_field = "step" if phase in ("after_backward", "after_step") else "epoch"
-            for slot_rank, (slot, check, state, every, needs_live) in enumerate(self._runs[phase]):
-                if needs_live:
+        own_rows: dict[tuple, tuple[np.ndarray, MetricBlock]] = {}
+        ranks = {p: {id(s): r for r, (s, *_) in enumerate(self._runs[p])} for p in PHASES}
+        done: set[int] = set()  # detectors judged over the rows of all their phases at once
+        for phase in PHASES:
+            for slot, check, state, every, needs_live in self._runs[phase]:
+                if needs_live or id(slot) in done:
                     continue
-                if (kind, every) not in own_rows:
-                    rows = in_phase if every == 1 else in_phase & (block.ticks(tick_field) % every == 0).astype(bool)
+                # A detector judging lines of several kinds (epoch and eval, say) may carry
+                # what one kind tells to the next: it sees all its rows in file order.
+                phases = _ordered_phases(slot.detector.phases)
+                kinds = tuple(_KIND_CODE_OF_PHASE[p] for p in phases)
+                if len(set(kinds)) != len(kinds):  # two phases of one kind: phase by phase
+                    phases, kinds = (phase,), (_KIND_CODE_OF_PHASE[phase],)
+                if len(phases) > 1:
+                    done.add(id(slot))
+                key = (kinds, every)
+                if key not in own_rows:
+                    rows = np.zeros(block.n, dtype=bool)
+                    for p, kind in zip(phases, kinds):
+                        in_phase = block.kind == kind
+                        if every > 1:
+                            tick_field = "step" if p in ("after_backward", "after_step") else "epoch"
+                            in_phase &= (block.ticks(tick_field) % every == 0).astype(bool)
+                        rows |= in_phase
                     idx = np.flatnonzero(rows)
                     # a detector's screen sees only the rows it judges: "the row before" and
                     # "the next n rows" are then its rows, not lines of other kinds between them
-                    own_rows[(kind, every)] = (idx, block if idx.size == block.n else block.take(idx))
-                idx, own = own_rows[(kind, every)]
-                if idx.size:
-                    judged = self._judge_rows(slot, check, state, own, np.arange(idx.size))
-                    found.extend((row if own is block else int(idx[row]), phase_rank, slot_rank, event)
-                                 for row, event in judged)
+                    own_rows[key] = (idx, block if idx.size == block.n else block.take(idx))
+                idx, own = own_rows[key]
+                if not idx.size:
+                    continue
+                judged = self._judge_rows(slot, check, state, own, np.arange(idx.size))
+                phase_of_kind = dict(zip(kinds, phases))
+                for row, event in judged:
+                    at = row if own is block else int(idx[row])
+                    p = phase_of_kind[int(block.kind[at])]
+                    found.append((at, _PHASE_RANK[p], ranks[p][id(slot)], event))
         found.sort(key=lambda f: f[:3])
         emitted = []
         for *_, event in found:
@@ -419,6 +436,10 @@ def judge_records(records: Iterable["StepRecord | Mapping[str, Any]"],
     for record in records:
         monitor.observe_record(record)
     return monitor.findings()
+
+
+def _ordered_phases(phases: frozenset[str]) -> tuple[str, ...]:
+    return tuple(p for p in PHASES if p in phases)
 
 
 def rows_to_check(detector: Detector, block: "MetricBlock", idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

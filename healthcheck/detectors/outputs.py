@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..columns import KIND_CODES
 from ..events import HealthEvent
 from ..observe import LiveView, StepRecord
 from .base import NO_EVENTS, Detector, Streaks, check_float, check_int, finite
@@ -63,6 +64,9 @@ class ChanceLevel(Detector):
             evidence={"loss": value, "chance": chance, "records": n}),)
 
 
+_KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
+
+
 class CollapsedPredictions(Detector):
     """The most frequent predicted class takes more than ``max_share`` of predictions for
     ``patience`` records (``output.collapsed``). Reads ``metrics[key]``.
@@ -89,12 +93,34 @@ class CollapsedPredictions(Detector):
         n = state.bump(record.kind, share > self.max_share)
         if n < self.patience:
             return NO_EVENTS
-        return (self.event(
+        return (self._event(record, share, n),)
+
+    def check_block(self, block, rows, state: Streaks):
+        """`check` on the share's column: nothing to do where no line reports it, and a
+        record only for a row that fires."""
+        if block.irregular[rows].any():
+            return None
+        _, metrics = block.mapping("metrics")
+        shares = metrics.get(self.key)
+        if shares is None:
+            return []  # no line has the share: every row leaves the streaks alone
+        out = []
+        kinds = block.kind[rows].tolist()
+        for row, kind, share in zip(rows.tolist(), kinds, shares[rows].tolist()):
+            if not math.isfinite(share):
+                continue
+            n = state.bump(_KIND_NAMES.get(kind, "step"), share > self.max_share)
+            if n >= self.patience:
+                out.append((row, self._event(block.record(row), share, n)))
+        return out
+
+    def _event(self, record: StepRecord, share: float, n: int) -> HealthEvent:
+        return self.event(
             "output.collapsed", record, where=self.key,
             title=f"{share:.0%} of predictions fall in one class",
             detail=(f"metrics[{self.key!r}] = {share!r} > {self.max_share:g} for {n} consecutive "
                     f"{record.kind} records: the predictions collapsed onto one class."),
-            evidence={"share": share, "records": n}),)
+            evidence={"share": share, "records": n})
 
 
 class SaturatedOutputs(Detector):

@@ -49,6 +49,34 @@ class SkippedSteps(Detector):
         """window + 1: the state is the (batches, steps) counters of that many rows."""
         return self.window + 1
 
+    def check_block(self, block, rows, state: _CounterState):
+        """A block whose every row has counters, a step taken, and as many batches seen
+        per step as before, after a window with none missing either: no row can fire, and
+        the state is the last window of counters. Anything else goes row by row."""
+        if block.irregular[rows].any():
+            return None
+        seen, taken = block.scalar("batches_seen")[rows], block.scalar("steps_taken")[rows]
+        if not (np.isfinite(seen).all() and np.isfinite(taken).all() and (taken > 0).all()
+                and (np.abs(seen) < 2.0 ** 53).all() and (np.abs(taken) < 2.0 ** 53).all()):
+            return None
+        history = [(b, s) for b, s in state.history]
+        b_all = np.concatenate([np.array([b for b, _ in history], dtype=np.float64), np.trunc(seen)])
+        s_all = np.concatenate([np.array([s for _, s in history], dtype=np.float64), np.trunc(taken)])
+        if not (np.abs(b_all) < 2.0 ** 53).all() or not (np.abs(s_all) < 2.0 ** 53).all():
+            return None
+        at = np.arange(len(history), b_all.size)  # each row's place after its own append
+        first = np.maximum(at - self.window, 0)  # the oldest pair the deque then holds
+        d_seen, d_taken = b_all[at] - b_all[first], s_all[at] - s_all[first]
+        judged = d_seen >= self.window
+        with np.errstate(divide="ignore", invalid="ignore"):
+            missing = np.maximum(0.0, 1.0 - d_taken / (d_seen / self.accumulation))
+        if (judged & ((d_taken <= 0) | (missing > self.max_fraction))).any():
+            return None
+        keep = self.window + 1
+        for b, s in zip(seen[-keep:].tolist(), taken[-keep:].tolist()):
+            state.history.append((int(b), int(s)))
+        return []
+
     def screen(self, block):
         # A row can fire only within ``window`` rows after a step went missing (batches
         # minus steps grew), or when no step was ever taken; rows near the block's start
@@ -129,6 +157,11 @@ class AmpOverflow(Detector):
     def memory(self) -> int:
         """window: the state is the overflow flags of that many rows."""
         return self.window
+
+    def check_block(self, block, rows, state: _OverflowState):
+        """No line reports AMP (and none is odd): every row leaves the window alone."""
+        names, _ = block.mapping("amp")
+        return [] if not names and not block.irregular[rows].any() else None
 
     def screen(self, block):
         names, amp = block.mapping("amp")

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from ..events import HealthEvent
 from ..observe import LiveView, StepRecord
+from ..columns import KIND_CODES
 from .base import NO_EVENTS, Detector, check_float, check_int, fmt
 
 
@@ -44,20 +45,30 @@ class ValConstant(Detector):
 
     def check(self, record: StepRecord, state: _RepeatState, live: LiveView | None) -> Sequence[HealthEvent]:
         loss = record.loss
-        if loss is None or not math.isfinite(loss):
+        if loss is None or not self._fires(state, loss):
             return NO_EVENTS
+        return (self._event(record, state, loss),)
+
+    def check_block(self, block, rows, state: _RepeatState):
+        """`check` on the loss column: a record only for a row that fires."""
+        return _on_losses(self, block, rows, state)
+
+    def _fires(self, state: _RepeatState, loss: float) -> bool:
+        if not math.isfinite(loss):
+            return False
         if state.count and abs(loss - state.ref) <= self.rtol * abs(state.ref):
             state.count += 1
         else:
             state.ref, state.count = loss, 1
-        if state.count < self.patience:
-            return NO_EVENTS
-        return (self.event(
+        return state.count >= self.patience
+
+    def _event(self, record: StepRecord, state: _RepeatState, loss: float) -> HealthEvent:
+        return self.event(
             "val.constant", record, where="val",
             title=f"validation loss identical ({fmt(loss)}) for {state.count} evaluations",
             detail=(f"The validation loss stayed within rtol={self.rtol:g} of {state.ref!r} for "
                     f"{state.count} consecutive evaluations (epoch {record.epoch})."),
-            evidence={"val_loss": loss, "evals": state.count}),)
+            evidence={"val_loss": loss, "evals": state.count})
 
 
 @dataclass
@@ -88,21 +99,31 @@ class ValPlateau(Detector):
 
     def check(self, record: StepRecord, state: _PlateauState, live: LiveView | None) -> Sequence[HealthEvent]:
         loss = record.loss
-        if loss is None or not math.isfinite(loss):
+        if loss is None or not self._fires(state, loss):
             return NO_EVENTS
+        return (self._event(record, state, loss),)
+
+    def check_block(self, block, rows, state: _PlateauState):
+        """`check` on the loss column: a record only for a row that fires."""
+        return _on_losses(self, block, rows, state)
+
+    def _fires(self, state: _PlateauState, loss: float) -> bool:
+        if not math.isfinite(loss):
+            return False
         state.evals += 1
         if state.best == math.inf or loss < state.best - self.min_delta * abs(state.best):
             state.best, state.wait = loss, 0
-            return NO_EVENTS
+            return False
         state.wait += 1
-        if state.wait < self.patience:
-            return NO_EVENTS
-        return (self.event(
+        return state.wait >= self.patience
+
+    def _event(self, record: StepRecord, state: _PlateauState, loss: float) -> HealthEvent:
+        return self.event(
             "val.plateau", record, where="val",
             title=f"validation loss has not improved for {state.wait} evaluations (best {fmt(state.best)})",
             detail=(f"Best validation loss {state.best!r}; the last {state.wait} evaluations did not "
                     f"improve on it by a relative {self.min_delta:g} (latest {loss!r})."),
-            evidence={"val_loss": loss, "best": state.best, "evals": state.wait}),)
+            evidence={"val_loss": loss, "best": state.best, "evals": state.wait})
 
 
 @dataclass
@@ -137,22 +158,56 @@ class ValTrainGap(Detector):
 
     def check(self, record: StepRecord, state: _GapState, live: LiveView | None) -> Sequence[HealthEvent]:
         loss = record.loss
-        if record.kind == "epoch":
-            state.train = loss if loss is not None and math.isfinite(loss) else math.nan
+        if not self._fires(state, record.kind, math.nan if loss is None else loss):
             return NO_EVENTS
-        if record.kind != "eval" or loss is None or not math.isfinite(loss):
-            return NO_EVENTS
+        return (self._event(record, state, loss),)
+
+    def check_block(self, block, rows, state: _GapState):
+        """`check` on the loss and kind columns: a record only for a row that fires."""
+        if block.irregular[rows].any():
+            return None
+        out = []
+        kinds = block.kind[rows].tolist()
+        for row, kind, loss in zip(rows.tolist(), kinds, block.scalar("loss")[rows].tolist()):
+            if self._fires(state, _KIND_NAMES.get(kind, "step"), loss):
+                out.append((row, self._event(block.record(row), state, loss)))
+        return out
+
+    def _fires(self, state: _GapState, kind: str, loss: float) -> bool:
+        if kind == "epoch":
+            state.train = loss if math.isfinite(loss) else math.nan
+            return False
+        if kind != "eval" or not math.isfinite(loss):
+            return False
         train = state.train
         if not (train > 0 and loss > 0):
             state.count = 0
-            return NO_EVENTS
+            return False
+        state.count = state.count + 1 if loss / train > self.max_ratio else 0
+        return state.count >= self.patience
+
+    def _event(self, record: StepRecord, state: _GapState, loss: float) -> HealthEvent:
+        train = state.train
         ratio = loss / train
-        state.count = state.count + 1 if ratio > self.max_ratio else 0
-        if state.count < self.patience:
-            return NO_EVENTS
-        return (self.event(
+        return self.event(
             "val.train_gap", record, where="val",
             title=f"validation loss {fmt(loss)} is {ratio:.3g}x the training loss {fmt(train)}",
             detail=(f"The validation loss has been above {self.max_ratio:g}x the epoch's mean training "
                     f"loss for {state.count} evaluations (epoch {record.epoch}: {loss!r} vs {train!r})."),
-            evidence={"val_loss": loss, "train_loss": train, "ratio": ratio, "evals": state.count}),)
+            evidence={"val_loss": loss, "train_loss": train, "ratio": ratio, "evals": state.count})
+
+
+_KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
+
+
+def _on_losses(detector, block, rows, state):
+    """A loss-only detector's `check` row by row on the loss column (``_fires`` advances
+    the state from a loss and says whether the row reports): a record only for a row
+    that does. Irregular rows (a loss that is not a number) go the record way."""
+    if block.irregular[rows].any():
+        return None
+    out = []
+    for row, loss in zip(rows.tolist(), block.scalar("loss")[rows].tolist()):
+        if detector._fires(state, loss):
+            out.append((row, detector._event(block.record(row), state, loss)))
+    return out

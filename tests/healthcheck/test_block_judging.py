@@ -432,6 +432,22 @@ def test_a_monitor_that_checks_every_nth_step_agrees_in_blocks(every, fault):
     assert in_blocks(lines, [64, 122, 200], every) == one_by_one(lines, every)
 
 
+def test_a_detector_of_two_line_kinds_sees_them_in_file_order():
+    # the validation/training gap compares each eval line with the epoch line before it:
+    # judging all epoch lines of a block before its eval lines compared them with the last
+    lines = make_lines(40, [], interleave=1)
+    epochs = [line for line in lines if line["kind"] == "epoch"]
+    for k, line in enumerate(epochs):
+        line["loss"] = 0.01 if k % 2 else 10.0
+    for line in lines:
+        if line["kind"] == "eval":
+            line["loss"] = 1.0 + 1e-3 * line["step"]  # ratio 0.1 after odd, 100 after even epochs
+    emitted, _ = one_by_one(lines)
+    assert "val.train_gap" not in {code for code, *_ in emitted}  # never two evals in a row
+    assert in_blocks(lines, []) == one_by_one(lines)
+    assert in_blocks(lines, [7, 30], as_watch=True) == one_by_one(lines)
+
+
 def test_a_skipped_flag_is_read_by_its_truth_value():
     # "0" is a skipped step to the record path (bool("0")): the zero updates around it
     # are two applied steps apart, not two in a row
