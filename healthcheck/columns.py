@@ -25,6 +25,7 @@ import numpy as np
 from .observe import StepRecord
 
 KIND_CODES = {"step": 0, "epoch": 1, "eval": 2}  # any other kind is read as a step
+KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
 MAPPINGS = ("terms", "weights", "grad_norm", "update_norm", "param_norm", "metrics", "amp")
 _MISSING = object()  # a key absent from a row's mapping: float() of it fails on purpose
 
@@ -41,7 +42,7 @@ class MetricBlock:
         self.n = len(lines)
         self.irregular = np.zeros(self.n, dtype=bool)
         if kind is None:
-            kinds = map(dict.get, lines, repeat("kind"), repeat("step"))
+            kinds = _values(lines, "kind", "step")
             kind = np.array([KIND_CODES.get(k, 0) if type(k) is str else 0 for k in kinds], dtype=np.int8)
         self.kind = kind
         self._records: dict[int, StepRecord] = {}
@@ -138,7 +139,7 @@ class MetricBlock:
         try:
             return list(map(itemgetter(key), self.lines))
         except KeyError:
-            return list(map(dict.get, self.lines, repeat(key)))
+            return _values(self.lines, key)
 
     def mapping(self, key: str) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
         """A field holding a name -> number dict (terms, weights, norms per module).
@@ -238,6 +239,14 @@ class MetricBlock:
         return np.array([_to_float(v, irregular, i, allow_none) for i, v in enumerate(values)], dtype=np.float64)
 
 
+def _values(lines: Sequence[Any], key: str, default: Any = None) -> list[Any]:
+    """``line.get(key, default)`` of every line: one C loop for plain dicts."""
+    try:
+        return list(map(dict.get, lines, repeat(key), repeat(default)))
+    except TypeError:  # some other Mapping
+        return [line.get(key, default) for line in lines]
+
+
 def _to_float(v: Any, irregular: np.ndarray, i: int, allow_none: bool = True) -> float:
     if v is None and allow_none:
         return float("nan")
@@ -250,4 +259,4 @@ def _to_float(v: Any, irregular: np.ndarray, i: int, allow_none: bool = True) ->
     return float("nan")
 
 
-__all__ = ["KIND_CODES", "MAPPINGS", "MetricBlock"]
+__all__ = ["KIND_CODES", "KIND_NAMES", "MAPPINGS", "MetricBlock"]

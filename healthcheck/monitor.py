@@ -147,6 +147,8 @@ class Monitor:
             p: tuple((s, s.detector.check, s.state, s.every, s.detector.needs_live)
                      for s in slots if s.enabled)
             for p, slots in self._by_phase.items()}
+        # each slot's place in each phase: the order of events found on one row
+        self._ranks = {p: {id(run[0]): r for r, run in enumerate(runs)} for p, runs in self._runs.items()}
 
     def observe(self, record: "StepRecord | Mapping[str, Any]", phase: str,
                 live: LiveView | None = None) -> Sequence[HealthEvent]:
@@ -211,17 +213,18 @@ class Monitor:
             raise RuntimeError("observe() after close(): the monitor has written its summary")
         found: list[tuple[int, int, int, HealthEvent]] = []
         own_rows: dict[tuple, tuple[np.ndarray, MetricBlock]] = {}
-        ranks = {p: {id(s): r for r, (s, *_) in enumerate(self._runs[p])} for p in PHASES}
+        ranks = self._ranks
         done: set[int] = set()  # detectors judged over the rows of all their phases at once
         for phase in PHASES:
             for slot, check, state, every, needs_live in self._runs[phase]:
                 if needs_live or id(slot) in done:
                     continue
                 # A detector judging lines of several kinds (epoch and eval, say) may carry
-                # what one kind tells to the next: it sees all its rows in file order.
+                # what one kind tells to the next: it sees all its rows in file order. Not
+                # one with a screen: its "rows before" rebuild state of the kind they are.
                 phases = _ordered_phases(slot.detector.phases)
                 kinds = tuple(_KIND_CODE_OF_PHASE[p] for p in phases)
-                if len(set(kinds)) != len(kinds):  # two phases of one kind: phase by phase
+                if len(set(kinds)) != len(kinds) or slot.detector.memory is not None:
                     phases, kinds = (phase,), (_KIND_CODE_OF_PHASE[phase],)
                 if len(phases) > 1:
                     done.add(id(slot))

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..columns import KIND_CODES
+from ..columns import KIND_NAMES
 from ..events import HealthEvent
 from ..observe import LiveView, StepRecord
 from .base import NO_EVENTS, Detector, Streaks, check_float, check_int, finite
@@ -64,9 +64,6 @@ class ChanceLevel(Detector):
             evidence={"loss": value, "chance": chance, "records": n}),)
 
 
-_KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
-
-
 class CollapsedPredictions(Detector):
     """The most frequent predicted class takes more than ``max_share`` of predictions for
     ``patience`` records (``output.collapsed``). Reads ``metrics[key]``.
@@ -98,9 +95,9 @@ class CollapsedPredictions(Detector):
     def check_block(self, block, rows, state: Streaks):
         """`check` on the share's column: nothing to do where no line reports it, and a
         record only for a row that fires."""
+        _, metrics = block.mapping("metrics")  # built first: building it marks odd rows
         if block.irregular[rows].any():
             return None
-        _, metrics = block.mapping("metrics")
         shares = metrics.get(self.key)
         if shares is None:
             return []  # no line has the share: every row leaves the streaks alone
@@ -109,7 +106,7 @@ class CollapsedPredictions(Detector):
         for row, kind, share in zip(rows.tolist(), kinds, shares[rows].tolist()):
             if not math.isfinite(share):
                 continue
-            n = state.bump(_KIND_NAMES.get(kind, "step"), share > self.max_share)
+            n = state.bump(KIND_NAMES.get(kind, "step"), share > self.max_share)
             if n >= self.patience:
                 out.append((row, self._event(block.record(row), share, n)))
         return out

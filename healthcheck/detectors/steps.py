@@ -53,15 +53,18 @@ class SkippedSteps(Detector):
         """A block whose every row has counters, a step taken, and as many batches seen
         per step as before, after a window with none missing either: no row can fire, and
         the state is the last window of counters. Anything else goes row by row."""
-        if block.irregular[rows].any():
-            return None
         seen, taken = block.scalar("batches_seen")[rows], block.scalar("steps_taken")[rows]
-        if not (np.isfinite(seen).all() and np.isfinite(taken).all() and (taken > 0).all()
+        if block.irregular[rows].any():  # (after building the columns, which marks odd rows)
+            return None
+        if not (np.isfinite(seen).all() and np.isfinite(taken).all()
                 and (np.abs(seen) < 2.0 ** 53).all() and (np.abs(taken) < 2.0 ** 53).all()):
             return None
-        history = [(b, s) for b, s in state.history]
-        b_all = np.concatenate([np.array([b for b, _ in history], dtype=np.float64), np.trunc(seen)])
-        s_all = np.concatenate([np.array([s for _, s in history], dtype=np.float64), np.trunc(taken)])
+        seen, taken = np.trunc(seen), np.trunc(taken)  # the record's int() of each
+        if not (taken > 0).all():
+            return None
+        history = list(state.history)
+        b_all = np.concatenate([np.array([b for b, _ in history], dtype=np.float64), seen])
+        s_all = np.concatenate([np.array([s for _, s in history], dtype=np.float64), taken])
         if not (np.abs(b_all) < 2.0 ** 53).all() or not (np.abs(s_all) < 2.0 ** 53).all():
             return None
         at = np.arange(len(history), b_all.size)  # each row's place after its own append

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from ..events import HealthEvent
 from ..observe import LiveView, StepRecord
-from ..columns import KIND_CODES
+from ..columns import KIND_NAMES
 from .base import NO_EVENTS, Detector, check_float, check_int, fmt
 
 
@@ -164,12 +164,13 @@ class ValTrainGap(Detector):
 
     def check_block(self, block, rows, state: _GapState):
         """`check` on the loss and kind columns: a record only for a row that fires."""
+        losses = block.scalar("loss")[rows]  # built first: building it marks odd rows
         if block.irregular[rows].any():
             return None
         out = []
         kinds = block.kind[rows].tolist()
-        for row, kind, loss in zip(rows.tolist(), kinds, block.scalar("loss")[rows].tolist()):
-            if self._fires(state, _KIND_NAMES.get(kind, "step"), loss):
+        for row, kind, loss in zip(rows.tolist(), kinds, losses.tolist()):
+            if self._fires(state, KIND_NAMES.get(kind, "step"), loss):
                 out.append((row, self._event(block.record(row), state, loss)))
         return out
 
@@ -197,17 +198,16 @@ class ValTrainGap(Detector):
             evidence={"val_loss": loss, "train_loss": train, "ratio": ratio, "evals": state.count})
 
 
-_KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
-
 
 def _on_losses(detector, block, rows, state):
     """A loss-only detector's `check` row by row on the loss column (``_fires`` advances
     the state from a loss and says whether the row reports): a record only for a row
     that does. Irregular rows (a loss that is not a number) go the record way."""
+    losses = block.scalar("loss")[rows]  # built first: building it marks odd rows
     if block.irregular[rows].any():
         return None
     out = []
-    for row, loss in zip(rows.tolist(), block.scalar("loss")[rows].tolist()):
+    for row, loss in zip(rows.tolist(), losses.tolist()):
         if detector._fires(state, loss):
             out.append((row, detector._event(block.record(row), state, loss)))
     return out

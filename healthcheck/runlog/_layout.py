@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Union
+from typing import Annotated, Any, Iterable, Mapping, Union
 
 import numpy as np
 
@@ -37,8 +37,10 @@ try:
 except ImportError:  # pragma: no cover
     _fast_loads = None
 
-Number = Union[int, float]
-MAX_RELEARNS = 16  # refused reads before the layout gives up: shapes that never settle
+# An int is held as it is, within int64 (what a column's arithmetic is exact on): a larger
+# one sends its read the dict way, where the record path decides what it means.
+Number = Union[Annotated[int, msgspec.Meta(ge=-(2 ** 63), le=2 ** 63 - 1)], float] if msgspec else Any
+MAX_REFUSED = 16  # refused reads in a row before the layout gives up: shapes that never settle
 _SENTINEL_TAG = "\x00"  # a second tag, so a line without "kind" is refused, not guessed
 @dataclass(frozen=True)
 class FieldSpec:
@@ -104,14 +106,12 @@ def learn_shape(line: Mapping[str, Any]) -> LineShape | None:
 
 
 class RawLines:
-    """The bytes of one read (starting at byte ``at`` of the file); where its lines end is
-    found the first time one is asked for."""
+    """The bytes of one read; where its lines end is found the first time one is asked for."""
 
-    __slots__ = ("block", "at", "_ends")
+    __slots__ = ("block", "_ends")
 
-    def __init__(self, block: bytes, at: int = 0) -> None:
+    def __init__(self, block: bytes) -> None:
         self.block = block
-        self.at = at
         self._ends: list[int] | None = None
 
     def _line_ends(self) -> list[int]:
@@ -169,16 +169,16 @@ class StructRows(list):
 class LineLayout:
     """The line shapes of one metrics file, learned from the reads parsed as dicts."""
 
-    def __init__(self, max_relearns: int = MAX_RELEARNS) -> None:
-        self.max_relearns = max_relearns
-        self.refused = 0  # reads that did not fit
+    def __init__(self, max_refused: int = MAX_REFUSED) -> None:
+        self.max_refused = max_refused
+        self.refused = 0  # reads in a row that did not fit
         self._by_kind: dict[str, LineShape] = {}
         self._by_type: dict[type, LineShape] = {}
         self._decoder: Any = None
 
     @property
     def active(self) -> bool:
-        return msgspec is not None and self.refused <= self.max_relearns
+        return msgspec is not None and self.refused <= self.max_refused
 
     @property
     def shapes(self) -> Mapping[type, LineShape]:
@@ -205,22 +205,30 @@ class LineLayout:
             sentinel = msgspec.defstruct("line_sentinel", [], tag_field="kind", tag=_SENTINEL_TAG)
             self._decoder = msgspec.json.Decoder(Union[tuple([*self._by_type, sentinel])])
 
-    def decode(self, block: bytes, count: int, at: int = 0) -> StructRows | None:
-        """The rows of ``block`` (``count`` lines joined by newlines, from byte ``at`` of
-        the file), or None when some line does not fit a learned shape exactly; the caller
-        then parses it as dicts."""
+    def decode(self, block: bytes, count: int) -> StructRows | None:
+        """The rows of ``block`` (``count`` lines joined by newlines), or None when some
+        line does not fit a learned shape exactly; the caller then parses it as dicts."""
         if self._decoder is None or not self.active:
             return None
+        # The decoder reads a stream of objects, not lines: each line must be one object.
+        # Every line opening with "{" and closing with "}" (an object cannot go on past a
+        # line that ends in "}" with one that starts with "{") and as many objects as
+        # lines means one object a line: no blank line, no two objects on one.
+        if not (block[:1] == b"{" and block[-1:] == b"}" and block.count(b"\n{") == count - 1
+                and block.count(b"}\n") == count - 1):
+            return self._refuse()
         try:
             rows = self._decoder.decode_lines(block)
         except (msgspec.DecodeError, ValueError):
-            self.refused += 1
-            return None
-        # as many rows as lines: no blank line, no line holding two objects
+            return self._refuse()
         if len(rows) != count or not set(map(type, rows)) <= self._by_type.keys():
-            self.refused += 1
-            return None
-        return StructRows(rows, self._by_type, [(RawLines(block, at), 0, count)])
+            return self._refuse()
+        self.refused = 0
+        return StructRows(rows, self._by_type, [(RawLines(block), 0, count)])
+
+    def _refuse(self) -> None:
+        self.refused += 1
+        return None
 
 
 def parse_line(raw: bytes) -> dict:

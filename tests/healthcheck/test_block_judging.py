@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from healthcheck.columns import MetricBlock
+from healthcheck.detectors import ConstantLoss, SaturatedOutputs, ValConstant
 from healthcheck.monitor import Monitor
 from healthcheck.observe import StepRecord
 from healthcheck.runlog._layout import LineLayout
@@ -541,3 +542,64 @@ def test_typed_rows_and_records_agree_on_any_mix_of_faults(n, faults, read_size,
     lines = [line for line in make_lines(n, faults, seed, base, interleave) if _valid(line)]
     *verdict, _ = in_reads(lines, read_size, every)
     assert verdict == list(one_by_one(lines, every))
+
+
+# -- found by review: each fails on the code before its fix
+def _one_detector(detector_factory, lines) -> tuple[list, list]:
+    """The same single detector line by line and as one block (every column built first,
+    as watch does)."""
+    keys = lambda events: [(e.code, e.where, e.step, e.count) for e in events]  # noqa: E731
+    one = Monitor([detector_factory()], source="watch")
+    by_line = [e for line in copy.deepcopy(lines) for e in one.observe_record(line)]
+    whole = Monitor([detector_factory()], source="watch")
+    block = MetricBlock(copy.deepcopy(lines))
+    block.irregular_rows()
+    return keys(by_line), keys(whole.observe_block(block))
+
+
+def test_a_step_counter_below_one_is_no_step_taken_as_the_record_reads_it():
+    lines = make_lines(40, [])
+    for line in lines[:3]:
+        line["steps_taken"] = 0.5  # int(0.5) == 0: no step applied in the first batches
+    emitted, _ = one_by_one(lines)
+    assert ("steps.skipped", "optimizer", 1, "error", 1) in emitted
+    assert in_blocks(lines, []) == one_by_one(lines)
+    assert list(in_reads(lines, 8)[:2]) == list(one_by_one(lines))
+
+
+def test_a_wide_constant_loss_tolerance_is_judged_row_by_row():
+    # 1.36 is far from the 0.6 before it, yet within rtol=0.5 of the run's reference 1.0
+    lines = [{"kind": "step", "step": i, "loss": x} for i, x in enumerate([1.0, 0.6, 1.36, 1.2, 1.0])]
+    by_line, in_block = _one_detector(lambda: ConstantLoss(window=5, rtol=0.5), lines)
+    assert by_line == [("loss.constant", "total", 4, 1)] == in_block
+
+
+def test_rows_a_column_marks_odd_while_being_built_are_judged_as_records():
+    # a bool loss is 1.0 to the record, but a column holding "n/a" too marks it irregular
+    lines = [{"kind": "eval", "step": i, "epoch": i, "loss": True} for i in range(6)]
+    lines[4]["loss"] = "n/a"
+    by_line, in_block = _one_detector(ValConstant, lines)
+    assert by_line == [("val.constant", "val", 2, 1)] == in_block
+
+
+def test_a_detector_with_a_screen_keeps_each_kind_of_line_to_itself():
+    # the saturation streak is kept per kind: the step row that broke the step streak must
+    # be replayed, not the eval row before it
+    def line(i, kind, share):
+        return {"kind": kind, "step": i, "epoch": 0, "loss": 1.0, "metrics": {"out_at_bound": share}}
+    lines = [line(0, "step", 0.5), line(1, "step", 0.1), line(2, "eval", 0.1), line(3, "eval", 0.5),
+             line(4, "step", 0.5)]
+    by_line, in_block = _one_detector(lambda: SaturatedOutputs(patience=2), lines)
+    assert by_line == [] == in_block
+
+
+def test_eval_metrics_named_otherwise_than_the_epochs_are_found_in_typed_rows():
+    lines = make_lines(120, [], interleave=5)
+    for line in lines:
+        if line["kind"] == "epoch":
+            line["metrics"] = {"acc": 0.5}
+        elif line["kind"] == "eval":
+            line["metrics"] = {"acc": 0.5, "pred_top_share": 0.99}
+    expected = one_by_one(lines)
+    assert ("output.collapsed", "pred_top_share", 14, "warning", 1) in expected[0]
+    assert list(in_reads(lines, 16)[:2]) == list(expected)
