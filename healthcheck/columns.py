@@ -27,6 +27,7 @@ from .observe import StepRecord
 KIND_CODES = {"step": 0, "epoch": 1, "eval": 2}  # any other kind is read as a step
 KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
 MAPPINGS = ("terms", "weights", "grad_norm", "update_norm", "param_norm", "metrics", "amp")
+SCALARS = ("loss", "time")  # numbers a record converts with float(): an int too big for it fails
 _MISSING = object()  # a key absent from a row's mapping: float() of it fails on purpose
 
 
@@ -58,20 +59,27 @@ class MetricBlock:
         """Rows some column could not hold (after building every column a check reads)."""
         for key in MAPPINGS:
             self.mapping(key)
+        for key in SCALARS:
+            self.scalar(key)
         self.lr()
         self.ticks("step")
         self.ticks("epoch")
         return self._odd_record_fields()
 
     def _odd_record_fields(self) -> list[int]:
-        """Mark rows whose ints or sources the record conversion reads differently; all
-        irregular rows."""
-        if not (set(map(type, self.field("rank"))) <= {int, type(None)}
-                and set(map(type, self.field("schema"))) <= {int, type(None)}
+        """Mark rows whose ints or sources the record conversion reads another way (or
+        cannot read: a NaN counter, "5.5"); all irregular rows."""
+        ints_or_none = {int, type(None)}
+        if not (set(map(type, self.field("rank"))) <= ints_or_none
+                and set(map(type, self.field("schema"))) <= ints_or_none
+                and set(map(type, self.field("steps_taken"))) <= ints_or_none
+                and set(map(type, self.field("batches_seen"))) <= ints_or_none
                 and set(map(type, self.field("weight_sources"))) <= {dict, type(None)}):
             empty: dict = {}
             odd = [i for i, line in enumerate(self.lines)
                    if type(line.get("rank", 0)) is not int or type(line.get("schema", 1)) is not int
+                   or type(line.get("steps_taken", 0)) not in ints_or_none
+                   or type(line.get("batches_seen", 0)) not in ints_or_none
                    or type(line.get("weight_sources", empty)) is not dict]
             self.irregular[odd] = True
         return np.flatnonzero(self.irregular).tolist()
@@ -218,7 +226,7 @@ class MetricBlock:
                 rows.append([np.nan] * width)
         try:
             out = np.array(rows, dtype=np.float64).reshape(self.n, width)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             out = np.array([[_to_float(x, self.irregular, i) for x in r] for i, r in enumerate(rows)],
                            dtype=np.float64).reshape(self.n, width)
         self._lr = out
@@ -259,4 +267,4 @@ def _to_float(v: Any, irregular: np.ndarray, i: int, allow_none: bool = True) ->
     return float("nan")
 
 
-__all__ = ["KIND_CODES", "KIND_NAMES", "MAPPINGS", "MetricBlock"]
+__all__ = ["KIND_CODES", "KIND_NAMES", "MAPPINGS", "SCALARS", "MetricBlock"]

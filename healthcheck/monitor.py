@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .columns import KIND_CODES, MetricBlock
+from .columns import KIND_CODES, KIND_NAMES, MetricBlock
 from .detectors import PHASES, Detector, default_detectors
 from .events import CODES, HealthEvent, Severity
 from .observe import LiveView, StepRecord, as_record
@@ -282,7 +282,13 @@ class Monitor:
                          err: Exception) -> list[tuple[int, HealthEvent]]:
         slot.enabled = False
         self._plan()  # observe_block goes on over the old plan; this detector's rows are done
-        return [(row, self._detector_failed(slot.detector, block.record(row), err))]
+        try:
+            record = block.record(row)
+        except Exception:  # the row itself is what failed: say so at its step
+            ticks = block.ticks("step")
+            record = StepRecord(kind=KIND_NAMES.get(int(block.kind[row]), "step"),
+                                step=int(ticks[row]) if ticks.dtype != object else 0)
+        return [(row, self._detector_failed(slot.detector, record, err))]
 
     def emit(self, event: HealthEvent) -> HealthEvent | None:
         """Push an event found elsewhere (a preflight check, an adapter) through the same

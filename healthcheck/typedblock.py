@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from .columns import KIND_CODES, MAPPINGS, MetricBlock
+from .columns import KIND_CODES, MAPPINGS, SCALARS, MetricBlock
 from .runlog._layout import FieldSpec, LineShape, Segment, StructRows, parse_line
 
 _FLOAT_KINDS = ("number", "bool")  # fields a float column holds exactly
@@ -143,6 +143,9 @@ class StructBlock(MetricBlock):
             for key in MAPPINGS:
                 if key in fields and fields[key].kind != "mapping":
                     self.mapping(key)
+            for key in SCALARS:  # a typed number is an int64 or a float: it always converts
+                if key in fields and fields[key].kind not in _FLOAT_KINDS:
+                    self.scalar(key)
             self.lr()
             for key in ("step", "epoch"):
                 if key in fields and fields[key].kind != "number":

@@ -17,7 +17,13 @@ _RATE_WINDOW = 50  # step lines the rate is averaged over: smooth, yet follows a
 
 
 def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+    """A number to show, or None (not a number, or an int no float holds)."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return None
+    try:
+        return float(x)
+    except OverflowError:
+        return None
 
 
 def term_shares(line: Mapping[str, Any]) -> dict[str, float]:

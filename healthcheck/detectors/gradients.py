@@ -301,7 +301,8 @@ class ExplodingGrad(Detector):
         if self.ratio is not None:
             lo, hi, count = module_extremes(block, "grad_norm")
             with np.errstate(divide="ignore", invalid="ignore"):
-                if ((count[rows] < 2) | ~(hi[rows] / lo[rows] <= self.ratio)).any():
+                # a non-positive norm makes hi/lo no bound on first/last: row by row then
+                if ((count[rows] < 2) | ~(lo[rows] > 0) | ~(hi[rows] / lo[rows] <= self.ratio)).any():
                     return None
             state.counts["first/last"] = 0
         state.n += k

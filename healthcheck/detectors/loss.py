@@ -150,9 +150,10 @@ class ConstantLoss(Detector):
         """The same comparisons over the block's loss column, stepping through only the
         rows whose outcome depends on the state.
 
-        A finite loss more than 2.5 rtol away from the finite loss before it starts a new
+        A finite loss more than 3 rtol away from the finite loss before it starts a new
         reference whatever the state was (that loss was within rtol of the reference, so
-        this one is not, for rtol up to 0.2), and a non-finite loss ends any run: both leave a state known
+        for rtol up to 0.2 this one is 1.4 rtol away from it at least: room for rounding
+        while rtol times the loss is a normal float), and a non-finite loss ends any run: both leave a state known
         without looking back. Only the rows after a close pair, or after a non-finite
         loss, and the first row, are stepped through, from the state the row before left.
         """
@@ -161,10 +162,11 @@ class ConstantLoss(Detector):
             return None
         finite = np.isfinite(losses)
         known = ~finite  # rows that set the state on their own
-        if self.rtol <= 0.2:  # what the 2.5 rtol margin needs (see above); else step through all
-            with np.errstate(invalid="ignore"):
-                known[1:] |= finite[1:] & finite[:-1] & (
-                    np.abs(losses[1:] - losses[:-1]) > 2.5 * self.rtol * np.abs(losses[:-1]))
+        if self.rtol <= 0.2:  # what the margin needs (see above); else step through all
+            with np.errstate(invalid="ignore", over="ignore"):
+                tol = self.rtol * np.abs(losses[:-1])
+                known[1:] |= finite[1:] & finite[:-1] & (np.abs(losses[1:] - losses[:-1]) > 3 * tol) & (
+                    (tol > 1e-300) | (self.rtol == 0))
         known[0] = False
         out = []
         last = -1

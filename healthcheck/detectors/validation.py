@@ -198,7 +198,6 @@ class ValTrainGap(Detector):
             evidence={"val_loss": loss, "train_loss": train, "ratio": ratio, "evals": state.count})
 
 
-
 def _on_losses(detector, block, rows, state):
     """A loss-only detector's `check` row by row on the loss column (``_fires`` advances
     the state from a loss and says whether the row reports): a record only for a row

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from healthcheck.columns import MetricBlock
-from healthcheck.detectors import ConstantLoss, SaturatedOutputs, ValConstant
+from healthcheck.detectors import ConstantLoss, ExplodingGrad, SaturatedOutputs, ValConstant
 from healthcheck.monitor import Monitor
 from healthcheck.observe import StepRecord
 from healthcheck.runlog._layout import LineLayout
@@ -603,3 +603,31 @@ def test_eval_metrics_named_otherwise_than_the_epochs_are_found_in_typed_rows():
     expected = one_by_one(lines)
     assert ("output.collapsed", "pred_top_share", 14, "warning", 1) in expected[0]
     assert list(in_reads(lines, 16)[:2]) == list(expected)
+
+
+def test_a_negative_norm_does_not_pass_a_block_of_exploding_first_modules_as_quiet():
+    # encoder/head = 5000 on every row, while largest/smallest is 5000/-1 < 0
+    lines = make_lines(12, [])
+    for line in lines[4:]:
+        line["grad_norm"] = {"_total": 1.0, "encoder": 5000.0, "trunk": -1.0, "head": 1.0}
+    def judge(cuts):
+        monitor = Monitor([ExplodingGrad(patience=1)], source="watch")
+        emitted, start = [], 0
+        for end in [*cuts, len(lines)]:
+            emitted += monitor.observe_block(MetricBlock(copy.deepcopy(lines[start:end])))
+            start = end
+        return [(e.code, e.step) for e in emitted], [(f.code, f.count) for f in monitor.findings()]
+    monitor = Monitor([ExplodingGrad(patience=1)], source="watch")
+    by_line = [(e.code, e.step) for line in copy.deepcopy(lines) for e in monitor.observe_record(line)]
+    assert by_line[:1] == [("grad.exploding", 4)]
+    assert judge([4, 8]) == (by_line, [(f.code, f.count) for f in monitor.findings()]) == judge([])
+
+
+@pytest.mark.parametrize("losses, rtol", [
+    ([3.3300000000000014, 2.664000000000001, 3.9960000000000018], 0.2),  # exactly rtol from the reference
+    ([6 * 5e-324, 5 * 5e-324, 7 * 5e-324], 0.1),  # subnormal: rounding is not relative there
+])
+def test_a_constant_loss_at_the_edge_of_its_tolerance_is_judged_as_one_by_one(losses, rtol):
+    lines = [{"kind": "step", "step": i, "loss": x} for i, x in enumerate(losses)]
+    by_line, in_block = _one_detector(lambda: ConstantLoss(window=3, rtol=rtol), lines)
+    assert by_line == [("loss.constant", "total", 2, 1)] == in_block

@@ -156,3 +156,20 @@ def test_watch_says_the_same_with_typed_rows_as_with_dicts(tmp_path):
     typed, dicts = _verdict(run, True), _verdict(run, False)
     assert typed == dicts
     assert {"grad.exploding", "loss.zero", "loss.nonfinite"} <= {e["code"] for e in typed["events"]}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("steps_taken", math.nan), ("batches_seen", "abc"), ("steps_taken", [1]), ("steps_taken", "5.5"),
+    ("lr", [10 ** 400, 1e-3]), ("loss", 10 ** 400), ("time", 10 ** 400),
+], ids=["nan-counter", "text-counter", "list-counter", "decimal-text-counter", "huge-lr", "huge-loss",
+        "huge-time"])
+@pytest.mark.parametrize("typed", [True, False])
+def test_a_line_no_record_can_hold_is_a_bad_line_not_a_crash(tmp_path, field, value, typed):
+    lines = [step_line(i) for i in range(40)]
+    lines[15][field] = value
+    run = _run(tmp_path, lines, "run")
+    watch = RunWatch(run, typed=typed)
+    watch.poll_all()
+    verdict = watch.verdict()
+    assert verdict["reader"]["bad_lines"] == 1 and watch.state.lines == 40  # read, one of them bad
+    assert [e["code"] for e in verdict["events"]] == ["watch.bad_line"]
