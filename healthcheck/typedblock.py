@@ -3,9 +3,9 @@
 When `LineLayout` decoded a read, its lines are msgspec Structs, one type per line shape
 (step, epoch, eval). Their columns are read with one C-level attribute pass per field
 and shape, and no dict is built unless a row is judged one record at a time (`record`)
-or a caller asks for it (`lines`). The block answers every question exactly as a
-`MetricBlock` of the same lines parsed as dicts would, including which rows are
-irregular: rows of a shape that lacks a mapping the others have, or names it differently.
+or a caller asks for it (`lines`). Judged by the monitor, the block gives the verdict a
+`MetricBlock` of the same lines parsed as dicts gives, which is the verdict of judging
+them one by one; rows are irregular when they are odd among the rows of their own shape.
 """
 
 from __future__ import annotations

@@ -11,8 +11,10 @@ fit is refused as a whole and parsed as dicts instead, and its shapes are learne
 odd lines are judged exactly as before; the typed path only ever speeds up lines that
 are regular by construction.
 
-Numbers are typed ``int | float`` so a value keeps the type JSON gave it, and anything
-not a number, string or bool (lists, null, dicts of other things) is left untyped.
+Numbers are typed ``int | float`` so a value keeps the type JSON gave it (ints within
+int64), and anything not a number, string or bool (lists, null, dicts of other things) is
+left untyped. Decoding reads a stream of objects, so a read is also refused unless each of
+its lines is exactly one object.
 
 The decoder checks keys, not their order, and order is meaningful (the first and last
 module of a gradient-norm mapping are the network's input and output ends). Columns
@@ -42,6 +44,8 @@ except ImportError:  # pragma: no cover
 Number = Union[Annotated[int, msgspec.Meta(ge=-(2 ** 63), le=2 ** 63 - 1)], float] if msgspec else Any
 MAX_REFUSED = 16  # refused reads in a row before the layout gives up: shapes that never settle
 _SENTINEL_TAG = "\x00"  # a second tag, so a line without "kind" is refused, not guessed
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     """How one key of a line shape is held: its attribute on the Struct, and for a
