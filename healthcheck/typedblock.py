@@ -21,7 +21,8 @@ import numpy as np
 from .columns import KIND_CODES, MAPPINGS, SCALARS, MetricBlock
 from .runlog._layout import FieldSpec, LineShape, Segment, StructRows, parse_line
 
-_FLOAT_KINDS = ("number", "bool")  # fields a float column holds exactly
+_FLOAT_KINDS = ("int", "number", "bool")  # fields a float column holds exactly
+_RECORD_INTS = ("rank", "schema", "steps_taken", "batches_seen")  # see MetricBlock._odd_record_fields
 
 
 class LineDicts(Sequence):
@@ -148,8 +149,11 @@ class StructBlock(MetricBlock):
                     self.scalar(key)
             self.lr()
             for key in ("step", "epoch"):
-                if key in fields and fields[key].kind != "number":
+                if key in fields and fields[key].kind not in ("int", "number"):
                     self.ticks(key)
+            if all(fields[key].kind == "int" for key in _RECORD_INTS if key in fields) \
+                    and "weight_sources" not in fields:
+                return np.flatnonzero(self.irregular).tolist()  # ints by type, no sources
             return self._odd_record_fields()
         for c, g in enumerate(self._groups):
             odd = self._shape_block(c).irregular_rows()
