@@ -75,6 +75,15 @@ def test_lines_that_are_not_one_object_each_are_never_typed(raw):
     assert layout.decode(raw.replace(b"{", b'{"kind": "step", ', -1), count) is None
 
 
+def test_a_counter_that_turns_into_a_float_sends_its_read_the_dict_way():
+    # the record reads counters as ints: a typed row's must be ints for its checks to hold
+    layout = _learned([step_line(0)])
+    lines = [step_line(i) for i in range(1, 6)]
+    assert layout.decode(_read(lines), len(lines)) is not None
+    lines[3]["steps_taken"] = 4.0
+    assert layout.decode(_read(lines), len(lines)) is None
+
+
 def test_each_dict_keeps_its_own_lines_key_order():
     # the first and last module of grad_norm are the network's ends: order is meaning
     layout = _learned([step_line(0)])
