@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..columns import KIND_NAMES
 from ..events import HealthEvent
 from ..observe import LiveView, StepRecord
-from ..columns import KIND_NAMES
 from .base import NO_EVENTS, Detector, check_float, check_int, fmt
 
 
@@ -44,10 +44,7 @@ class ValConstant(Detector):
         return _RepeatState()
 
     def check(self, record: StepRecord, state: _RepeatState, live: LiveView | None) -> Sequence[HealthEvent]:
-        loss = record.loss
-        if loss is None or not self._fires(state, loss):
-            return NO_EVENTS
-        return (self._event(record, state, loss),)
+        return _on_record(self, record, state)
 
     def check_block(self, block, rows, state: _RepeatState):
         """`check` on the loss column: a record only for a row that fires."""
@@ -98,10 +95,7 @@ class ValPlateau(Detector):
         return _PlateauState()
 
     def check(self, record: StepRecord, state: _PlateauState, live: LiveView | None) -> Sequence[HealthEvent]:
-        loss = record.loss
-        if loss is None or not self._fires(state, loss):
-            return NO_EVENTS
-        return (self._event(record, state, loss),)
+        return _on_record(self, record, state)
 
     def check_block(self, block, rows, state: _PlateauState):
         """`check` on the loss column: a record only for a row that fires."""
@@ -196,6 +190,15 @@ class ValTrainGap(Detector):
             detail=(f"The validation loss has been above {self.max_ratio:g}x the epoch's mean training "
                     f"loss for {state.count} evaluations (epoch {record.epoch}: {loss!r} vs {train!r})."),
             evidence={"val_loss": loss, "train_loss": train, "ratio": ratio, "evals": state.count})
+
+
+def _on_record(detector, record: StepRecord, state) -> Sequence[HealthEvent]:
+    """A loss-only detector's `check`: ``_fires`` advances the state from the record's
+    loss and says whether it reports (``_event``)."""
+    loss = record.loss
+    if loss is None or not detector._fires(state, loss):
+        return NO_EVENTS
+    return (detector._event(record, state, loss),)
 
 
 def _on_losses(detector, block, rows, state):

@@ -116,30 +116,21 @@ def learn_shape(line: Mapping[str, Any]) -> LineShape | None:
 
 
 class RawLines:
-    """The bytes of one read, and where its lines end (the positions of its newlines, as
-    the decoder's check found them, or found the first time a line is asked for)."""
+    """The bytes of one read and the positions of its newlines (as the decoder's check
+    found them), to hand out any one of its lines."""
 
     __slots__ = ("block", "_newlines", "_ends")
 
-    def __init__(self, block: bytes, newlines: np.ndarray | None = None) -> None:
+    def __init__(self, block: bytes, newlines: np.ndarray) -> None:
         self.block = block
         self._newlines = newlines
-        self._ends: list[int] | None = None
-
-    def _line_ends(self) -> list[int]:
-        if self._ends is None:
-            newlines = self._newlines if self._newlines is not None else _newlines(self.block)
-            self._ends = [*newlines.tolist(), len(self.block)]
-        return self._ends
-
-    def start_of(self, i: int) -> int:
-        return self._line_ends()[i - 1] + 1 if i else 0
-
-    def end_of(self, i: int) -> int:
-        return self._line_ends()[i]
+        self._ends: list[int] | None = None  # the newlines as a list, built on first use
 
     def line(self, i: int) -> bytes:
-        return self.block[self.start_of(i):self.end_of(i)]
+        ends = self._ends
+        if ends is None:
+            ends = self._ends = [*self._newlines.tolist(), len(self.block)]
+        return self.block[ends[i - 1] + 1 if i else 0:ends[i]]
 
 
 Segment = tuple  # (RawLines, index of its first line, number of lines)

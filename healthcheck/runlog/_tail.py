@@ -237,6 +237,8 @@ class JsonLinesTail:
             yield from self._lines_of(tail, first, block)
 
     def _lines_of(self, tail: LineTail, first: int, block: bytes) -> Iterator[Item]:
+        """Each line of ``block`` (the first of them line ``first``) on its own, moving the
+        reader's `line_no` along for a caller that reads it between items."""
         for line_no, raw in enumerate(block.split(b"\n"), first):
             tail.line_no = line_no
             yield from self._parse_fast(line_no, raw)
@@ -260,27 +262,17 @@ class JsonLinesTail:
             if rows is not None:
                 yield rows
                 continue
-            items = self.parse_block(first, block, count)
-            if layout is not None and (len(items) == count and all(type(o) is dict for o in items)):
-                layout.learn(items)  # a clean read: the next ones likely have its shapes
-            yield items
-
-    def parse_block(self, first: int, block: bytes, count: int | None = None) -> list[Item]:
-        """The items of ``block`` (complete lines joined by newlines, the first of them
-        line ``first``) as `poll_many` hands them out; the reader's position is untouched."""
-        if count is None:
-            count = block.count(b"\n") + 1
-        try:
-            objs = _fast_loads(b"[" + block.replace(b"\n", b",") + b"]")
-        except ValueError:
-            objs = None
-        # the same number of objects as lines, all dicts: every line was one object
-        if objs is not None and len(objs) == count and all(type(o) is dict for o in objs):
-            return objs
-        items: list[Item] = []
-        for line_no, raw in enumerate(block.split(b"\n"), first):
-            items.extend(self._parse_fast(line_no, raw))
-        return items
+            try:
+                objs = _fast_loads(b"[" + block.replace(b"\n", b",") + b"]")
+            except ValueError:
+                objs = None
+            # the same number of objects as lines, all dicts: every line was one object
+            if objs is not None and len(objs) == count and all(type(o) is dict for o in objs):
+                if layout is not None:
+                    layout.learn(objs)  # a clean read: the next ones likely have its shapes
+                yield objs
+            else:
+                yield list(self._lines_of(tail, first, block))
 
     def _parse_fast(self, line_no: int, raw: bytes) -> Iterator[Item]:
         try:
