@@ -79,6 +79,36 @@ def _crb_summary(system: SystemConfig, batch: SceneBatch) -> dict[str, float | N
             "r_m_mean": r_mean, "r_m_median": r_median}
 
 
+def baseline_estimates(system: SystemConfig, batch: SceneBatch,
+                       estimators: Iterable[str] = DEFAULT_ESTIMATORS) -> dict[str, Estimates]:
+    """Each named estimator ("<music|mvdr>_<true|ls|bp>") on every scene, oracle K."""
+    parsed = {name: _parse(name) for name in estimators}
+    needed = {cov for _, cov in parsed.values()}
+    estimates: dict[str, list[Estimates]] = {name: [] for name in parsed}
+    for lo in range(0, len(batch), _CHUNK):
+        part = batch.index(slice(lo, lo + _CHUNK))
+        covs = {kind: _covariance(kind, part, system) for kind in COVARIANCES if kind in needed}
+        for name, (spectrum, cov) in parsed.items():
+            estimates[name].append(localize(covs[cov], system, part.k, method=spectrum))  # type: ignore[arg-type]
+    return {name: Estimates.cat(parts) for name, parts in estimates.items()}
+
+
+def estimator_row(system: SystemConfig, est: Estimates, batch: SceneBatch) -> dict[str, float | None]:
+    """One estimator's row of the report: RMSE of φ, θ (degrees) and r (metres, near field), within-1° share."""
+    dev = est.phi.device
+    m = evaluate_estimates(est, batch.phi.to(dev), batch.theta.to(dev), batch.r.to(dev), batch.mask.to(dev))
+    return {"rmse_phi_deg": m["rmse_phi_deg"], "rmse_theta_deg": m["rmse_theta_deg"],
+            "rmse_r_m": m["rmse_r_m"] if system.near_field else None, "within_1deg": m["within_1deg"]}
+
+
+def baseline_report(system: SystemConfig, batch: SceneBatch, estimates: dict[str, Estimates], *, snr_db: float,
+                    crb: bool = True) -> dict[str, Any]:
+    """The JSON of :func:`run_baseline` for estimates already made on ``batch``."""
+    return {"preset": system.preset, "snr_db": float(snr_db), "n": len(batch),
+            "estimators": {name: estimator_row(system, est, batch) for name, est in estimates.items()},
+            "crb": _crb_summary(system, batch) if crb else None}
+
+
 def run_baseline(cfg_or_system: Config | SystemConfig | str, snr_db: float, n: int, k: int | None,
                  seed: int, estimators: Iterable[str] = DEFAULT_ESTIMATORS, *, crb: bool = True,
                  device: torch.device | str | None = None) -> dict[str, Any]:
@@ -92,28 +122,12 @@ def run_baseline(cfg_or_system: Config | SystemConfig | str, snr_db: float, n: i
     """
     system = _system_of(cfg_or_system)
     estimators = tuple(estimators)
-    parsed = {name: _parse(name) for name in estimators}
+    for name in estimators:
+        _parse(name)  # an unknown name fails before any simulation
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"the number of scenes must be a positive int but got {n=}")
     batch = simulate(system, n, seed=seed, snr_db=float(snr_db), k=k, device=device)
-
-    needed = {cov for _, cov in parsed.values()}
-    estimates: dict[str, list[Estimates]] = {name: [] for name in estimators}
-    for lo in range(0, n, _CHUNK):
-        part = batch.index(slice(lo, lo + _CHUNK))
-        covs = {kind: _covariance(kind, part, system) for kind in COVARIANCES if kind in needed}
-        for name, (spectrum, cov) in parsed.items():
-            estimates[name].append(localize(covs[cov], system, part.k, method=spectrum))  # type: ignore[arg-type]
-
-    results: dict[str, dict[str, float | None]] = {}
-    for name, parts in estimates.items():
-        est = Estimates.cat(parts)
-        m = evaluate_estimates(est, batch.phi, batch.theta, batch.r, batch.mask)
-        results[name] = {"rmse_phi_deg": m["rmse_phi_deg"], "rmse_theta_deg": m["rmse_theta_deg"],
-                         "rmse_r_m": m["rmse_r_m"] if system.near_field else None,
-                         "within_1deg": m["within_1deg"]}
-    return {"preset": system.preset, "snr_db": float(snr_db), "n": n, "estimators": results,
-            "crb": _crb_summary(system, batch) if crb else None}
+    return baseline_report(system, batch, baseline_estimates(system, batch, estimators), snr_db=snr_db, crb=crb)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -128,7 +142,10 @@ def render_baseline(result: dict[str, Any]):
     """A rich Table of a :func:`run_baseline` result: one row per estimator, then the CRB."""
     from rich.table import Table
 
-    table = Table(title=f"{result['preset']}: {result['n']} scenes at {result['snr_db']:g} dB, oracle K")
+    title = f"{result['preset']}: {result['n']} scenes at {result['snr_db']:g} dB, oracle K"
+    if result.get("refine") == "ml":
+        title += "; music_learned = MUSIC on R̂, then the snapshot fit"
+    table = Table(title=title)
     for col in ("estimator", "RMSE φ (deg)", "RMSE θ (deg)", "RMSE r (m)", "within 1°"):
         table.add_column(col, justify="left" if col == "estimator" else "right")
     for name, m in result["estimators"].items():
@@ -144,4 +161,5 @@ def render_baseline(result: dict[str, Any]):
     return table
 
 
-__all__ = ["COVARIANCES", "DEFAULT_ESTIMATORS", "SPECTRA", "render_baseline", "run_baseline"]
+__all__ = ["COVARIANCES", "DEFAULT_ESTIMATORS", "SPECTRA", "baseline_estimates", "baseline_report", "estimator_row",
+           "render_baseline", "run_baseline"]

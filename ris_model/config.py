@@ -96,7 +96,6 @@ class ModelConfig:
     depth: int = _spec(3, lo=1, hi=16, doc="hidden layers in the trunk")
     dropout: float = _spec(0.0, lo=0.0, hi=0.9, doc="dropout between trunk layers")
     eps: float = _spec(1e-3, lo=0.0, hi=1.0, doc="diagonal loading of R_hat; keeps MUSIC/MVDR well posed")
-    input: Literal["rbp", "rbp+rls"] = _spec("rbp", doc="physics-informed input features")
     factor: Literal["direct", "residual"] = _spec(
         "direct", doc="direct: the head outputs F; residual: F = dominant eigen-factor of R_bp + head output")
     residual_span: int = _spec(0, lo=0, hi=4096,
@@ -104,6 +103,12 @@ class ModelConfig:
                                    "of R_bp's m dominant eigenvectors (an m x K_max mixing)")
     residual_scale: float = _spec(0.05, lo=0.0, hi=10.0,
                                   doc="fixed scale of the head's correction (residual): small Adam steps next to the base")
+    refine: Literal["ml", "none"] = _spec(
+        "ml", doc="evaluation: after MUSIC on R_hat, fit the sources it finds to the snapshots by local "
+                  "maximum likelihood and report MUSIC on the fitted covariance; none reports MUSIC on R_hat")
+    refine_steps: int = _spec(150, lo=1, hi=100_000, doc="Adam steps of that fit (about 0.2 deg each at most)")
+    refine_radius_deg: float = _spec(5.0, lo=0.0, lo_open=True, hi=180.0,
+                                     doc="that fit keeps each source within this angle of where MUSIC put it")
 
 
 # ----------------------------------------------------------------------------- loss
@@ -304,13 +309,35 @@ class Config:
 
     @classmethod
     def from_json(cls, blob: Mapping[str, Any]) -> "Config":
-        cfg = _build(Config, blob["config"], "config")
-        sources = {k: v for k, v in blob.get("sources", {}).items() if v != "default"}
+        tree = _without_retired(blob["config"])
+        cfg = _build(Config, tree, "config")
+        sources = {k: v for k, v in blob.get("sources", {}).items() if v != "default" and k not in RETIRED_KEYS}
         return dataclasses.replace(cfg, sources=sources)
 
     def with_values(self, values: Mapping[str, Any], source: str) -> "Config":
         """A copy with ``values`` (dotted key -> value) applied and recorded as ``source``."""
         return apply_overrides(self, values, source)
+
+
+# Keys that older run directories may hold, with the one value they could take effect with.
+# Such a run still loads; any other value would have been silently ignored, so it is refused.
+RETIRED_KEYS: dict[str, Any] = {"model.input": "rbp"}
+
+
+def _without_retired(tree: Mapping[str, Any]) -> Mapping[str, Any]:
+    flat = _flatten(tree)
+    for key, value in RETIRED_KEYS.items():
+        if key in flat and flat[key] != value:
+            raise ConfigError(f"{key}={flat[key]!r} is no longer a setting (only {value!r} ever took effect); "
+                              f"remove it from the config")
+    if not any(k in flat for k in RETIRED_KEYS):
+        return tree
+    out = {name: dict(value) if isinstance(value, Mapping) else value for name, value in tree.items()}
+    for key in RETIRED_KEYS:
+        section, _, leaf = key.partition(".")
+        if isinstance(out.get(section), dict):
+            out[section].pop(leaf, None)
+    return out
 
 
 # ------------------------------------------------------------------------ presets
@@ -384,7 +411,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} could not be parsed: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a table of sections, not {type(data).__name__}")
-    return data
+    return dict(_without_retired(data))
 
 
 def parse_set_args(items: list[str] | tuple[str, ...]) -> dict[str, str]:

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from ris_model.baseline import run_baseline
+from ris_model.baseline import baseline_estimates, baseline_report
 from ris_model.batches import TrainingScenes
 from ris_model.config import Config, ConfigError
-from ris_model.estimators.metrics import evaluate_estimates
+from ris_model.estimators.likelihood import fit_and_localize
 from ris_model.estimators.search import Estimates, localize
 from ris_model.model import CovarianceNet
 from ris_model.physics import simulate
@@ -44,29 +44,61 @@ def load_trained(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -
 
 
 @torch.no_grad()
-def learned_estimates(cfg: Config, model: CovarianceNet, scenes, device: torch.device) -> Estimates:
-    """MUSIC (oracle K) on R̂ + εI, with ε = model.eps: the loading the network was built with."""
-    parts = []
+def learned_covariance(cfg: Config, model: CovarianceNet, scenes, device: torch.device) -> torch.Tensor:
+    """R̂ + εI (complex128, on ``device``), with ε = model.eps: the loading the network was built with."""
     eye = torch.eye(cfg.system.n_elements, dtype=torch.complex128, device=device)
+    feats = TrainingScenes.from_scenes(cfg.system, scenes).to(device)
+    return model(feats.rbp, feats.snr_db).covariance.to(torch.complex128) + cfg.model.eps * eye
+
+
+def _chunks(scenes, device: torch.device):
     for lo in range(0, len(scenes), _CHUNK):
-        part = scenes.index(slice(lo, lo + _CHUNK))
-        feats = TrainingScenes.from_scenes(cfg.system, part).to(device)
-        R_hat = model(feats.rbp, feats.snr_db).covariance.to(torch.complex128) + cfg.model.eps * eye
-        parts.append(localize(R_hat, cfg.system, part.k.to(device), method="music"))
+        yield scenes.index(slice(lo, lo + _CHUNK)).to(device)
+
+
+def learned_estimates(cfg: Config, model: CovarianceNet, scenes, device: torch.device) -> Estimates:
+    """MUSIC (oracle K) on the learned covariance alone."""
+    parts = [localize(learned_covariance(cfg, model, part, device), cfg.system, part.k, method="music")
+             for part in _chunks(scenes, device)]
     return Estimates.cat(parts)
 
 
 def evaluate_run(run_dir: Path, *, n: int, snr_db: float, k: int | None = None, seed: int = 12345,
-                 checkpoint: str = "best", device: str = "cpu") -> dict[str, Any]:
-    """The ``ris-model baseline`` JSON for these scenes, plus ``"music_learned"``."""
+                 checkpoint: str = "best", device: str = "cpu", refine: str | None = None) -> dict[str, Any]:
+    """The ``ris-model baseline`` JSON for these scenes, plus the learned rows.
+
+    ``"music_learned"`` is MUSIC on the learned covariance, refined on the snapshots when
+    the run's ``model.refine`` (or ``refine``) is "ml". Refined, two more rows keep the
+    comparison honest: ``"music_learned_unrefined"`` (MUSIC on R̂ alone) and
+    ``"music_ls_refined"`` (the same fit started from MUSIC on R_ls), so a table shows
+    what the network adds beyond the fit.
+    """
+    if refine not in (None, "ml", "none"):
+        raise ConfigError(f"refine must be 'ml' or 'none' but got {refine!r}")
     cfg, model = load_trained(Path(run_dir), checkpoint, device)
+    refine = cfg.model.refine if refine is None else refine
     dev = next(model.parameters()).device
-    result = run_baseline(cfg, snr_db=snr_db, n=n, k=k, seed=seed)
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"the number of scenes must be a positive int but got {n=}")
     scenes = simulate(cfg.system, n, seed=seed, snr_db=float(snr_db), k=k)
-    est = learned_estimates(cfg, model, scenes, dev)
-    m = evaluate_estimates(est, scenes.phi.to(dev), scenes.theta.to(dev), scenes.r.to(dev), scenes.mask.to(dev))
-    result["estimators"]["music_learned"] = {
-        "rmse_phi_deg": m["rmse_phi_deg"], "rmse_theta_deg": m["rmse_theta_deg"],
-        "rmse_r_m": m["rmse_r_m"] if cfg.system.near_field else None, "within_1deg": m["within_1deg"]}
+    estimates = baseline_estimates(cfg.system, scenes)
+    if refine == "ml":
+        unrefined = learned_estimates(cfg, model, scenes, dev)
+        estimates["music_learned"] = _refined(cfg, unrefined, scenes, dev)
+        estimates["music_learned_unrefined"] = unrefined
+        estimates["music_ls_refined"] = _refined(cfg, estimates["music_ls"], scenes, dev)
+    else:
+        estimates["music_learned"] = learned_estimates(cfg, model, scenes, dev)
+    result = baseline_report(cfg.system, scenes, estimates, snr_db=snr_db)
+    result["refine"] = refine
     result["run_dir"] = str(run_dir)
     return result
+
+
+def _refined(cfg: Config, coarse: Estimates, scenes, device: torch.device) -> Estimates:
+    """The snapshot fit of estimates already made, chunk by chunk, then MUSIC on the fitted covariance."""
+    parts = []
+    for lo, part in zip(range(0, len(scenes), _CHUNK), _chunks(scenes, device)):
+        parts.append(fit_and_localize(coarse.index(slice(lo, lo + _CHUNK)).to(device), part, cfg.system,
+                                      steps=cfg.model.refine_steps, radius_deg=cfg.model.refine_radius_deg))
+    return Estimates.cat(parts)

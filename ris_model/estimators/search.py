@@ -16,6 +16,7 @@ device of R.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -57,6 +58,14 @@ class Estimates:
 
     def __len__(self) -> int:
         return self.phi.shape[0]
+
+    def index(self, idx: slice | torch.Tensor) -> "Estimates":
+        """The estimates of some scenes."""
+        return Estimates(**{f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)})
+
+    def to(self, device: torch.device | str) -> "Estimates":
+        """The same estimates on ``device``."""
+        return Estimates(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
 
     @classmethod
     def cat(cls, parts: "list[Estimates]") -> "Estimates":

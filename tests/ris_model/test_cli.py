@@ -60,10 +60,25 @@ def test_eval_json_has_the_baseline_shape_plus_learned(trained):
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert {"preset", "snr_db", "n", "estimators", "crb"} <= out.keys()
-    assert set(out["estimators"]) == {"music_true", "music_ls", "music_bp", "mvdr_ls", "music_learned"}
+    assert set(out["estimators"]) == {"music_true", "music_ls", "music_bp", "mvdr_ls", "music_learned",
+                                      "music_learned_unrefined", "music_ls_refined"}
+    assert out["refine"] == "ml"
     for row in out["estimators"].values():
         assert set(row) == {"rmse_phi_deg", "rmse_theta_deg", "rmse_r_m", "within_1deg"}
     assert out["estimators"]["music_true"]["rmse_phi_deg"] < 0.05
+    rows = out["estimators"]
+    assert rows["music_learned"] != rows["music_learned_unrefined"]  # the fit moved the sources
+    assert rows["music_ls_refined"] != rows["music_ls"]
+
+
+def test_eval_without_refinement_reports_music_on_the_learned_covariance_alone(trained):
+    run_dir, _ = trained
+    args = ["eval", str(run_dir), "--n", "10", "--snr", "20", "--json"]
+    plain = json.loads(CliRunner().invoke(main, [*args, "--refine", "none"]).output)
+    refined = json.loads(CliRunner().invoke(main, args).output)
+    assert plain["refine"] == "none"
+    assert set(plain["estimators"]) == {"music_true", "music_ls", "music_bp", "mvdr_ls", "music_learned"}
+    assert plain["estimators"]["music_learned"] == refined["estimators"]["music_learned_unrefined"]
 
 
 def test_eval_of_a_missing_run_dir_is_a_usage_error(tmp_path):

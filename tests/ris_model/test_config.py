@@ -96,3 +96,22 @@ def test_every_key_is_described():
     rows = describe_keys()
     assert [r[0] for r in rows] == leaf_keys()
     assert all(doc for *_, doc in rows)
+
+
+def test_a_run_config_with_the_retired_input_key_still_loads(tmp_path):
+    blob = load_config("tiny").to_json()
+    blob["config"]["model"]["input"] = "rbp"  # written before the key was retired
+    blob["sources"]["model.input"] = "default"
+    assert Config.from_json(blob).model == load_config("tiny").model
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(blob))
+    assert load_config(file=path).model == load_config("tiny").model
+
+
+def test_a_retired_key_with_a_value_that_never_took_effect_is_refused():
+    blob = load_config("tiny").to_json()
+    blob["config"]["model"]["input"] = "rbp+rls"
+    with pytest.raises(ConfigError, match="model.input='rbp\\+rls' is no longer a setting"):
+        Config.from_json(blob)
+    with pytest.raises(ConfigError, match="did you mean|unknown"):
+        load_config("tiny", overrides=["model.input=rbp"])
