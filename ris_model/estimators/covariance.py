@@ -80,12 +80,15 @@ def r_bp(y: torch.Tensor, codes: torch.Tensor, H: torch.Tensor, *, reg: float = 
     is diag(conj c_l) G with one G = H^H (H H^H + eps I)^-1 per scene.
 
     Cost O(M^3 + L M N + L N^2) per scene: the L back-projected snapshots form an N x L
-    factor W and R_bp = W W^H / L.
+    factor W and R_bp = W W^H / L. The M x M solve runs in complex128; the O(L N^2)
+    product, most of the cost, in the input's precision (complex64 halves it, and R_bp
+    is a network input, returned in that precision anyway).
     """
     _check_shapes(y, codes, H)
     if reg < 0:
         raise ValueError(f"reg must be >= 0 but got {reg=}")
     dtype = y.dtype
+    product_dtype = dtype if dtype in (torch.complex64, torch.complex128) else torch.complex128
     y, codes, H = _work(y, codes, H)
     b, l, m = y.shape
     n = codes.shape[-1]
@@ -93,7 +96,7 @@ def r_bp(y: torch.Tensor, codes: torch.Tensor, H: torch.Tensor, *, reg: float = 
     eps = reg * torch.diagonal(gram, dim1=-2, dim2=-1).real.sum(-1) / m  # (B,)
     eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
     z = torch.linalg.solve(gram + eps[:, None, None] * eye, y.mT)  # (B, M, L)
-    w = codes.conj().mT * (H.mH @ z)  # (B, N, L): Phi_l^+ y_l as columns
+    w = (codes.conj().mT * (H.mH @ z)).to(product_dtype)  # (B, N, L): Phi_l^+ y_l as columns
     R = w @ w.mH / l
     return normalise_trace(R, n).to(dtype)
 
