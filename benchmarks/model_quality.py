@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from ris_model.callbacks import Callback
-from ris_model.config import load_config
+from ris_model.config import load_config, parse_set_args
 from ris_model.evaluation import evaluate_run
 from ris_model.progress import ProgressCallback
 from ris_model.train import Trainer
@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("estimator", no_wrap=True)
     for col in ("RMSE φ°", "RMSE θ°", "within 1°", "φ / √CRB"):
         table.add_column(col, justify="right", no_wrap=True)
+    # training records every --set in the run; an evaluation of runs trained before takes
+    # the evaluation-time ones (model.refine*) from here
+    eval_overrides = parse_set_args(args.overrides) if args.eval_only else {}
     for preset in args.presets:
         run_dir = args.out_dir / preset
         info = trained_before(preset, run_dir) if args.eval_only else train_within(preset, args.minutes, run_dir,
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         per_snr = {}
         for snr in args.snrs:
             t0 = time.perf_counter()
-            res = evaluate_run(run_dir / "run", n=args.n, snr_db=snr, seed=4242)
+            res = evaluate_run(run_dir / "run", n=args.n, snr_db=snr, seed=4242, overrides=eval_overrides)
             print(f"{preset}: evaluated {args.n} scenes at {snr:g} dB in {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr)
             per_snr[str(snr)] = res

@@ -214,15 +214,18 @@ def hpo(preset, config_file, overrides, study_dir, trials, epochs, storage, stud
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--refine", type=click.Choice(["ml", "none"]), default=None,
               help="Fit MUSIC's sources to the snapshots by local ML (default: the run's model.refine).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Change an evaluation-time setting of the run, e.g. --set model.refine_steps=300 (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def evaluate(run_dir, n, snr_db, k, seed, checkpoint, device, refine, as_json):
+def evaluate(run_dir, n, snr_db, k, seed, checkpoint, device, refine, overrides, as_json):
     """MUSIC on the learned covariance next to the classical baselines and the CRB."""
     from ris_model.baseline import render_baseline
+    from ris_model.config import parse_set_args
     from ris_model.evaluation import evaluate_run
 
     result = evaluate_run(Path(run_dir), n=n, snr_db=snr_db, k=k, seed=seed, checkpoint=checkpoint, device=device,
-                          refine=refine)
+                          refine=refine, overrides=parse_set_args(overrides))
     if as_json:
         click.echo(json.dumps(result))
     else:

@@ -107,7 +107,7 @@ class ModelConfig:
         "ml", doc="evaluation: after MUSIC on R_hat, fit the sources it finds to the snapshots by local "
                   "maximum likelihood and report MUSIC on the fitted covariance; none reports MUSIC on R_hat")
     refine_steps: int = _spec(150, lo=1, hi=100_000, doc="Adam steps of that fit (about 0.2 deg each at most)")
-    refine_radius_deg: float = _spec(5.0, lo=0.0, lo_open=True, hi=180.0,
+    refine_radius_deg: float = _spec(10.0, lo=0.0, lo_open=True, hi=180.0,
                                      doc="that fit keeps each source within this angle of where MUSIC put it")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -63,20 +63,37 @@ def learned_estimates(cfg: Config, model: CovarianceNet, scenes, device: torch.d
     return Estimates.cat(parts)
 
 
+# What evaluation may change in a trained run's config: how MUSIC's sources are refined.
+# Everything else describes the trained network and the scenes it was trained for.
+EVAL_KEYS = ("model.refine", "model.refine_steps", "model.refine_radius_deg")
+
+
+def with_eval_settings(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """The run's config with evaluation-time ``overrides`` (dotted keys of ``EVAL_KEYS``) applied."""
+    fixed = sorted(set(overrides) - set(EVAL_KEYS))
+    if fixed:
+        raise ConfigError(f"{', '.join(fixed)} cannot change at evaluation (the run was trained with it); "
+                          f"only {', '.join(EVAL_KEYS)} can")
+    return cfg.with_values(overrides, "eval") if overrides else cfg
+
+
 def evaluate_run(run_dir: Path, *, n: int, snr_db: float, k: int | None = None, seed: int = 12345,
-                 checkpoint: str = "best", device: str = "cpu", refine: str | None = None) -> dict[str, Any]:
+                 checkpoint: str = "best", device: str = "cpu", refine: str | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``ris-model baseline`` JSON for these scenes, plus the learned rows.
 
     ``"music_learned"`` is MUSIC on the learned covariance, refined on the snapshots when
     the run's ``model.refine`` (or ``refine``) is "ml". Refined, two more rows keep the
     comparison honest: ``"music_learned_unrefined"`` (MUSIC on R̂ alone) and
     ``"music_ls_refined"`` (the same fit started from MUSIC on R_ls), so a table shows
-    what the network adds beyond the fit.
+    what the network adds beyond the fit. ``overrides`` change the run's evaluation-time
+    settings (:data:`EVAL_KEYS`), e.g. ``{"model.refine_steps": 300}``.
     """
     if refine not in (None, "ml", "none"):
         raise ConfigError(f"refine must be 'ml' or 'none' but got {refine!r}")
     cfg, model = load_trained(Path(run_dir), checkpoint, device)
-    refine = cfg.model.refine if refine is None else refine
+    cfg = with_eval_settings(cfg, {**(overrides or {}), **({"model.refine": refine} if refine else {})})
+    refine = cfg.model.refine
     dev = next(model.parameters()).device
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"the number of scenes must be a positive int but got {n=}")
@@ -91,6 +108,7 @@ def evaluate_run(run_dir: Path, *, n: int, snr_db: float, k: int | None = None, 
         estimates["music_learned"] = learned_estimates(cfg, model, scenes, dev)
     result = baseline_report(cfg.system, scenes, estimates, snr_db=snr_db)
     result["refine"] = refine
+    result["refine_settings"] = {key: cfg.get(key) for key in EVAL_KEYS}
     result["run_dir"] = str(run_dir)
     return result
 

@@ -124,7 +124,7 @@ class _Region:
 
 @torch.enable_grad()
 def refine_sources(estimates: Estimates, scenes: SceneBatch, system: SystemConfig, *, steps: int = 150,
-                   step_deg: float = 0.2, radius_deg: float = 5.0) -> SourceFit:
+                   step_deg: float = 0.2, radius_deg: float = 10.0) -> SourceFit:
     """Fit each scene's estimated sources to its snapshots by local maximum likelihood.
 
     ``step_deg`` is the angles' learning rate (an Adam step moves a parameter by about its
@@ -198,7 +198,7 @@ def fitted_covariance(fit: SourceFit, system: SystemConfig) -> torch.Tensor:
 
 
 def fit_and_localize(coarse: Estimates, scenes: SceneBatch, system: SystemConfig, *, steps: int = 150,
-                     radius_deg: float = 5.0) -> Estimates:
+                     radius_deg: float = 10.0) -> Estimates:
     """The local ML fit of estimates already made, then MUSIC (same K) on the fitted covariance.
 
     The last MUSIC returns the fitted sources themselves (MUSIC on an exact A diag(p) A^H
@@ -210,7 +210,7 @@ def fit_and_localize(coarse: Estimates, scenes: SceneBatch, system: SystemConfig
 
 
 def localize_refined(R: torch.Tensor, scenes: SceneBatch, system: SystemConfig, *, steps: int = 150,
-                     radius_deg: float = 5.0) -> Estimates:
+                     radius_deg: float = 10.0) -> Estimates:
     """MUSIC (oracle K) on R, then :func:`fit_and_localize`."""
     coarse = localize(R, system, scenes.k.to(R.device), method="music")
     return fit_and_localize(coarse, scenes, system, steps=steps, radius_deg=radius_deg)

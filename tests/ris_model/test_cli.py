@@ -81,6 +81,18 @@ def test_eval_without_refinement_reports_music_on_the_learned_covariance_alone(t
     assert plain["estimators"]["music_learned"] == refined["estimators"]["music_learned_unrefined"]
 
 
+def test_eval_changes_only_evaluation_time_settings(trained):
+    run_dir, _ = trained
+    args = ["eval", str(run_dir), "--n", "6", "--snr", "20", "--json"]
+    short = CliRunner().invoke(main, [*args, "--set", "model.refine_steps=1", "--set", "model.refine_radius_deg=0.5"])
+    assert short.exit_code == 0, short.output
+    settings = json.loads(short.output)["refine_settings"]
+    assert settings == {"model.refine": "ml", "model.refine_steps": 1, "model.refine_radius_deg": 0.5}
+    refused = CliRunner().invoke(main, [*args, "--set", "model.width=64"])
+    assert refused.exit_code == 2 and "model.width cannot change at evaluation" in refused.output
+    assert "Traceback" not in refused.output
+
+
 def test_eval_of_a_missing_run_dir_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["eval", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "does not exist" in result.output
