@@ -30,8 +30,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from ris_model.callbacks import Callback
-from ris_model.config import load_config, parse_set_args
-from ris_model.evaluation import evaluate_run
+from ris_model.config import ConfigError, load_config, parse_set_args
+from ris_model.evaluation import evaluate_run, load_trained, with_eval_settings
 from ris_model.progress import ProgressCallback
 from ris_model.train import Trainer
 
@@ -75,8 +75,8 @@ def train_within(preset: str, minutes: float, run_dir: Path, extra: list[str]) -
           f"for {minutes:g} CPU min", file=sys.stderr)
     t0, w0 = time.process_time(), time.perf_counter()
     result = Trainer(cfg, run_dir / "run", device="cpu", callbacks=[ProgressCallback()]).fit()
-    info = {"epochs": epochs, "train_cpu_s": time.process_time() - t0, "train_wall_s": time.perf_counter() - w0,
-            "best_val_loss": result.best_val_loss}
+    info = {"minutes": minutes, "epochs": epochs, "train_cpu_s": time.process_time() - t0,
+            "train_wall_s": time.perf_counter() - w0, "best_val_loss": result.best_val_loss}
     (run_dir / TRAINING_RECORD).write_text(json.dumps(info, indent=2))
     return info
 
@@ -84,10 +84,8 @@ def train_within(preset: str, minutes: float, run_dir: Path, extra: list[str]) -
 def trained_before(preset: str, run_dir: Path) -> dict:
     """What training the run under ``run_dir`` took, as recorded when it was trained."""
     record = run_dir / TRAINING_RECORD
-    if not (run_dir / "run" / "checkpoints" / "best.pt").is_file():
-        sys.exit(f"--eval-only: no trained {preset} run in {run_dir / 'run'}; run once without --eval-only")
     if not record.is_file():
-        return {"epochs": None, "train_cpu_s": None, "train_wall_s": None, "best_val_loss": None}
+        return {"minutes": None, "epochs": None, "train_cpu_s": None, "train_wall_s": None, "best_val_loss": None}
     return json.loads(record.read_text())
 
 
@@ -111,14 +109,25 @@ def main(argv: list[str] | None = None) -> int:
     trained = f"the runs in {args.out_dir}" if args.eval_only else f"~{args.minutes:g} CPU min of training"
     report: dict = {"minutes": None if args.eval_only else args.minutes, "n": args.n, "presets": {}}
     table = Table(title=f"model quality after {trained} (oracle K, {args.n} held-out scenes per SNR)")
-    table.add_column("preset")
-    table.add_column("SNR", justify="right")
+    table.add_column("preset", no_wrap=True)
+    table.add_column("SNR", justify="right", no_wrap=True)
     table.add_column("estimator", no_wrap=True)
     for col in ("RMSE φ°", "RMSE θ°", "within 1°", "φ / √CRB"):
         table.add_column(col, justify="right", no_wrap=True)
     # training records every --set in the run; an evaluation of runs trained before takes
     # the evaluation-time ones (model.refine*) from here
-    eval_overrides = parse_set_args(args.overrides) if args.eval_only else {}
+    eval_overrides = {}
+    if args.eval_only:
+        missing = [p for p in args.presets if not (args.out_dir / p / "run" / "checkpoints" / "best.pt").is_file()]
+        if missing:
+            parser.error(f"--eval-only: no trained run for {', '.join(missing)} under {args.out_dir}; "
+                         f"train once without --eval-only")
+        try:
+            eval_overrides = parse_set_args(args.overrides)
+            for p in args.presets:
+                with_eval_settings(load_trained(args.out_dir / p / "run")[0], eval_overrides)
+        except ConfigError as exc:
+            parser.error(str(exc))
     for preset in args.presets:
         run_dir = args.out_dir / preset
         info = trained_before(preset, run_dir) if args.eval_only else train_within(preset, args.minutes, run_dir,

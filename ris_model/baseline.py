@@ -147,7 +147,8 @@ def render_baseline(result: dict[str, Any]):
         title += "; music_learned = MUSIC on R̂, then the snapshot fit"
     table = Table(title=title)
     for col in ("estimator", "RMSE φ (deg)", "RMSE θ (deg)", "RMSE r (m)", "within 1°"):
-        table.add_column(col, justify="left" if col == "estimator" else "right", no_wrap=col == "estimator")
+        table.add_column(col, justify="left" if col == "estimator" else "right", no_wrap=True,
+                         min_width=None if col == "estimator" else 8)  # "8.87e-07" whole, never "8.87…"
     for name, m in result["estimators"].items():
         within = None if m["within_1deg"] is None else 100 * m["within_1deg"]
         table.add_row(name, _fmt(m["rmse_phi_deg"]), _fmt(m["rmse_theta_deg"]), _fmt(m["rmse_r_m"]),

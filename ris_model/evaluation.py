@@ -15,7 +15,7 @@ import torch
 
 from ris_model.baseline import baseline_estimates, baseline_report
 from ris_model.batches import TrainingScenes
-from ris_model.config import Config, ConfigError
+from ris_model.config import Config, ConfigError, apply_overrides
 from ris_model.estimators.likelihood import fit_and_localize
 from ris_model.estimators.search import Estimates, localize
 from ris_model.model import CovarianceNet
@@ -69,12 +69,18 @@ EVAL_KEYS = ("model.refine", "model.refine_steps", "model.refine_radius_deg")
 
 
 def with_eval_settings(cfg: Config, overrides: Mapping[str, Any]) -> Config:
-    """The run's config with evaluation-time ``overrides`` (dotted keys of ``EVAL_KEYS``) applied."""
+    """The run's config with evaluation-time ``overrides`` (dotted keys of ``EVAL_KEYS``) applied.
+
+    Only these keys are checked: the rest of the run's config is what it was trained with,
+    and an evaluation is no place to find fault with it.
+    """
+    for key in overrides:
+        cfg.source_of(key)  # an unknown key fails here, with the nearest known one
     fixed = sorted(set(overrides) - set(EVAL_KEYS))
     if fixed:
         raise ConfigError(f"{', '.join(fixed)} cannot change at evaluation (the run was trained with it); "
                           f"only {', '.join(EVAL_KEYS)} can")
-    return cfg.with_values(overrides, "eval") if overrides else cfg
+    return apply_overrides(cfg, overrides, "eval", check=False) if overrides else cfg
 
 
 def evaluate_run(run_dir: Path, *, n: int, snr_db: float, k: int | None = None, seed: int = 12345,
@@ -91,8 +97,12 @@ def evaluate_run(run_dir: Path, *, n: int, snr_db: float, k: int | None = None, 
     """
     if refine not in (None, "ml", "none"):
         raise ConfigError(f"refine must be 'ml' or 'none' but got {refine!r}")
+    overrides = dict(overrides or {})
+    if refine is not None:
+        if str(overrides.setdefault("model.refine", refine)) != refine:
+            raise ConfigError(f"refine={refine!r} contradicts model.refine={overrides['model.refine']!r}; give one")
     cfg, model = load_trained(Path(run_dir), checkpoint, device)
-    cfg = with_eval_settings(cfg, {**(overrides or {}), **({"model.refine": refine} if refine else {})})
+    cfg = with_eval_settings(cfg, overrides)
     refine = cfg.model.refine
     dev = next(model.parameters()).device
     if not isinstance(n, int) or n < 1:

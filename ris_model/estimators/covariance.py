@@ -96,7 +96,11 @@ def r_bp(y: torch.Tensor, codes: torch.Tensor, H: torch.Tensor, *, reg: float = 
     eps = reg * torch.diagonal(gram, dim1=-2, dim2=-1).real.sum(-1) / m  # (B,)
     eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
     z = torch.linalg.solve(gram + eps[:, None, None] * eye, y.mT)  # (B, M, L)
-    w = (codes.conj().mT * (H.mH @ z)).to(product_dtype)  # (B, N, L): Phi_l^+ y_l as columns
+    w = codes.conj().mT * (H.mH @ z)  # (B, N, L): Phi_l^+ y_l as columns
+    # R is trace-normalised anyway: unit mean |w|^2 first keeps a complex64 product in
+    # range whatever the snapshots' scale
+    w = w / w.abs().square().mean((-1, -2)).sqrt().clamp_min(1e-300)[:, None, None]
+    w = w.to(product_dtype)
     R = w @ w.mH / l
     return normalise_trace(R, n).to(dtype)
 

@@ -129,7 +129,8 @@ def refine_sources(estimates: Estimates, scenes: SceneBatch, system: SystemConfi
 
     ``step_deg`` is the angles' learning rate (an Adam step moves a parameter by about its
     learning rate). After every step each source is put back within ``radius_deg`` of
-    its start (in (phi, theta)) and inside the search box: the fit polishes what it is
+    its start (in (phi, theta); a start outside the search box is first clamped into it)
+    and inside the search box: the fit polishes what it is
     given and cannot wander into another source's basin. K per scene is ``estimates.mask``'s.
     """
     if steps < 0:

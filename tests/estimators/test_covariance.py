@@ -119,3 +119,13 @@ def test_bad_arguments_name_the_value(tiny_scenes):
         r_ls(s.y, s.codes, s.H, s.noise_var, method="qr")
     with pytest.raises(ValueError, match="disagree"):
         r_bp(s.y, s.codes[:, :-1], s.H)
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1e20])
+def test_r_bp_in_complex64_does_not_depend_on_the_snapshots_scale(scale):
+    small = load_config("small").system
+    s = simulate(small, 4, seed=2, snr_db=10.0)  # complex64, the training features' precision
+    plain = r_bp(s.y, s.codes, s.H)
+    scaled = r_bp(s.y * scale, s.codes, s.H)
+    assert plain.dtype == scaled.dtype == torch.complex64
+    torch.testing.assert_close(scaled, plain, rtol=1e-5, atol=1e-5)

@@ -88,9 +88,12 @@ def test_eval_changes_only_evaluation_time_settings(trained):
     assert short.exit_code == 0, short.output
     settings = json.loads(short.output)["refine_settings"]
     assert settings == {"model.refine": "ml", "model.refine_steps": 1, "model.refine_radius_deg": 0.5}
-    refused = CliRunner().invoke(main, [*args, "--set", "model.width=64"])
-    assert refused.exit_code == 2 and "model.width cannot change at evaluation" in refused.output
-    assert "Traceback" not in refused.output
+    for extra, fragment in ((["--set", "model.width=64"], "model.width cannot change at evaluation"),
+                            (["--set", "model.refine_step=3"], "did you mean 'model.refine_steps'"),
+                            (["--refine", "none", "--set", "model.refine=ml"], "contradicts")):
+        refused = CliRunner().invoke(main, [*args, *extra])
+        assert refused.exit_code == 2 and fragment in refused.output, refused.output
+        assert "Traceback" not in refused.output
 
 
 def test_eval_of_a_missing_run_dir_is_a_usage_error(tmp_path):
