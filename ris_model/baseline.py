@@ -143,8 +143,10 @@ def render_baseline(result: dict[str, Any]):
     from rich.table import Table
 
     title = f"{result['preset']}: {result['n']} scenes at {result['snr_db']:g} dB, oracle K"
-    if result.get("refine") == "ml":
-        title += "; music_learned = MUSIC on R̂, then the snapshot fit"
+    settings = result.get("refine_settings") or {}
+    if result.get("refine") == "ml" and settings:
+        title += (f"; music_learned = MUSIC on R̂, then the snapshot fit ({settings['model.refine_steps']} steps, "
+                  f"each source within {settings['model.refine_radius_deg']:g}°)")
     table = Table(title=title)
     for col in ("estimator", "RMSE φ (deg)", "RMSE θ (deg)", "RMSE r (m)", "within 1°"):
         table.add_column(col, justify="left" if col == "estimator" else "right", no_wrap=True,

@@ -118,7 +118,7 @@ def evaluate_run(run_dir: Path, *, n: int, snr_db: float, k: int | None = None, 
         estimates["music_learned"] = learned_estimates(cfg, model, scenes, dev)
     result = baseline_report(cfg.system, scenes, estimates, snr_db=snr_db)
     result["refine"] = refine
-    result["refine_settings"] = {key: cfg.get(key) for key in EVAL_KEYS}
+    result["refine_settings"] = {key: cfg.get(key) for key in EVAL_KEYS} if refine == "ml" else None
     result["run_dir"] = str(run_dir)
     return result
 

@@ -76,7 +76,7 @@ def test_eval_without_refinement_reports_music_on_the_learned_covariance_alone(t
     args = ["eval", str(run_dir), "--n", "10", "--snr", "20", "--json"]
     plain = json.loads(CliRunner().invoke(main, [*args, "--refine", "none"]).output)
     refined = json.loads(CliRunner().invoke(main, args).output)
-    assert plain["refine"] == "none"
+    assert plain["refine"] == "none" and plain["refine_settings"] is None
     assert set(plain["estimators"]) == {"music_true", "music_ls", "music_bp", "mvdr_ls", "music_learned"}
     assert plain["estimators"]["music_learned"] == refined["estimators"]["music_learned_unrefined"]
 
@@ -88,6 +88,8 @@ def test_eval_changes_only_evaluation_time_settings(trained):
     assert short.exit_code == 0, short.output
     settings = json.loads(short.output)["refine_settings"]
     assert settings == {"model.refine": "ml", "model.refine_steps": 1, "model.refine_radius_deg": 0.5}
+    table = CliRunner().invoke(main, [*args[:-1], "--set", "model.refine_steps=1"])
+    assert table.exit_code == 0 and "(1 steps" in " ".join(table.output.split())  # the title may wrap
     for extra, fragment in ((["--set", "model.width=64"], "model.width cannot change at evaluation"),
                             (["--set", "model.refine_step=3"], "did you mean 'model.refine_steps'"),
                             (["--refine", "none", "--set", "model.refine=ml"], "contradicts")):
