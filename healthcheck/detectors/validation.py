@@ -18,13 +18,46 @@ from ..observe import LiveView, StepRecord
 from .base import NO_EVENTS, Detector, check_float, check_int, fmt
 
 
+class _LossOnlyDetector(Detector):
+    """A detector that reads nothing but each eval record's loss.
+
+    A subclass says, in ``_fires``, how one loss advances its state and whether that
+    evaluation reports, and in ``_event`` what it reports; checking a record and checking
+    a block's loss column are then the same for all of them.
+    """
+
+    def _fires(self, state, loss: float) -> bool:
+        raise NotImplementedError
+
+    def _event(self, record: StepRecord, state, loss: float) -> HealthEvent:
+        raise NotImplementedError
+
+    def check(self, record: StepRecord, state, live: LiveView | None) -> Sequence[HealthEvent]:
+        loss = record.loss
+        if loss is None or not self._fires(state, loss):
+            return NO_EVENTS
+        return (self._event(record, state, loss),)
+
+    def check_block(self, block, rows, state):
+        """`check` on the loss column: a record only for a row that fires. Irregular rows
+        (a loss that is not a number) go the record way."""
+        losses = block.scalar("loss")[rows]  # built first: building it marks odd rows
+        if block.irregular[rows].any():
+            return None
+        out = []
+        for row, loss in zip(rows.tolist(), losses.tolist()):
+            if self._fires(state, loss):
+                out.append((row, self._event(block.record(row), state, loss)))
+        return out
+
+
 @dataclass
 class _RepeatState:
     ref: float = math.nan
     count: int = 0
 
 
-class ValConstant(Detector):
+class ValConstant(_LossOnlyDetector):
     """The validation loss is unchanged (relative ``rtol``) for ``patience`` evaluations
     (``val.constant``, error).
 
@@ -42,13 +75,6 @@ class ValConstant(Detector):
 
     def new_state(self) -> _RepeatState:
         return _RepeatState()
-
-    def check(self, record: StepRecord, state: _RepeatState, live: LiveView | None) -> Sequence[HealthEvent]:
-        return _on_record(self, record, state)
-
-    def check_block(self, block, rows, state: _RepeatState):
-        """`check` on the loss column: a record only for a row that fires."""
-        return _on_losses(self, block, rows, state)
 
     def _fires(self, state: _RepeatState, loss: float) -> bool:
         if not math.isfinite(loss):
@@ -75,7 +101,7 @@ class _PlateauState:
     evals: int = 0
 
 
-class ValPlateau(Detector):
+class ValPlateau(_LossOnlyDetector):
     """The validation loss has not improved by ``min_delta`` (relative) for ``patience``
     evaluations (``val.plateau``, warning).
 
@@ -93,13 +119,6 @@ class ValPlateau(Detector):
 
     def new_state(self) -> _PlateauState:
         return _PlateauState()
-
-    def check(self, record: StepRecord, state: _PlateauState, live: LiveView | None) -> Sequence[HealthEvent]:
-        return _on_record(self, record, state)
-
-    def check_block(self, block, rows, state: _PlateauState):
-        """`check` on the loss column: a record only for a row that fires."""
-        return _on_losses(self, block, rows, state)
 
     def _fires(self, state: _PlateauState, loss: float) -> bool:
         if not math.isfinite(loss):
@@ -190,26 +209,3 @@ class ValTrainGap(Detector):
             detail=(f"The validation loss has been above {self.max_ratio:g}x the epoch's mean training "
                     f"loss for {state.count} evaluations (epoch {record.epoch}: {loss!r} vs {train!r})."),
             evidence={"val_loss": loss, "train_loss": train, "ratio": ratio, "evals": state.count})
-
-
-def _on_record(detector, record: StepRecord, state) -> Sequence[HealthEvent]:
-    """A loss-only detector's `check`: ``_fires`` advances the state from the record's
-    loss and says whether it reports (``_event``)."""
-    loss = record.loss
-    if loss is None or not detector._fires(state, loss):
-        return NO_EVENTS
-    return (detector._event(record, state, loss),)
-
-
-def _on_losses(detector, block, rows, state):
-    """A loss-only detector's `check` row by row on the loss column (``_fires`` advances
-    the state from a loss and says whether the row reports): a record only for a row
-    that does. Irregular rows (a loss that is not a number) go the record way."""
-    losses = block.scalar("loss")[rows]  # built first: building it marks odd rows
-    if block.irregular[rows].any():
-        return None
-    out = []
-    for row, loss in zip(rows.tolist(), losses.tolist()):
-        if detector._fires(state, loss):
-            out.append((row, detector._event(block.record(row), state, loss)))
-    return out
