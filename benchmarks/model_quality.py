@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from ris_model.callbacks import Callback
 from ris_model.config import ConfigError, load_config, parse_set_args
-from ris_model.evaluation import evaluate_run, load_trained, with_eval_settings
+from ris_model.evaluation import evaluate_run, load_run_config, with_eval_settings
 from ris_model.progress import ProgressCallback
 from ris_model.train import Trainer
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             eval_overrides = parse_set_args(args.overrides)
             for p in args.presets:
-                with_eval_settings(load_trained(args.out_dir / p / "run")[0], eval_overrides)
+                with_eval_settings(load_run_config(args.out_dir / p / "run"), eval_overrides)
         except ConfigError as exc:
             parser.error(str(exc))
     for preset in args.presets:

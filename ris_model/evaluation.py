@@ -26,18 +26,22 @@ from ris_model.train import resolve_device
 _CHUNK = 100
 
 
-def load_trained(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> tuple[Config, CovarianceNet]:
-    """The run's config and model from ``checkpoints/{best,last}.pt`` (weights only)."""
+def load_run_config(run_dir: Path, checkpoint: str = "best") -> Config:
+    """The config of a finished run, once its ``checkpoints/{best,last}.pt`` is known to exist."""
     cfg_path = run_dir / "config.json"
-    ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
     if not run_dir.is_dir():
         raise ConfigError(f"run dir {str(run_dir)!r} does not exist; pass the --run-dir of a finished `ris-model train`")
-    if not cfg_path.is_file() or not ckpt.is_file():
+    if not cfg_path.is_file() or not (run_dir / "checkpoints" / f"{checkpoint}.pt").is_file():
         raise ConfigError(f"{str(run_dir)!r} has no config.json or checkpoints/{checkpoint}.pt; "
                           f"is it a ris-model run directory?")
-    cfg = Config.from_json(json.loads(cfg_path.read_text()))
+    return Config.from_json(json.loads(cfg_path.read_text()))
+
+
+def load_trained(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> tuple[Config, CovarianceNet]:
+    """The run's config and model from ``checkpoints/{best,last}.pt`` (weights only)."""
+    cfg = load_run_config(run_dir, checkpoint)
     dev = resolve_device(device)
-    state = load_checkpoint(ckpt, map_location=dev)
+    state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", map_location=dev)
     model = CovarianceNet(cfg.system, cfg.model).to(dev)
     model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     return cfg, model.eval()
@@ -101,12 +105,12 @@ def evaluate_run(run_dir: Path, *, n: int, snr_db: float, k: int | None = None, 
     if refine is not None:
         if str(overrides.setdefault("model.refine", refine)) != refine:
             raise ConfigError(f"refine={refine!r} contradicts model.refine={overrides['model.refine']!r}; give one")
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"the number of scenes must be a positive int but got {n=}")
     cfg, model = load_trained(Path(run_dir), checkpoint, device)
     cfg = with_eval_settings(cfg, overrides)
     refine = cfg.model.refine
     dev = next(model.parameters()).device
-    if not isinstance(n, int) or n < 1:
-        raise ConfigError(f"the number of scenes must be a positive int but got {n=}")
     scenes = simulate(cfg.system, n, seed=seed, snr_db=float(snr_db), k=k)
     estimates = baseline_estimates(cfg.system, scenes)
     if refine == "ml":
