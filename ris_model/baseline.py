@@ -146,7 +146,8 @@ def render_baseline(result: dict[str, Any]):
     settings = result.get("refine_settings") or {}
     if result.get("refine") == "ml" and settings:
         title += (f"; music_learned = MUSIC on R̂, then the snapshot fit ({settings['model.refine_steps']} steps, "
-                  f"each source within {settings['model.refine_radius_deg']:g}°)")
+                  f"each source within {settings['model.refine_radius_deg']:g}°, "
+                  f"{settings.get('model.refine_moves', 0)} rounds of global moves)")
     table = Table(title=title)
     for col in ("estimator", "RMSE φ (deg)", "RMSE θ (deg)", "RMSE r (m)", "within 1°"):
         table.add_column(col, justify="left" if col == "estimator" else "right", no_wrap=True,

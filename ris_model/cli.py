@@ -213,7 +213,7 @@ def hpo(preset, config_file, overrides, study_dir, trials, epochs, storage, stud
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--refine", type=click.Choice(["ml", "none"]), default=None,
-              help="Fit MUSIC's sources to the snapshots by local ML (default: the run's model.refine).")
+              help="Fit MUSIC's sources to the snapshots by maximum likelihood (default: the run's model.refine).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Change an evaluation-time setting of the run, e.g. --set model.refine_steps=300 (repeatable).")
 @click.option("--json", "as_json", is_flag=True)

@@ -109,6 +109,10 @@ class ModelConfig:
     refine_steps: int = _spec(150, lo=1, hi=100_000, doc="Adam steps of that fit (about 0.2 deg each at most)")
     refine_radius_deg: float = _spec(10.0, lo=0.0, lo_open=True, hi=180.0,
                                      doc="that fit keeps each source within this angle of where MUSIC put it")
+    refine_moves: int = _spec(2, lo=0, hi=100,
+                              doc="rounds of global moves after that fit: each moves a scene's least useful source "
+                                  "to where the snapshots most want one and keeps the move only if the fit improves; "
+                                  "0 keeps the fit local")
 
 
 # ----------------------------------------------------------------------------- loss
@@ -299,8 +303,14 @@ class Config:
 
     @property
     def hash(self) -> str:
-        """Stable across processes and machines: sha256 of the canonical JSON values."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """What a run was trained with, stable across processes and machines: sha256 of the
+        canonical JSON values without :data:`EVALUATION_KEYS`, so that changing how runs are
+        evaluated leaves gate verdicts and overfit baselines valid."""
+        values = self.to_dict()
+        for key in EVALUATION_KEYS:
+            section, _, leaf = key.partition(".")
+            values[section].pop(leaf)
+        blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_json(self) -> dict[str, Any]:
@@ -318,6 +328,10 @@ class Config:
         """A copy with ``values`` (dotted key -> value) applied and recorded as ``source``."""
         return apply_overrides(self, values, source)
 
+
+# Keys that only change how a trained run is evaluated (``ris-model eval --set``); not hashed.
+EVALUATION_KEYS: tuple[str, ...] = ("model.refine", "model.refine_steps", "model.refine_radius_deg",
+                                    "model.refine_moves")
 
 # Keys that older run directories may hold, with the one value they could take effect with.
 # Such a run still loads; any other value would have been silently ignored, so it is refused.
@@ -646,7 +660,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 __all__ = [
-    "Config", "ConfigError", "DEFAULT_LOSS_WEIGHTS", "HPOConfig", "MIN_PRIMARY_WEIGHT", "LossConfig", "LossWeights", "ModelConfig", "PRESETS",
+    "Config", "ConfigError", "DEFAULT_LOSS_WEIGHTS", "EVALUATION_KEYS", "HPOConfig", "MIN_PRIMARY_WEIGHT", "LossConfig", "LossWeights", "ModelConfig", "PRESETS",
     "SOURCE_ORDER", "SystemConfig", "TrainConfig", "WeightPhase", "apply_overrides", "describe_keys", "leaf_keys",
     "load_config", "parse_set_args", "read_config_file", "validate",
 ]

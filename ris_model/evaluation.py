@@ -15,8 +15,8 @@ import torch
 
 from ris_model.baseline import baseline_estimates, baseline_report
 from ris_model.batches import TrainingScenes
-from ris_model.config import Config, ConfigError, apply_overrides
-from ris_model.estimators.likelihood import fit_and_localize
+from ris_model.config import EVALUATION_KEYS, Config, ConfigError, apply_overrides
+from ris_model.estimators.relocate import fit_and_localize
 from ris_model.estimators.search import Estimates, localize
 from ris_model.model import CovarianceNet
 from ris_model.physics import simulate
@@ -67,23 +67,19 @@ def learned_estimates(cfg: Config, model: CovarianceNet, scenes, device: torch.d
     return Estimates.cat(parts)
 
 
-# What evaluation may change in a trained run's config: how MUSIC's sources are refined.
-# Everything else describes the trained network and the scenes it was trained for.
-EVAL_KEYS = ("model.refine", "model.refine_steps", "model.refine_radius_deg")
-
-
 def with_eval_settings(cfg: Config, overrides: Mapping[str, Any]) -> Config:
-    """The run's config with evaluation-time ``overrides`` (dotted keys of ``EVAL_KEYS``) applied.
+    """The run's config with evaluation-time ``overrides`` (dotted keys of ``EVALUATION_KEYS``) applied.
 
-    Only these keys are checked: the rest of the run's config is what it was trained with,
+    Those keys say how MUSIC's sources are refined; every other key describes the trained
+    network and the scenes it was trained for. Only these keys are checked: the rest of the run's config is what it was trained with,
     and an evaluation is no place to find fault with it.
     """
     for key in overrides:
         cfg.source_of(key)  # an unknown key fails here, with the nearest known one
-    fixed = sorted(set(overrides) - set(EVAL_KEYS))
+    fixed = sorted(set(overrides) - set(EVALUATION_KEYS))
     if fixed:
         raise ConfigError(f"{', '.join(fixed)} cannot change at evaluation (the run was trained with it); "
-                          f"only {', '.join(EVAL_KEYS)} can")
+                          f"only {', '.join(EVALUATION_KEYS)} can")
     return apply_overrides(cfg, overrides, "eval", check=False) if overrides else cfg
 
 
@@ -97,7 +93,7 @@ def evaluate_run(run_dir: Path, *, n: int, snr_db: float, k: int | None = None, 
     comparison honest: ``"music_learned_unrefined"`` (MUSIC on R̂ alone) and
     ``"music_ls_refined"`` (the same fit started from MUSIC on R_ls), so a table shows
     what the network adds beyond the fit. ``overrides`` change the run's evaluation-time
-    settings (:data:`EVAL_KEYS`), e.g. ``{"model.refine_steps": 300}``.
+    settings (:data:`EVALUATION_KEYS`), e.g. ``{"model.refine_steps": 300}``.
     """
     if refine not in (None, "ml", "none"):
         raise ConfigError(f"refine must be 'ml' or 'none' but got {refine!r}")
@@ -122,7 +118,7 @@ def evaluate_run(run_dir: Path, *, n: int, snr_db: float, k: int | None = None, 
         estimates["music_learned"] = learned_estimates(cfg, model, scenes, dev)
     result = baseline_report(cfg.system, scenes, estimates, snr_db=snr_db)
     result["refine"] = refine
-    result["refine_settings"] = {key: cfg.get(key) for key in EVAL_KEYS} if refine == "ml" else None
+    result["refine_settings"] = {key: cfg.get(key) for key in EVALUATION_KEYS} if refine == "ml" else None
     result["run_dir"] = str(run_dir)
     return result
 
@@ -132,5 +128,6 @@ def _refined(cfg: Config, coarse: Estimates, scenes, device: torch.device) -> Es
     parts = []
     for lo, part in zip(range(0, len(scenes), _CHUNK), _chunks(scenes, device)):
         parts.append(fit_and_localize(coarse.index(slice(lo, lo + _CHUNK)).to(device), part, cfg.system,
-                                      steps=cfg.model.refine_steps, radius_deg=cfg.model.refine_radius_deg))
+                                      steps=cfg.model.refine_steps, radius_deg=cfg.model.refine_radius_deg,
+                                      moves=cfg.model.refine_moves))
     return Estimates.cat(parts)

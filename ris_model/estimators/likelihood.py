@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ris_model.config import SystemConfig
-from ris_model.estimators.search import Estimates, localize
+from ris_model.estimators.search import Estimates
 from ris_model.physics.simulate import SceneBatch, steering_matrix
 
 @dataclass(frozen=True)
@@ -198,23 +198,4 @@ def fitted_covariance(fit: SourceFit, system: SystemConfig) -> torch.Tensor:
     return R * (system.n_elements / tr)[:, None, None]
 
 
-def fit_and_localize(coarse: Estimates, scenes: SceneBatch, system: SystemConfig, *, steps: int = 150,
-                     radius_deg: float = 10.0) -> Estimates:
-    """The local ML fit of estimates already made, then MUSIC (same K) on the fitted covariance.
-
-    The last MUSIC returns the fitted sources themselves (MUSIC on an exact A diag(p) A^H
-    is exact, and the fit stays in the search box): it keeps the result "MUSIC on a
-    covariance", like every other estimator row.
-    """
-    fit = refine_sources(coarse, scenes, system, steps=steps, radius_deg=radius_deg)
-    return localize(fitted_covariance(fit, system), system, coarse.k, method="music")
-
-
-def localize_refined(R: torch.Tensor, scenes: SceneBatch, system: SystemConfig, *, steps: int = 150,
-                     radius_deg: float = 10.0) -> Estimates:
-    """MUSIC (oracle K) on R, then :func:`fit_and_localize`."""
-    coarse = localize(R, system, scenes.k.to(R.device), method="music")
-    return fit_and_localize(coarse, scenes, system, steps=steps, radius_deg=radius_deg)
-
-
-__all__ = ["SnapshotLikelihood", "SourceFit", "fit_and_localize", "fitted_covariance", "localize_refined", "refine_sources", "snapshot_nll"]
+__all__ = ["SnapshotLikelihood", "SourceFit", "fitted_covariance", "refine_sources", "snapshot_nll"]

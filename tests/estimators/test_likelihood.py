@@ -6,7 +6,8 @@ import torch
 from ris_model.config import load_config
 from ris_model.estimators import Estimates, evaluate_estimates, localize, r_ls
 from ris_model.estimators.likelihood import (
-    SnapshotLikelihood, SourceFit, fitted_covariance, localize_refined, refine_sources, snapshot_nll)
+    SnapshotLikelihood, SourceFit, fitted_covariance, refine_sources, snapshot_nll)
+from ris_model.estimators.relocate import localize_refined
 from ris_model.physics import simulate
 from ris_model.physics.simulate import steering_matrix
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ris_model.config import (DEFAULT_LOSS_WEIGHTS, PRESETS, Config, ConfigError, LossWeights, describe_keys,
+from ris_model.config import (DEFAULT_LOSS_WEIGHTS, EVALUATION_KEYS, PRESETS, Config, ConfigError, LossWeights, describe_keys,
                               leaf_keys, load_config)
 
 
@@ -39,6 +39,15 @@ def test_hash_depends_on_values_only():
     c = load_config("tiny", overrides=[f"train.lr={a.train.lr * 2}"])
     assert a.train.lr == b.train.lr and a.hash == b.hash
     assert a.hash != c.hash
+
+
+def test_hash_names_what_was_trained_not_how_it_is_evaluated():
+    base = load_config("tiny")
+    evaluated = load_config("tiny", overrides=["model.refine=none", "model.refine_steps=7",
+                                               "model.refine_radius_deg=3", "model.refine_moves=0"])
+    assert {k: evaluated.get(k) for k in EVALUATION_KEYS} != {k: base.get(k) for k in EVALUATION_KEYS}
+    assert evaluated.hash == base.hash
+    assert load_config("tiny", overrides=["model.eps=0.01"]).hash != base.hash
 
 
 @pytest.mark.parametrize("override, fragment", [
