@@ -12,6 +12,7 @@ radians exactly once, by :meth:`SystemConfig.angle_bounds_rad`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -346,11 +347,14 @@ def _without_retired(tree: Mapping[str, Any]) -> Mapping[str, Any]:
                               f"remove it from the config")
     if not any(k in flat for k in RETIRED_KEYS):
         return tree
-    out = {name: dict(value) if isinstance(value, Mapping) else value for name, value in tree.items()}
+    out = copy.deepcopy(dict(tree))
     for key in RETIRED_KEYS:
-        section, _, leaf = key.partition(".")
-        if isinstance(out.get(section), dict):
-            out[section].pop(leaf, None)
+        *sections, leaf = key.split(".")
+        node: Any = out
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     return out
 
 

@@ -8,15 +8,19 @@ L (t - 1 - log t) when t > 1, where
 
     t(g) = sum_l |b_l^H C_l^-1 y_l|^2 / sum_l b_l^H C_l^-1 b_l,    b_l = Phi_l a(g)
 
-(exact when b_l^H C_l^-1 b_l is the same for every snapshot, close otherwise). Both sums
+(exact when b_l^H C_l^-1 b_l is the same for every snapshot; with random RIS codes it
+is off by up to a factor of about two either way, which is fine for ranking points and
+for deciding which moves deserve a refit, and the refit's exact NLL decides). Both sums
 are quadratic forms a(g)^H X a(g) with an N x N matrix X per scene, so scoring a whole
 search grid costs two (G x N)(N x N) products, whatever L is.
 
 A round drops from each scene the source whose removal costs the least NLL, scores the
 grid without it and, where the best point promises more than that source was worth, moves
 the source there and refits the scene locally. The refit is kept only if its NLL is lower,
-so no round makes a scene's fit worse. This is the alternating-projection step of
-maximum-likelihood direction finding, taken one source at a time.
+so no round makes a scene's fit worse; a scene whose move was refused is not proposed
+again, since the same fit would propose the same move. The scheme is akin to the
+alternating-projection search of deterministic ML direction finding, here on the
+stochastic likelihood and one source at a time.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from ris_model.estimators.likelihood import SnapshotLikelihood, SourceFit, fitte
 from ris_model.estimators.search import Estimates, localize
 from ris_model.physics.simulate import SceneBatch, steering_matrix
 
-# The scoring grid's step: a tenth of the 8 x 8 aperture's beamwidth; the refit does the rest.
+# The scoring grid's step: about a sixth of the 8 x 8 aperture's half-power beamwidth; the refit does the rest.
 SCORE_STEP_DEG = 2.0
 # Scene-chunk budget of the grid products, in complex entries of a (G, chunk, N) intermediate.
 _CHUNK_ENTRIES = 1 << 22
@@ -51,14 +55,16 @@ def relocate_sources(fit: SourceFit, scenes: SceneBatch, system: SystemConfig, *
     likelihood = SnapshotLikelihood(scenes.y.to(dev, torch.complex128), scenes.codes.to(dev, torch.complex128),
                                     scenes.H.to(dev, torch.complex128), scenes.noise_var.to(dev, torch.float64))
     grid = search_grid(system, step_deg=step_deg, device=dev)
+    open_ = torch.ones(len(scenes), dtype=torch.bool, device=dev)  # scenes whose fit may still move
     for _ in range(rounds):
         moved, promising = propose_moves(fit, likelihood, system, grid, math.radians(radius_deg))
-        idx = promising.nonzero().squeeze(-1)
+        idx = (promising & open_).nonzero().squeeze(-1)
         if idx.numel() == 0:
             break
         refit = refine_sources(moved.index(idx), scenes.index(idx.to(scenes.y.device)), system,
                                steps=steps, radius_deg=radius_deg)
-        fit = _keep_better(fit, refit, idx)
+        fit, changed = keep_better(fit, refit, idx)
+        open_ = torch.zeros_like(open_).index_fill_(0, changed, True)
     return fit
 
 
@@ -185,8 +191,9 @@ def localize_refined(R: torch.Tensor, scenes: SceneBatch, system: SystemConfig, 
     return fit_and_localize(coarse, scenes, system, steps=steps, radius_deg=radius_deg, moves=moves)
 
 
-def _keep_better(fit: SourceFit, refit: SourceFit, idx: torch.Tensor) -> SourceFit:
-    """``fit`` with the scenes ``idx`` replaced by ``refit``'s where its NLL is lower."""
+def keep_better(fit: SourceFit, refit: SourceFit, idx: torch.Tensor) -> tuple[SourceFit, torch.Tensor]:
+    """``fit`` with the scenes ``idx`` replaced by ``refit``'s where its NLL is lower, and
+    the scenes so replaced."""
     better = refit.nll < fit.nll[idx]
     take = idx[better]
     src = better.nonzero().squeeze(-1)
@@ -199,8 +206,9 @@ def _keep_better(fit: SourceFit, refit: SourceFit, idx: torch.Tensor) -> SourceF
 
     estimates = Estimates(phi=put(old.phi, new.phi), theta=put(old.theta, new.theta), r=put(old.r, new.r),
                           mask=old.mask, k=old.k, score=old.score)
-    return SourceFit(estimates, put(fit.power, refit.power), put(fit.nll, refit.nll))
+    return SourceFit(estimates, put(fit.power, refit.power), put(fit.nll, refit.nll)), take
 
 
-__all__ = ["SCORE_STEP_DEG", "best_addition", "drop_costs", "fit_and_localize", "localize_refined", "propose_moves",
+__all__ = ["SCORE_STEP_DEG", "best_addition", "drop_costs", "fit_and_localize", "keep_better", "localize_refined",
+           "propose_moves",
            "relocate_sources", "residual_forms"]

@@ -5,9 +5,9 @@ import torch
 
 from ris_model.config import load_config
 from ris_model.estimators import Estimates, match_sources, search_grid
-from ris_model.estimators.likelihood import SnapshotLikelihood, refine_sources
+from ris_model.estimators.likelihood import SnapshotLikelihood, SourceFit, refine_sources
 from ris_model.estimators.relocate import (
-    best_addition, drop_costs, fit_and_localize, relocate_sources, residual_forms)
+    best_addition, drop_costs, fit_and_localize, keep_better, propose_moves, relocate_sources, residual_forms)
 from ris_model.physics import simulate
 from ris_model.physics.simulate import steering_matrix
 
@@ -132,3 +132,83 @@ def test_fit_and_localize_with_moves_repairs_what_the_local_fit_leaves(misplaced
     local = fit_and_localize(start, s, system, steps=100, moves=0)
     moved = fit_and_localize(start, s, system, steps=100, moves=1)
     assert (_angle_errors_deg(moved, s) < 1.0).float().mean() > (_angle_errors_deg(local, s) < 1.0).float().mean() + 0.3
+
+
+@pytest.fixture(scope="module")
+def misplaced_near():
+    """Three-source small (near-field) scenes at 10 dB, the last source put on the wrong side
+    at the wrong range, fitted locally."""
+    system = load_config("small").system
+    s = simulate(system, 8, seed=24, snr_db=10.0, k=3)
+    start = _with_one_source_misplaced(s)
+    rows = torch.arange(len(s))
+    r = start.r.clone()
+    r[rows, s.k - 1] = torch.where(r[rows, s.k - 1] > 3.0, 1.5, 8.0).double()
+    start = Estimates(phi=start.phi, theta=start.theta, r=r, mask=start.mask, k=start.k, score=start.score)
+    return system, s, refine_sources(start, s, system, steps=100)
+
+
+def _likelihood(s) -> SnapshotLikelihood:
+    return SnapshotLikelihood(s.y.to(torch.complex128), s.codes.to(torch.complex128), s.H.to(torch.complex128),
+                              s.noise_var.double())
+
+
+def test_moves_repair_near_field_scenes_range_included(misplaced_near):
+    system, s, fit = misplaced_near
+    before = _angle_errors_deg(fit.estimates, s)
+    assert (before > 10.0).sum() >= len(s) // 2
+    moved = relocate_sources(fit, s, system, rounds=2, steps=100)
+    m = match_sources(moved.estimates.phi, moved.estimates.theta, moved.estimates.r, moved.estimates.mask,
+                      s.phi, s.theta, s.r, s.mask)
+    assert (torch.as_tensor(m.angle).rad2deg() < 1.0).float().mean() >= 0.9
+    true_r = s.r.double()[torch.as_tensor(m.scene), torch.as_tensor(m.true_index)]
+    assert (torch.as_tensor(m.r_err).abs() / true_r).median() < 0.2
+
+
+def test_a_right_fit_promises_no_move():
+    system = load_config("small").system
+    s = simulate(system, 8, seed=25, snr_db=10.0)
+    truth = Estimates(phi=s.phi.double(), theta=s.theta.double(), r=s.r.double(), mask=s.mask, k=s.k,
+                      score=torch.zeros_like(s.phi, dtype=torch.float64))
+    fit = refine_sources(truth, s, system, steps=60)
+    _, promising = propose_moves(fit, _likelihood(s), system, search_grid(system, step_deg=2.0), math.radians(10))
+    assert not promising.any()
+
+
+def test_the_moved_source_sits_on_the_best_grid_point_outside_the_radius(misplaced_near):
+    system, s, fit = misplaced_near
+    lik, grid, radius = _likelihood(s), search_grid(system, step_deg=2.0), math.radians(10.0)
+    moved, promising = propose_moves(fit, lik, system, grid, radius)
+    assert promising.sum() >= len(s) // 2
+    est = fit.estimates
+    A = steering_matrix(system, est.phi, est.theta, est.r, est.mask)
+    slot = drop_costs(lik, A, fit.power, est.mask, fit.nll).argmin(-1)
+    rows = torch.arange(len(s))
+    kept = fit.power.clone()
+    kept[rows, slot] = 0.0
+    Z, W = residual_forms(lik, A, kept)
+    a = grid.steering.to(torch.complex128)  # (P, G_phi, G_theta, N), scored by brute force
+    t = (torch.einsum("pijn,bnm,pijm->bpij", a.conj(), Z, a) / torch.einsum("pijn,bnm,pijm->bpij", a.conj(), W, a)).real
+    pp, tt = torch.meshgrid(grid.phi, grid.theta, indexing="ij")
+    near = torch.hypot(pp - est.phi[rows, slot, None, None], tt - est.theta[rows, slot, None, None]) <= radius
+    best = t.masked_fill(near[:, None], -math.inf).flatten(1).argmax(-1)
+    expected = a.reshape(-1, a.shape[-1])[best]  # (B, N)
+    got = steering_matrix(system, moved.phi, moved.theta, moved.r)[rows, slot].to(torch.complex128)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    others = torch.ones_like(est.mask).index_put_((rows, slot), torch.tensor(False))
+    assert torch.equal(moved.phi[others], est.phi[others]) and torch.equal(moved.r[others], est.r[others])
+
+
+def test_keep_better_takes_only_lower_likelihoods(misplaced):
+    _, s, fit = misplaced
+    idx = torch.tensor([0, 3, 5])
+    sub = fit.estimates.index(idx)
+    shifted = Estimates(phi=sub.phi + 0.1, theta=sub.theta, r=sub.r, mask=sub.mask, k=sub.k, score=sub.score)
+    nll = fit.nll[idx] + torch.tensor([-1.0, 1.0, -2.0], dtype=fit.nll.dtype)
+    kept, changed = keep_better(fit, SourceFit(shifted, fit.power[idx], nll), idx)
+    assert changed.tolist() == [0, 5]
+    assert torch.equal(kept.nll[[0, 5]], nll[[0, 2]]) and kept.nll[3] == fit.nll[3]
+    assert torch.equal(kept.estimates.phi[[0, 5]], shifted.phi[[0, 2]])
+    assert torch.equal(kept.estimates.phi[3], fit.estimates.phi[3])
+    untouched = torch.tensor([i for i in range(len(s)) if i not in (0, 5)])
+    assert torch.equal(kept.estimates.phi[untouched], fit.estimates.phi[untouched])

@@ -124,3 +124,15 @@ def test_a_retired_key_with_a_value_that_never_took_effect_is_refused():
         Config.from_json(blob)
     with pytest.raises(ConfigError, match="did you mean|unknown"):
         load_config("tiny", overrides=["model.input=rbp"])
+
+
+def test_retired_keys_at_any_depth_are_dropped(monkeypatch):
+    import ris_model.config as config
+
+    monkeypatch.setattr(config, "RETIRED_KEYS", {**config.RETIRED_KEYS, "loss.weights.old": 0.0})
+    blob = load_config("tiny").to_json()
+    blob["config"]["loss"]["weights"]["old"] = 0.0
+    assert Config.from_json(blob).loss.weights == load_config("tiny").loss.weights
+    blob["config"]["loss"]["weights"]["old"] = 0.5
+    with pytest.raises(ConfigError, match="loss.weights.old=0.5 is no longer a setting"):
+        Config.from_json(blob)
