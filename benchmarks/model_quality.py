@@ -10,7 +10,9 @@ the same fit started from MUSIC on R_ls, so what the network adds is visible on 
 The epoch count is calibrated from a short probe so the cosine schedule fits the
 budget instead of being cut off mid-way: the probe times the set-up (the first training
 and validation scenes) and one steady-state epoch (fresh scenes, training, validation,
-checkpoint), so the real run's CPU time lands near the budget.
+checkpoint), so the real run's CPU time lands near the budget. The budget itself is held
+by :class:`~ris_model.budget.CpuBudget`: when the machine is busier than during the probe,
+the run stops cleanly before an epoch would take it past the budget.
 
     python benchmarks/model_quality.py --presets tiny small --minutes 12 --json out.json
     python benchmarks/model_quality.py --presets tiny --eval-only --n 1000   # re-evaluate those runs
@@ -29,6 +31,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
+from ris_model.budget import CpuBudget
 from ris_model.callbacks import Callback
 from ris_model.config import ConfigError, load_config, parse_set_args
 from ris_model.evaluation import evaluate_run, load_run_config, with_eval_settings
@@ -74,8 +77,10 @@ def train_within(preset: str, minutes: float, run_dir: Path, extra: list[str]) -
     print(f"{preset}: set-up {setup_s:.1f} CPU s, one epoch {epoch_s:.2f} CPU s -> {epochs} epochs "
           f"for {minutes:g} CPU min", file=sys.stderr)
     t0, w0 = time.process_time(), time.perf_counter()
-    result = Trainer(cfg, run_dir / "run", device="cpu", callbacks=[ProgressCallback()]).fit()
-    info = {"minutes": minutes, "epochs": epochs, "train_cpu_s": time.process_time() - t0,
+    budget = CpuBudget(minutes * 60, start=t0)
+    result = Trainer(cfg, run_dir / "run", device="cpu", callbacks=[ProgressCallback(), budget]).fit()
+    info = {"minutes": minutes, "epochs": result.epochs_done, "epochs_planned": epochs,
+            "stop_reason": result.stop_reason, "train_cpu_s": time.process_time() - t0,
             "train_wall_s": time.perf_counter() - w0, "best_val_loss": result.best_val_loss}
     (run_dir / TRAINING_RECORD).write_text(json.dumps(info, indent=2))
     return info
@@ -103,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the budget is CPU time: one thread makes it comparable across machines
 
-    from rich.console import Console
     from rich.table import Table
+
+    from ris_model.baseline import table_console
 
     trained = f"the runs in {args.out_dir}" if args.eval_only else f"~{args.minutes:g} CPU min of training"
     report: dict = {"minutes": None if args.eval_only else args.minutes, "n": args.n, "presets": {}}
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             table.add_row(preset, f"{snr:g}", "√CRB median", f"{crb['phi_deg_median']:.3g}",
                           f"{crb['theta_deg_median']:.3g}", "", "1.0", end_section=True)
         report["presets"][preset] = {**info, "eval": per_snr}
-    Console().print(table)
+    table_console().print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}", file=sys.stderr)

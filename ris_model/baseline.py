@@ -138,6 +138,14 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def table_console():
+    """A console at least 100 columns wide: rich falls back to 80 off a terminal (a pipe, a
+    CI log), where the estimator tables would lose their last characters to ellipses."""
+    from rich.console import Console
+
+    return Console(width=max(100, Console().width))
+
+
 def render_baseline(result: dict[str, Any]):
     """A rich Table of a :func:`run_baseline` result: one row per estimator, then the CRB."""
     from rich.table import Table

@@ -65,9 +65,9 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 
 
 def _print_table(table: Any) -> None:
-    from rich.console import Console
+    from ris_model.baseline import table_console
 
-    Console().print(table)
+    table_console().print(table)
 
 
 @click.group(context_settings={"auto_envvar_prefix": "RIS_MODEL", "help_option_names": ["-h", "--help"]})

@@ -85,12 +85,12 @@ def train_command(*, preset: str | None, config_file: str | None, overrides: lis
         code = EXIT_STOPPED
     wandb.finish(exit_code=code)
     if code == EXIT_OK and eval_n > 0 and dist.is_main:
-        from ris_model.baseline import render_baseline
+        from ris_model.baseline import render_baseline, table_console
         from ris_model.evaluation import evaluate_run
 
         snr = 10.0
         console.print(f"eval on {eval_n} held-out scenes at {snr:g} dB:")
-        Console().print(render_baseline(evaluate_run(run_dir, n=eval_n, snr_db=snr, seed=cfg.train.seed + 99_991,
+        table_console().print(render_baseline(evaluate_run(run_dir, n=eval_n, snr_db=snr, seed=cfg.train.seed + 99_991,
                                                      device=str(trainer.device))))
     dist.close()
     return code
