@@ -30,7 +30,7 @@ from .observe import StepRecord
 from .policy import Policy
 from .runlog import (BadLine, KeyMap, RunLogError, detect_format, open_health, open_metrics)
 from .runlog._layout import LineLayout, StructRows
-from .runlog._tail import batched
+from .runlog._tail import NumberedItems, numbered_batches
 from .typedblock import StructBlock
 from .watchstate import RunState
 
@@ -160,18 +160,12 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _lists(tail: Any, layout: LineLayout | None) -> Iterator[list]:
+def _lists(tail: Any, layout: LineLayout | None) -> Iterator[NumberedItems | StructRows]:
     """A metrics reader's items a read at a time (`poll_many`, typed where the layout
-    fits), or in small lists for a reader that hands them out one by one."""
+    fits), or in small lists for a reader that hands them out one by one; each list
+    knows the line of the file each item came from (`line_nos`)."""
     many = getattr(tail, "poll_many", None)
-    yield from many(layout) if many is not None else batched(tail.poll(), 1024)
-
-
-def _split(items: list, n: int) -> tuple[list, list]:
-    """The first ``n`` items and the rest, typed rows staying typed."""
-    if isinstance(items, StructRows):
-        return items.split(n)
-    return items[:n], items[n:]
+    yield from many(layout) if many is not None else numbered_batches(tail.poll(), tail, 1024)
 
 
 # ------------------------------------------------------------------------- the watcher
@@ -261,7 +255,7 @@ class RunWatch:
 
     def _read_metrics(self, max_lines: int | None) -> int:
         count = 0
-        block: list = []
+        block: NumberedItems | StructRows = NumberedItems()
         shapes = None  # the typed shapes of the rows in `block`; None: dicts
         while max_lines is None or count < max_lines:
             items = self._carry or next(self._pending, None)
@@ -269,47 +263,46 @@ class RunWatch:
             if items is None:
                 break
             if max_lines is not None and count + len(items) > max_lines:  # the rest: next poll
-                items, self._carry = _split(items, max_lines - count)
+                items, self._carry = items.split(max_lines - count)
             count += len(items)
             item_shapes = getattr(items, "shapes", None)
             if item_shapes is not None or set(map(type, items)) == {dict}:  # no bad line in it
                 if block and item_shapes is not shapes:  # rows of another kind: judge those first
                     self._take_block(block)
-                    block = []
+                    block = NumberedItems()
                 shapes = item_shapes
-                if shapes is None:
-                    block.extend(items)
-                elif block:
+                if block:
                     block.extend_rows(items)
                 else:
                     block = items
                 while len(block) >= _BATCH:
-                    now, block = _split(block, _BATCH)
+                    now, block = block.split(_BATCH)
                     self._take_block(now)
                 continue
-            if block and shapes is not None:
-                self._take_block(block)
-                block = []
+            if shapes is not None:  # typed rows so far: judge them, then collect dicts
+                if block:
+                    self._take_block(block)
+                block = NumberedItems()
             shapes = None
             block = self._take_items(items, block)
         if block:
             self._take_block(block)
         return count
 
-    def _take_items(self, items: list, block: list) -> list:
+    def _take_items(self, items: NumberedItems, block: NumberedItems) -> NumberedItems:
         """Dicts and bad lines in file order: the dicts go to ``block``, judged whenever it
         is full or a bad line comes (what came before a bad line is judged first)."""
-        for item in items:
+        for item, line_no in zip(items, items.line_nos):
             if type(item) is dict:
-                block.append(item)
+                block.append_row(item, line_no)
                 if len(block) >= _BATCH:
                     self._take_block(block)
-                    block = []
+                    block = NumberedItems()
             else:
                 if block:
                     self._take_block(block)
-                    block = []
-                self._take_metrics(item)
+                    block = NumberedItems()
+                self._take_metrics(item, line_no)
         return block
 
     def poll_all(self) -> int:
@@ -362,7 +355,7 @@ class RunWatch:
             self.ended = True
         self._event(event)
 
-    def _take_metrics(self, item: dict | BadLine) -> None:
+    def _take_metrics(self, item: dict | BadLine, line_no: int) -> None:
         if isinstance(item, BadLine):
             self._bad(item)
             return
@@ -372,13 +365,13 @@ class RunWatch:
         try:
             record = StepRecord.from_metrics_line(item)
         except (TypeError, ValueError, AttributeError, OverflowError) as err:  # malformed, not fatal
-            self._bad(BadLine(getattr(self._metrics, "path", self.run_dir), self.state.lines,
+            self._bad(BadLine(getattr(self._metrics, "path", self.run_dir), line_no,
                               f"not a metrics line ({err})", json.dumps(item, default=str)[:80]))
             return
         for event in self.monitor.observe_record(record):
             self._event(event, judged=True)
 
-    def _take_block(self, lines: list) -> None:
+    def _take_block(self, lines: NumberedItems | StructRows) -> None:
         """Consecutive metrics lines (dicts, or typed `StructRows`), judged as one
         `MetricBlock` (the same verdict as line by line, see `Monitor.observe_block`)."""
         if isinstance(lines, StructRows):
@@ -397,9 +390,9 @@ class RunWatch:
             except (TypeError, ValueError, AttributeError, OverflowError) as err:  # malformed, not fatal
                 bad.append((row, err))
         if bad:  # rare: report each, judge the rest
-            first = self.state.lines - block.n + 1
+            line_nos = lines.line_nos  # blank and bad lines made no row: a row's place is not its line
             for row, err in bad:
-                self._bad(BadLine(getattr(self._metrics, "path", self.run_dir), first + row,
+                self._bad(BadLine(getattr(self._metrics, "path", self.run_dir), line_nos[row],
                                   f"not a metrics line ({err})", json.dumps(block.lines[row], default=str)[:80]))
             dropped = {row for row, _ in bad}
             block = block.select(np.array([i for i in range(block.n) if i not in dropped], dtype=np.int64))

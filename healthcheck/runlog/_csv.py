@@ -45,6 +45,11 @@ class CsvMetricsTail:
         return self._lines.status
 
     @property
+    def line_no(self) -> int:
+        """The line of the row the last line handed out came from."""
+        return self._lines.line_no
+
+    @property
     def header(self) -> list[str] | None:
         return self._header
 

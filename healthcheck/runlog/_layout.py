@@ -119,10 +119,11 @@ class RawLines:
     """The bytes of one read and the positions of its newlines (as the decoder's check
     found them), to hand out any one of its lines."""
 
-    __slots__ = ("block", "_newlines", "_ends")
+    __slots__ = ("block", "first_line", "_newlines", "_ends")
 
-    def __init__(self, block: bytes, newlines: np.ndarray) -> None:
+    def __init__(self, block: bytes, newlines: np.ndarray, first_line: int = 1) -> None:
         self.block = block
+        self.first_line = first_line  # the line of the file the read starts with
         self._newlines = newlines
         self._ends: list[int] | None = None  # the newlines as a list, built on first use
 
@@ -147,6 +148,12 @@ class StructRows(list):
         super().__init__(rows)
         self.shapes = shapes
         self.segments = segments
+
+    @property
+    def line_nos(self) -> list[int]:
+        """The line of the file each row came from (a typed read has no blank line)."""
+        return [raw.first_line + i for raw, first, count in self.segments
+                for i in range(first, first + count)]
 
     def extend_rows(self, other: "StructRows") -> None:
         self.extend(other)
@@ -208,9 +215,10 @@ class LineLayout:
             sentinel = msgspec.defstruct("line_sentinel", [], tag_field="kind", tag=_SENTINEL_TAG)
             self._decoder = msgspec.json.Decoder(Union[tuple([*self._by_type, sentinel])])
 
-    def decode(self, block: bytes, count: int) -> StructRows | None:
-        """The rows of ``block`` (``count`` lines joined by newlines), or None when some
-        line does not fit a learned shape exactly; the caller then parses it as dicts."""
+    def decode(self, block: bytes, count: int, first_line: int = 1) -> StructRows | None:
+        """The rows of ``block`` (``count`` lines joined by newlines, the first of them
+        line ``first_line`` of the file), or None when some line does not fit a learned
+        shape exactly; the caller then parses it as dicts."""
         if self._decoder is None or not self.active:
             return None
         # The decoder reads a stream of objects, not lines: each line must be one object.
@@ -229,7 +237,7 @@ class LineLayout:
         if len(rows) != count or not set(map(type, rows)) <= self._by_type.keys():
             return self._refuse()
         self.refused = 0
-        return StructRows(rows, self._by_type, [(RawLines(block, newlines), 0, count)])
+        return StructRows(rows, self._by_type, [(RawLines(block, newlines, first_line), 0, count)])
 
     def _refuse(self) -> None:
         self.refused += 1

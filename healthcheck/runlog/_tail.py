@@ -9,13 +9,14 @@ hands out complete lines one at a time: memory stays flat however large the file
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Sequence, Union
 
 if TYPE_CHECKING:
-    from ._layout import LineLayout
+    from ._layout import LineLayout, StructRows
 
 _CHUNK = 1 << 20  # 1 MiB: large enough that syscalls don't dominate, small enough to be flat
 _SNIPPET = 80  # characters of a bad line kept for the warning; a line may be megabytes
@@ -44,14 +45,47 @@ except ImportError:  # pragma: no cover - the standard library path below stays 
     _fast_loads = None
 
 
-def batched(items: Iterator[Any], size: int) -> Iterator[list]:
-    """Consecutive lists of up to ``size`` items (itertools.batched, as lists, on 3.11)."""
-    batch: list = []
+class NumberedItems(list):
+    """Items of a reader (metrics lines, `BadLine`s) with the line of the file each came
+    from: blank lines give no item, so an item's place in the list is not its line.
+    `line_nos` is a range for a read whose every line is an item, a list otherwise."""
+
+    __slots__ = ("line_nos",)
+
+    def __init__(self, items: Iterable[Any] = (), line_nos: Sequence[int] = ()) -> None:
+        super().__init__(items)
+        self.line_nos = line_nos
+
+    def split(self, n: int) -> tuple["NumberedItems", "NumberedItems"]:
+        """The first ``n`` items and the rest, each with its lines."""
+        return (NumberedItems(self[:n], self.line_nos[:n]), NumberedItems(self[n:], self.line_nos[n:]))
+
+    def extend_rows(self, other: "NumberedItems") -> None:
+        self.extend(other)
+        self._numbers().extend(other.line_nos)
+
+    def append_row(self, item: Any, line_no: int) -> None:
+        self.append(item)
+        self._numbers().append(line_no)
+
+    def _numbers(self) -> list[int]:
+        if type(self.line_nos) is not list:
+            self.line_nos = list(self.line_nos)
+        return self.line_nos
+
+
+def numbered_batches(items: Iterator[Any], reader: Any, size: int) -> Iterator[NumberedItems]:
+    """Consecutive lists of up to ``size`` of a reader's items, each numbered by the
+    reader's `line_no` as it hands the item out (by its place among the items if the
+    reader counts no lines)."""
+    counter = itertools.count(1)
+    line_no = (lambda: reader.line_no) if hasattr(reader, "line_no") else counter.__next__
+    batch = NumberedItems()
     for item in items:
-        batch.append(item)
+        batch.append_row(item, line_no())
         if len(batch) >= size:
             yield batch
-            batch = []
+            batch = NumberedItems()
     if batch:
         yield batch
 
@@ -243,22 +277,23 @@ class JsonLinesTail:
             tail.line_no = line_no
             yield from self._parse_fast(line_no, raw)
 
-    def poll_many(self, layout: "LineLayout | None" = None) -> Iterator[list[Item]]:
+    def poll_many(self, layout: "LineLayout | None" = None) -> Iterator["NumberedItems | StructRows"]:
         """`poll` a read (about 1 MiB) at a time, as one list: what a bulk reader wants.
 
         With orjson, a read whose every line is one JSON object is parsed in a single call
         (its lines joined into one array); any other read goes line by line as in `poll`.
         With a `LineLayout`, a read whose every line fits a shape it learned from earlier
-        reads comes as `StructRows` instead of dicts. `line_no` is then the read's last
-        line as soon as its list is handed out.
+        reads comes as `StructRows` instead of dicts. Either way the list knows the line
+        each of its items came from (`line_nos`), and `line_no` is the read's last line
+        as soon as the list is handed out.
         """
         if _fast_loads is None or self._loads is not json.loads:
-            yield from batched(self.poll(), 4096)
+            yield from numbered_batches(self.poll(), self, 4096)
             return
         tail = self._lines
         for first, block in tail.poll_blocks():
             count = tail.line_no - first + 1  # the reader counted the lines as it read them
-            rows = None if layout is None else layout.decode(block, count)
+            rows = None if layout is None else layout.decode(block, count, first)
             if rows is not None:
                 yield rows
                 continue
@@ -270,9 +305,12 @@ class JsonLinesTail:
             if objs is not None and len(objs) == count and all(type(o) is dict for o in objs):
                 if layout is not None:
                     layout.learn(objs)  # a clean read: the next ones likely have its shapes
-                yield objs
+                yield NumberedItems(objs, range(first, first + count))
             else:
-                yield list(self._lines_of(tail, first, block))
+                items = NumberedItems()
+                for item in self._lines_of(tail, first, block):
+                    items.append_row(item, tail.line_no)  # the line it was read from
+                yield items
 
     def _parse_fast(self, line_no: int, raw: bytes) -> Iterator[Item]:
         try:
