@@ -56,12 +56,17 @@ def test_a_move_puts_the_misplaced_source_on_the_one_left_unexplained(misplaced)
     assert (moved.nll <= fit.nll).all()
 
 
-def test_moves_never_raise_the_nll_and_leave_a_right_fit_alone():
+def _fitted_at_truth(n: int, seed: int, snr_db: float):
+    """small scenes and the local fit started at their true sources: a fit with nothing to repair."""
     system = load_config("small").system
-    s = simulate(system, 6, seed=22, snr_db=20.0)
+    s = simulate(system, n, seed=seed, snr_db=snr_db)
     truth = Estimates(phi=s.phi.double(), theta=s.theta.double(), r=s.r.double(), mask=s.mask, k=s.k,
                       score=torch.zeros_like(s.phi, dtype=torch.float64))
-    fit = refine_sources(truth, s, system, steps=60)
+    return system, s, refine_sources(truth, s, system, steps=60)
+
+
+def test_moves_never_raise_the_nll_and_leave_a_right_fit_alone():
+    system, s, fit = _fitted_at_truth(6, seed=22, snr_db=20.0)
     moved = relocate_sources(fit, s, system, rounds=2, steps=60)
     assert (moved.nll <= fit.nll).all()
     assert (_angle_errors_deg(moved.estimates, s) < 0.5).all()
@@ -166,11 +171,7 @@ def test_moves_repair_near_field_scenes_range_included(misplaced_near):
 
 
 def test_a_right_fit_promises_no_move():
-    system = load_config("small").system
-    s = simulate(system, 8, seed=25, snr_db=10.0)
-    truth = Estimates(phi=s.phi.double(), theta=s.theta.double(), r=s.r.double(), mask=s.mask, k=s.k,
-                      score=torch.zeros_like(s.phi, dtype=torch.float64))
-    fit = refine_sources(truth, s, system, steps=60)
+    system, s, fit = _fitted_at_truth(8, seed=25, snr_db=10.0)
     _, promising = propose_moves(fit, _likelihood(s), system, search_grid(system, step_deg=2.0), math.radians(10))
     assert not promising.any()
 
