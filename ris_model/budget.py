@@ -20,6 +20,7 @@ class CpuBudget(Callback):
     rather than one epoch past it. ``start`` is the clock reading the budget counts from
     (default: fit start; pass one taken before building the Trainer to count its set-up).
     The clock is process time by default: what this process used, whatever else runs.
+    Under DDP each rank judges its own clock, and the Trainer stops every rank when one asks.
     """
 
     def __init__(self, seconds: float, *, start: float | None = None,
@@ -42,7 +43,8 @@ class CpuBudget(Callback):
         epoch = now - self._last
         self._last = now
         used = now - self.start
-        if used + epoch > self.seconds:
+        last_planned = trainer.state.epoch + 1 >= trainer.cfg.train.epochs  # nothing left to stop
+        if used + epoch > self.seconds and not last_planned:
             trainer.request_stop(f"CPU budget: {used:.0f} s of {self.seconds:.0f} s used, "
                                  f"and the last epoch took {epoch:.0f} s")
 
