@@ -160,12 +160,17 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _lists(tail: Any, layout: LineLayout | None) -> Iterator[NumberedItems | StructRows]:
+def _lists(tail: Any, layout: LineLayout | None, position: Callable[[], int]) -> Iterator[NumberedItems | StructRows]:
     """A metrics reader's items a read at a time (`poll_many`, typed where the layout
     fits), or in small lists for a reader that hands them out one by one; each list
-    knows the line of the file each item came from (`line_nos`)."""
+    knows the line of the file each item came from (`line_nos`). A reader that counts no
+    lines (TensorBoard) numbers its items by ``position``: their place in the whole stream."""
     many = getattr(tail, "poll_many", None)
-    yield from many(layout) if many is not None else numbered_batches(tail.poll(), tail, 1024)
+    if many is not None:
+        yield from many(layout)
+        return
+    line_no = (lambda: tail.line_no) if hasattr(tail, "line_no") else position
+    yield from numbered_batches(tail.poll(), line_no, 1024)
 
 
 # ------------------------------------------------------------------------- the watcher
@@ -200,7 +205,8 @@ class RunWatch:
         self._pending: Iterator | None = None
         # the shapes of this run's lines, learned as they are read (typed=False: dicts only)
         self._layout = LineLayout() if typed else None
-        self._carry: list | None = None  # lines read but left for the next poll (max_lines)
+        self._carry: NumberedItems | StructRows | None = None  # lines read but left for the next poll (max_lines)
+        self._position = itertools.count(1).__next__  # numbers the items of a reader without lines, across polls
         self.new_events: list[HealthEvent] = []  # news since the caller last cleared it
 
     @property
@@ -246,7 +252,7 @@ class RunWatch:
         if not self._open():
             return n
         if self._pending is None:
-            self._pending = _lists(self._metrics, self._layout)
+            self._pending = _lists(self._metrics, self._layout, self._position)
         with _gc_paused():
             count = self._read_metrics(max_lines)
         if max_lines is None or count < max_lines:

@@ -46,7 +46,8 @@ class CsvMetricsTail:
 
     @property
     def line_no(self) -> int:
-        """The line of the row the last line handed out came from."""
+        """The file line of the row last handed out: a row that then fails to become a
+        record is reported there, not at the count of rows before it."""
         return self._lines.line_no
 
     @property

@@ -151,7 +151,8 @@ class StructRows(list):
 
     @property
     def line_nos(self) -> list[int]:
-        """The line of the file each row came from (a typed read has no blank line)."""
+        """The file line of each row, for reporting a row that fails later checks where
+        it is (a typed read has no blank line, so its rows' lines are consecutive)."""
         return [raw.first_line + i for raw, first, count in self.segments
                 for i in range(first, first + count)]
 

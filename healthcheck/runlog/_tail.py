@@ -9,7 +9,6 @@ hands out complete lines one at a time: memory stays flat however large the file
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -74,12 +73,9 @@ class NumberedItems(list):
         return self.line_nos
 
 
-def numbered_batches(items: Iterator[Any], reader: Any, size: int) -> Iterator[NumberedItems]:
-    """Consecutive lists of up to ``size`` of a reader's items, each numbered by the
-    reader's `line_no` as it hands the item out (by its place among the items if the
-    reader counts no lines)."""
-    counter = itertools.count(1)
-    line_no = (lambda: reader.line_no) if hasattr(reader, "line_no") else counter.__next__
+def numbered_batches(items: Iterator[Any], line_no: Callable[[], int], size: int) -> Iterator[NumberedItems]:
+    """Consecutive lists of up to ``size`` items, each numbered by ``line_no()`` read as
+    the item is handed out (a reader's current line)."""
     batch = NumberedItems()
     for item in items:
         batch.append_row(item, line_no())
@@ -288,7 +284,7 @@ class JsonLinesTail:
         as soon as the list is handed out.
         """
         if _fast_loads is None or self._loads is not json.loads:
-            yield from numbered_batches(self.poll(), self, 4096)
+            yield from numbered_batches(self.poll(), lambda: self.line_no, 4096)
             return
         tail = self._lines
         for first, block in tail.poll_blocks():

@@ -8,13 +8,14 @@ two bad lines could then fold into one finding while both are counted.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 
 import pytest
 
 from _runfiles import append, step_line
 from healthcheck.runlog import JsonLinesTail, _source, _tail
-from healthcheck.watch import RunWatch
+from healthcheck.watch import RunWatch, _lists
 
 TORN = '{"kind": "step", "step": 1, "lo'  # a writer killed mid-line, then another line after it
 
@@ -108,3 +109,19 @@ def test_line_numbers_without_orjson(tmp_path, typed, monkeypatch):
     watch.poll_all()
     assert _bad_line_numbers(watch) == [3, 5, 9]
     watch.close()
+
+
+def test_a_reader_without_lines_numbers_its_items_across_polls():
+    """TensorBoard's reader counts no lines: its items are numbered by their place in the
+    whole stream, so two bad records read by different polls keep different numbers."""
+    class Stream:
+        def __init__(self, polls):
+            self.polls = polls
+
+        def poll(self):
+            yield from self.polls.pop(0)
+
+    stream, position = Stream([[{"a": 1}, {"a": 2}], [{"a": 3}]]), itertools.count(1).__next__
+    first = [n for batch in _lists(stream, None, position) for n in batch.line_nos]
+    second = [n for batch in _lists(stream, None, position) for n in batch.line_nos]
+    assert (first, second) == ([1, 2], [3])
