@@ -90,7 +90,8 @@ def trained_before(preset: str, run_dir: Path) -> dict:
     """What training the run under ``run_dir`` took, as recorded when it was trained."""
     record = run_dir / TRAINING_RECORD
     if not record.is_file():
-        return {"minutes": None, "epochs": None, "train_cpu_s": None, "train_wall_s": None, "best_val_loss": None}
+        return {"minutes": None, "epochs": None, "epochs_planned": None, "stop_reason": None, "train_cpu_s": None,
+                "train_wall_s": None, "best_val_loss": None}
     return json.loads(record.read_text())
 
 

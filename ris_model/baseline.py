@@ -139,11 +139,13 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def table_console():
-    """A console at least 100 columns wide: rich falls back to 80 off a terminal (a pipe, a
-    CI log), where the estimator tables would lose their last characters to ellipses."""
+    """The console for estimator tables: a terminal's own width, and at least 100 columns
+    off a terminal (a pipe, a CI log), where rich would otherwise assume 80 and cut the
+    tables' last characters to ellipses."""
     from rich.console import Console
 
-    return Console(width=max(100, Console().width))
+    console = Console()
+    return console if console.is_terminal else Console(width=max(100, console.width))
 
 
 def render_baseline(result: dict[str, Any]):

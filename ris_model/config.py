@@ -91,7 +91,8 @@ class SystemConfig:
 # ---------------------------------------------------------------------------- model
 @dataclass(frozen=True)
 class ModelConfig:
-    """The covariance network; sizes per preset keep the parameter budgets of issue #3."""
+    """The covariance network. The presets' sizes keep it within 0.3 M (tiny), 2 M (small)
+    and 20 M (paper) parameters, so that each trains on the hardware its preset is for."""
 
     width: int = _spec(256, lo=8, hi=8192, doc="hidden width of the MLP trunk")
     depth: int = _spec(3, lo=1, hi=16, doc="hidden layers in the trunk")
@@ -109,7 +110,7 @@ class ModelConfig:
                   "maximum likelihood and report MUSIC on the fitted covariance; none reports MUSIC on R_hat")
     refine_steps: int = _spec(150, lo=1, hi=100_000, doc="Adam steps of that fit (about 0.2 deg each at most)")
     refine_radius_deg: float = _spec(10.0, lo=0.0, lo_open=True, hi=180.0,
-                                     doc="that fit keeps each source within this angle of where MUSIC put it")
+                                     doc="that fit keeps each source within this angle of where MUSIC (or a move) put it")
     refine_moves: int = _spec(2, lo=0, hi=100,
                               doc="rounds of global moves after that fit: each moves a scene's least useful source "
                                   "to where the snapshots most want one and keeps the move only if the fit improves; "

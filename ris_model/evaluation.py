@@ -16,7 +16,7 @@ import torch
 from ris_model.baseline import baseline_estimates, baseline_report
 from ris_model.batches import TrainingScenes
 from ris_model.config import EVALUATION_KEYS, Config, ConfigError, apply_overrides
-from ris_model.estimators.relocate import fit_and_localize
+from ris_model.estimators.snapshot_fit import fit_and_localize
 from ris_model.estimators.search import Estimates, localize
 from ris_model.model import CovarianceNet
 from ris_model.physics import simulate
@@ -71,8 +71,9 @@ def with_eval_settings(cfg: Config, overrides: Mapping[str, Any]) -> Config:
     """The run's config with evaluation-time ``overrides`` (dotted keys of ``EVALUATION_KEYS``) applied.
 
     Those keys say how MUSIC's sources are refined; every other key describes the trained
-    network and the scenes it was trained for. Only these keys are checked: the rest of the run's config is what it was trained with,
-    and an evaluation is no place to find fault with it.
+    network and the scenes it was trained for. Only these keys are checked: the rest of
+    the run's config is what it was trained with, and an evaluation is no place to find
+    fault with it.
     """
     for key in overrides:
         cfg.source_of(key)  # an unknown key fails here, with the nearest known one

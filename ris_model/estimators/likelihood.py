@@ -4,10 +4,11 @@ A MUSIC peak on an estimated covariance is only as precise as that covariance, a
 covariance estimated from L snapshots through M < N measurements is noisy. The snapshots
 themselves say more: each y_l ~ CN(0, C_l) with C_l = Phi_l A diag(p) A^H Phi_l^H + s^2 I,
 so the source parameters can be fitted to them directly (the stochastic maximum-likelihood
-estimator, which approaches the CRB). That likelihood has many local optima, which is why
-it is only ever used locally: it refines estimates that already sit in the right basin,
-never finds sources by itself. With three or four parameters per source instead of the
-N^2 of an unstructured covariance it cannot fit the snapshot noise the way R_ls does.
+estimator, which approaches the CRB). That likelihood has many local optima, so the fit
+here is local: it refines estimates that already sit in the right basin and never finds
+a source by itself (the global moves of :mod:`.relocate` do that, one source at a time).
+With three or four parameters per source instead of the N^2 of an unstructured
+covariance it cannot fit the snapshot noise the way R_ls does.
 
 The fit runs per scene in parallel: Adam on (phi, theta[, rho = 1/r], log p), whose
 per-parameter step normalisation makes one learning rate fit every scene, for a fixed

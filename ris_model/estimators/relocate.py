@@ -31,8 +31,8 @@ import torch
 
 from ris_model.config import SystemConfig
 from ris_model.estimators.grid import SearchGrid, search_grid
-from ris_model.estimators.likelihood import SnapshotLikelihood, SourceFit, fitted_covariance, refine_sources
-from ris_model.estimators.search import Estimates, localize
+from ris_model.estimators.likelihood import SnapshotLikelihood, SourceFit, refine_sources
+from ris_model.estimators.search import Estimates
 from ris_model.physics.simulate import SceneBatch, steering_matrix
 
 # The scoring grid's step: about a sixth of the 8 x 8 aperture's half-power beamwidth; the refit does the rest.
@@ -52,18 +52,23 @@ def relocate_sources(fit: SourceFit, scenes: SceneBatch, system: SystemConfig, *
     if len(fit.estimates) != len(scenes):
         raise ValueError(f"{len(fit.estimates)} scenes of estimates but {len(scenes)} scenes of snapshots")
     dev = fit.estimates.phi.device
-    likelihood = SnapshotLikelihood(scenes.y.to(dev, torch.complex128), scenes.codes.to(dev, torch.complex128),
-                                    scenes.H.to(dev, torch.complex128), scenes.noise_var.to(dev, torch.float64))
     grid = search_grid(system, step_deg=step_deg, device=dev)
     open_ = torch.ones(len(scenes), dtype=torch.bool, device=dev)  # scenes whose fit may still move
     for _ in range(rounds):
-        moved, promising = propose_moves(fit, likelihood, system, grid, math.radians(radius_deg))
-        idx = (promising & open_).nonzero().squeeze(-1)
+        idx = open_.nonzero().squeeze(-1)
         if idx.numel() == 0:
             break
-        refit = refine_sources(moved.index(idx), scenes.index(idx.to(scenes.y.device)), system,
+        part = scenes.index(idx.to(scenes.y.device))
+        likelihood = SnapshotLikelihood(part.y.to(dev, torch.complex128), part.codes.to(dev, torch.complex128),
+                                        part.H.to(dev, torch.complex128), part.noise_var.to(dev, torch.float64))
+        mine = SourceFit(fit.estimates.index(idx), fit.power[idx], fit.nll[idx])
+        moved, promising = propose_moves(mine, likelihood, system, grid, math.radians(radius_deg))
+        take = promising.nonzero().squeeze(-1)
+        if take.numel() == 0:
+            break
+        refit = refine_sources(moved.index(take), part.index(take.to(part.y.device)), system,
                                steps=steps, radius_deg=radius_deg)
-        fit, changed = keep_better(fit, refit, idx)
+        fit, changed = keep_better(fit, refit, idx[take])
         open_ = torch.zeros_like(open_).index_fill_(0, changed, True)
     return fit
 
@@ -168,29 +173,6 @@ def best_addition(Z: torch.Tensor, W: torch.Tensor, grid: SearchGrid, snapshots:
     return point, torch.where(best_t > 1.0, gain, torch.zeros_like(gain))
 
 
-def fit_and_localize(coarse: Estimates, scenes: SceneBatch, system: SystemConfig, *, steps: int = 150,
-                     radius_deg: float = 10.0, moves: int = 0) -> Estimates:
-    """The ML fit of estimates already made, then MUSIC (same K) on the fitted covariance.
-
-    The fit is local, followed by ``moves`` rounds of global moves
-    (:func:`relocate_sources`). The last MUSIC returns the
-    fitted sources themselves (MUSIC on an exact A diag(p) A^H is exact, and the fit stays
-    in the search box): it keeps the result "MUSIC on a covariance", like every other
-    estimator row.
-    """
-    fit = refine_sources(coarse, scenes, system, steps=steps, radius_deg=radius_deg)
-    if moves:
-        fit = relocate_sources(fit, scenes, system, rounds=moves, steps=steps, radius_deg=radius_deg)
-    return localize(fitted_covariance(fit, system), system, coarse.k, method="music")
-
-
-def localize_refined(R: torch.Tensor, scenes: SceneBatch, system: SystemConfig, *, steps: int = 150,
-                     radius_deg: float = 10.0, moves: int = 0) -> Estimates:
-    """MUSIC (oracle K) on R, then :func:`fit_and_localize`."""
-    coarse = localize(R, system, scenes.k.to(R.device), method="music")
-    return fit_and_localize(coarse, scenes, system, steps=steps, radius_deg=radius_deg, moves=moves)
-
-
 def keep_better(fit: SourceFit, refit: SourceFit, idx: torch.Tensor) -> tuple[SourceFit, torch.Tensor]:
     """``fit`` with the scenes ``idx`` replaced by ``refit``'s where its NLL is lower, and
     the scenes so replaced."""
@@ -209,6 +191,5 @@ def keep_better(fit: SourceFit, refit: SourceFit, idx: torch.Tensor) -> tuple[So
     return SourceFit(estimates, put(fit.power, refit.power), put(fit.nll, refit.nll)), take
 
 
-__all__ = ["SCORE_STEP_DEG", "best_addition", "drop_costs", "fit_and_localize", "keep_better", "localize_refined",
-           "propose_moves",
-           "relocate_sources", "residual_forms"]
+__all__ = ["SCORE_STEP_DEG", "best_addition", "drop_costs", "keep_better", "propose_moves", "relocate_sources",
+           "residual_forms"]

@@ -7,7 +7,8 @@ from ris_model.config import load_config
 from ris_model.estimators import Estimates, match_sources, search_grid
 from ris_model.estimators.likelihood import SnapshotLikelihood, SourceFit, refine_sources
 from ris_model.estimators.relocate import (
-    best_addition, drop_costs, fit_and_localize, keep_better, propose_moves, relocate_sources, residual_forms)
+    best_addition, drop_costs, keep_better, propose_moves, relocate_sources, residual_forms)
+from ris_model.estimators.snapshot_fit import fit_and_localize
 from ris_model.physics import simulate
 from ris_model.physics.simulate import steering_matrix
 
@@ -213,3 +214,31 @@ def test_keep_better_takes_only_lower_likelihoods(misplaced):
     assert torch.equal(kept.estimates.phi[3], fit.estimates.phi[3])
     untouched = torch.tensor([i for i in range(len(s)) if i not in (0, 5)])
     assert torch.equal(kept.estimates.phi[untouched], fit.estimates.phi[untouched])
+
+
+def test_only_scenes_whose_fit_moved_are_proposed_again(misplaced, monkeypatch):
+    """A refused move would be proposed again from the same fit; only changed scenes are."""
+    import ris_model.estimators.relocate as relocate
+
+    system, s, fit = misplaced
+    proposed: list[int] = []
+    real_propose = relocate.propose_moves
+
+    def propose(fit_part, *args):
+        proposed.append(len(fit_part.estimates))
+        return real_propose(fit_part, *args)
+
+    monkeypatch.setattr(relocate, "propose_moves", propose)
+    moved = relocate.relocate_sources(fit, s, system, rounds=3, steps=100)
+    changed = int((moved.nll < fit.nll).sum())
+    assert proposed[0] == len(s) and proposed[1] == changed and len(proposed) <= 3
+
+    proposed.clear()  # every refit refused: one round of proposals, however many rounds are allowed
+
+    def worse_refit(start, scenes, *args, **kwargs):
+        return SourceFit(start, torch.zeros_like(start.phi, dtype=torch.float64),
+                         torch.full((len(start),), math.inf, dtype=torch.float64))
+
+    monkeypatch.setattr(relocate, "refine_sources", worse_refit)
+    again = relocate.relocate_sources(moved, s, system, rounds=3, steps=100)
+    assert len(proposed) == 1 and torch.equal(again.nll, moved.nll)
