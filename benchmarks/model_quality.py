@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from ris_model.budget import CpuBudget
 from ris_model.callbacks import Callback
 from ris_model.config import ConfigError, load_config, parse_set_args
+from ris_model.estimators.bootstrap import LEAD_KEYS
 from ris_model.evaluation import evaluate_run, load_run_config, with_eval_settings
 from ris_model.progress import ProgressCallback
 from ris_model.train import Trainer
@@ -86,6 +87,11 @@ def train_within(preset: str, minutes: float, run_dir: Path, extra: list[str]) -
     return info
 
 
+def _interval(lead: dict, pct: bool) -> str:
+    scale, digits = (100.0, 1) if pct else (1.0, 2)
+    return f"{scale * lead['lead']:.{digits}f} [{scale * lead['low']:.{digits}f}, {scale * lead['high']:.{digits}f}]"
+
+
 def trained_before(preset: str, run_dir: Path) -> dict:
     """What training the run under ``run_dir`` took, as recorded when it was trained."""
     record = run_dir / TRAINING_RECORD
@@ -104,9 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results/model_quality_runs"))
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/model_quality.json"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
+    parser.add_argument("--bootstrap", type=int, default=2000, metavar="N",
+                        help="resamples of the paired bootstrap of music_learned's lead (0: none)")
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate the runs already trained under --out-dir instead of training anew")
     args = parser.parse_args(argv)
+    if args.bootstrap < 0:
+        parser.error(f"--bootstrap must be >= 0 (0: no intervals) but got {args.bootstrap}")
     torch.set_num_threads(1)  # the budget is CPU time: one thread makes it comparable across machines
 
     from rich.table import Table
@@ -121,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("estimator", no_wrap=True)
     for col in ("RMSE φ°", "RMSE θ°", "within 1°", "φ / √CRB"):
         table.add_column(col, justify="right", no_wrap=True)
+    leads = Table(title=f"music_learned's lead [95% interval, {args.bootstrap} paired resamples of the scenes]; "
+                        f"positive: music_learned ahead")
+    for col in ("preset", "SNR", "over", "RMSE φ°", "RMSE θ°", "within 1°, points"):
+        leads.add_column(col, no_wrap=True, justify="left" if col in ("preset", "over") else "right")
     # training records every --set in the run; an evaluation of runs trained before takes
     # the evaluation-time ones (model.refine*) from here
     eval_overrides = {}
@@ -142,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         per_snr = {}
         for snr in args.snrs:
             t0 = time.perf_counter()
-            res = evaluate_run(run_dir / "run", n=args.n, snr_db=snr, seed=4242, overrides=eval_overrides)
+            res = evaluate_run(run_dir / "run", n=args.n, snr_db=snr, seed=4242, overrides=eval_overrides,
+                               lead_resamples=args.bootstrap)
             print(f"{preset}: evaluated {args.n} scenes at {snr:g} dB in {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr)
             per_snr[str(snr)] = res
@@ -154,8 +169,13 @@ def main(argv: list[str] | None = None) -> int:
                               f"{100 * m['within_1deg']:.1f}%", f"{ratio:.1f}")
             table.add_row(preset, f"{snr:g}", "√CRB median", f"{crb['phi_deg_median']:.3g}",
                           f"{crb['theta_deg_median']:.3g}", "", "1.0", end_section=True)
+            for name, lead in res.get("lead", {}).get("over", {}).items():
+                leads.add_row(preset, f"{snr:g}", name, *(_interval(lead[key], pct=key == "within_1deg")
+                                                          for key in LEAD_KEYS))
         report["presets"][preset] = {**info, "eval": per_snr}
     table_console().print(table)
+    if leads.row_count:
+        table_console(min_width=120).print(leads)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}", file=sys.stderr)

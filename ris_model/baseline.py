@@ -138,14 +138,14 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def table_console():
-    """The console for estimator tables: a terminal's own width, and at least 100 columns
-    off a terminal (a pipe, a CI log), where rich would otherwise assume 80 and cut the
-    tables' last characters to ellipses."""
+def table_console(min_width: int = 100):
+    """The console for estimator tables: a terminal's own width, and at least ``min_width``
+    columns off a terminal (a pipe, a CI log), where rich would otherwise assume 80 and cut
+    the tables' last characters to ellipses."""
     from rich.console import Console
 
     console = Console()
-    return console if console.is_terminal else Console(width=max(100, console.width))
+    return console if console.is_terminal else Console(width=max(min_width, console.width))
 
 
 def render_baseline(result: dict[str, Any]):

@@ -109,3 +109,19 @@ def test_eval_of_a_missing_run_dir_is_a_usage_error(tmp_path):
 def test_config_keys_lists_every_key():
     result = CliRunner().invoke(main, ["config", "--keys"])
     assert result.exit_code == 0 and "loss.weights.cov" in result.output and "train.lr" in result.output
+
+
+def test_evaluation_reports_the_learned_rows_lead_with_intervals(trained):
+    from ris_model.estimators.bootstrap import LEAD_KEYS
+    from ris_model.evaluation import evaluate_run
+
+    run_dir, _ = trained
+    out = evaluate_run(run_dir, n=12, snr_db=20.0, lead_resamples=100)
+    over, rows = out["lead"]["over"], out["estimators"]
+    assert set(over) == {"music_ls", "music_ls_refined"} and out["lead"]["resamples"] == 100
+    for name, lead in over.items():
+        assert all(lead[key]["low"] <= lead[key]["high"] for key in LEAD_KEYS)
+        # the sign convention: positive is music_learned's lead
+        assert lead["rmse_phi_deg"]["lead"] == pytest.approx(rows[name]["rmse_phi_deg"] - rows["music_learned"]["rmse_phi_deg"])
+        assert lead["within_1deg"]["lead"] == pytest.approx(rows["music_learned"]["within_1deg"] - rows[name]["within_1deg"])
+    assert "lead" not in evaluate_run(run_dir, n=4, snr_db=20.0, refine="none")
