@@ -9,7 +9,7 @@ L (t - 1 - log t) when t > 1, where
     t(g) = sum_l |b_l^H C_l^-1 y_l|^2 / sum_l b_l^H C_l^-1 b_l,    b_l = Phi_l a(g)
 
 (exact when b_l^H C_l^-1 b_l is the same for every snapshot; with random RIS codes it
-is off by up to a factor of about two either way, which is fine for ranking points and
+is off by up to a factor of about three either way, which is fine for ranking points and
 for deciding which moves deserve a refit, and the refit's exact NLL decides). Both sums
 are quadratic forms a(g)^H X a(g) with an N x N matrix X per scene, so scoring a whole
 search grid costs two (G x N)(N x N) products, whatever L is.
