@@ -34,7 +34,6 @@ import torch  # noqa: E402
 from ris_model.budget import CpuBudget
 from ris_model.callbacks import Callback
 from ris_model.config import ConfigError, load_config, parse_set_args
-from ris_model.estimators.bootstrap import LEAD_KEYS
 from ris_model.evaluation import evaluate_run, load_run_config, with_eval_settings
 from ris_model.progress import ProgressCallback
 from ris_model.train import Trainer
@@ -87,11 +86,6 @@ def train_within(preset: str, minutes: float, run_dir: Path, extra: list[str]) -
     return info
 
 
-def _interval(lead: dict, pct: bool) -> str:
-    scale, digits = (100.0, 1) if pct else (1.0, 2)
-    return f"{scale * lead['lead']:.{digits}f} [{scale * lead['low']:.{digits}f}, {scale * lead['high']:.{digits}f}]"
-
-
 def trained_before(preset: str, run_dir: Path) -> dict:
     """What training the run under ``run_dir`` took, as recorded when it was trained."""
     record = run_dir / TRAINING_RECORD
@@ -121,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.table import Table
 
-    from ris_model.baseline import table_console
+    from ris_model.baseline import lead_cells, table_console
 
     trained = f"the runs in {args.out_dir}" if args.eval_only else f"~{args.minutes:g} CPU min of training"
     report: dict = {"minutes": None if args.eval_only else args.minutes, "n": args.n, "presets": {}}
@@ -170,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             table.add_row(preset, f"{snr:g}", "√CRB median", f"{crb['phi_deg_median']:.3g}",
                           f"{crb['theta_deg_median']:.3g}", "", "1.0", end_section=True)
             for name, lead in res.get("lead", {}).get("over", {}).items():
-                leads.add_row(preset, f"{snr:g}", name, *(_interval(lead[key], pct=key == "within_1deg")
-                                                          for key in LEAD_KEYS))
+                leads.add_row(preset, f"{snr:g}", name, *lead_cells(lead))
         report["presets"][preset] = {**info, "eval": per_snr}
     table_console().print(table)
     if leads.row_count:

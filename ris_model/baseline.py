@@ -138,6 +138,33 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def lead_cells(lead: dict[str, dict[str, float]]) -> list[str]:
+    """One lead of :func:`~ris_model.estimators.bootstrap.paired_lead` as table cells:
+    RMSE φ and θ in degrees, the within-1° share in points, each "lead [low, high]"."""
+    from ris_model.estimators.bootstrap import LEAD_KEYS
+
+    cells = []
+    for key in LEAD_KEYS:
+        scale, digits = (100.0, 1) if key == "within_1deg" else (1.0, 2)
+        v = {part: scale * lead[key][part] for part in ("lead", "low", "high")}
+        cells.append(f"{v['lead']:.{digits}f} [{v['low']:.{digits}f}, {v['high']:.{digits}f}]")
+    return cells
+
+
+def render_lead(result: dict[str, Any]):
+    """A rich Table of an evaluation's ``"lead"``: music_learned's lead over each classical row."""
+    from rich.table import Table
+
+    lead = result["lead"]
+    table = Table(title=f"music_learned's lead [{100 * lead['level']:g}% interval, {lead['resamples']} paired "
+                        f"resamples of the scenes]; positive: music_learned ahead")
+    for col in ("over", "RMSE φ (deg)", "RMSE θ (deg)", "within 1° (points)"):
+        table.add_column(col, no_wrap=True, justify="left" if col == "over" else "right")
+    for name, row in lead["over"].items():
+        table.add_row(name, *lead_cells(row))
+    return table
+
+
 def table_console(min_width: int = 100):
     """The console for estimator tables: a terminal's own width, and at least ``min_width``
     columns off a terminal (a pipe, a CI log), where rich would otherwise assume 80 and cut

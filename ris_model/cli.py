@@ -216,20 +216,25 @@ def hpo(preset, config_file, overrides, study_dir, trials, epochs, storage, stud
               help="Fit MUSIC's sources to the snapshots by maximum likelihood (default: the run's model.refine).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Change an evaluation-time setting of the run, e.g. --set model.refine_steps=300 (repeatable).")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Add music_learned's lead over music_ls (and music_ls_refined) with 95% intervals from N "
+                   "paired resamples of the scenes (0: none).")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def evaluate(run_dir, n, snr_db, k, seed, checkpoint, device, refine, overrides, as_json):
+def evaluate(run_dir, n, snr_db, k, seed, checkpoint, device, refine, overrides, bootstrap, as_json):
     """MUSIC on the learned covariance next to the classical baselines and the CRB."""
-    from ris_model.baseline import render_baseline
+    from ris_model.baseline import render_baseline, render_lead
     from ris_model.config import parse_set_args
     from ris_model.evaluation import evaluate_run
 
     result = evaluate_run(Path(run_dir), n=n, snr_db=snr_db, k=k, seed=seed, checkpoint=checkpoint, device=device,
-                          refine=refine, overrides=parse_set_args(overrides))
+                          refine=refine, overrides=parse_set_args(overrides), lead_resamples=bootstrap)
     if as_json:
         click.echo(json.dumps(result))
-    else:
-        _print_table(render_baseline(result))
+        return
+    _print_table(render_baseline(result))
+    if "lead" in result:
+        _print_table(render_lead(result))
 
 
 if __name__ == "__main__":

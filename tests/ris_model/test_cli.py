@@ -125,3 +125,14 @@ def test_evaluation_reports_the_learned_rows_lead_with_intervals(trained):
         assert lead["rmse_phi_deg"]["lead"] == pytest.approx(rows[name]["rmse_phi_deg"] - rows["music_learned"]["rmse_phi_deg"])
         assert lead["within_1deg"]["lead"] == pytest.approx(rows["music_learned"]["within_1deg"] - rows[name]["within_1deg"])
     assert "lead" not in evaluate_run(run_dir, n=4, snr_db=20.0, refine="none")
+
+
+def test_eval_bootstrap_adds_the_lead_to_the_json_and_a_table(trained):
+    run_dir, _ = trained
+    args = ["eval", str(run_dir), "--n", "8", "--snr", "20", "--bootstrap", "50"]
+    out = json.loads(CliRunner().invoke(main, [*args, "--json"]).output)
+    assert set(out["lead"]["over"]) == {"music_ls", "music_ls_refined"} and out["lead"]["resamples"] == 50
+    table = CliRunner().invoke(main, args)
+    assert table.exit_code == 0 and "music_learned's lead" in " ".join(table.output.split())
+    refused = CliRunner().invoke(main, [*args[:-1], "-1"])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
