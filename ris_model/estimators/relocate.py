@@ -148,13 +148,18 @@ def best_addition(Z: torch.Tensor, W: torch.Tensor, grid: SearchGrid, snapshots:
     (in (phi, theta), as the local fit measures) compete; nearer ones the local fit reaches
     by itself."""
     steering = grid.steering.reshape(-1, grid.steering.shape[-1])  # (G, N)
-    n = Z.shape[-1]
-    chunk = max(1, _CHUNK_ENTRIES // (steering.shape[0] * n))
+    g, n = steering.shape
+    chunk = max(1, _CHUNK_ENTRIES // (g * n))
+    conj = steering.conj().resolve_conj()
+    # One buffer for every chunk's (G, chunk N) product: a fresh tens-of-MB block per chunk
+    # fragments the allocator, and the process kept ~1 GB per 100 small scenes.
+    buffer = torch.empty(g * chunk * n, dtype=steering.dtype, device=steering.device)
 
     def form(X: torch.Tensor) -> torch.Tensor:  # a_g^H X a_g for every scene of X, (c, G)
         c = X.shape[0]
         right = X.to(steering.dtype).permute(1, 0, 2).reshape(n, c * n)  # one 2-D product for the chunk
-        return ((steering.conj() @ right).view(-1, c, n) * steering.unsqueeze(1)).sum(-1).real.T
+        prod = torch.matmul(conj, right, out=buffer[:g * c * n].view(g, c * n))
+        return prod.view(g, c, n).mul_(steering.unsqueeze(1)).sum(-1).real.T
 
     planes = grid.shape[0]
     if away_from is None:
