@@ -56,6 +56,13 @@ class SnapshotLikelihood:
         self.y_energy = y.abs().square().sum(-1)  # (B, L)
         self.noise_var = noise_var.to(y.real.dtype)[:, None]  # (B, 1)
 
+    @classmethod
+    def of(cls, scenes: SceneBatch, device: torch.device | str) -> "SnapshotLikelihood":
+        """The likelihood of ``scenes``' snapshots on ``device``, in complex128: the fits'
+        steps are fractions of a degree, finer than complex64's phases resolve."""
+        return cls(scenes.y.to(device, torch.complex128), scenes.codes.to(device, torch.complex128),
+                   scenes.H.to(device, torch.complex128), scenes.noise_var.to(device, torch.float64))
+
     def images(self, x: torch.Tensor) -> torch.Tensor:
         """Phi_l x_k for every snapshot l and column k of x (B, N, K): (B, L, M, K)."""
         b, l, m = self.y.shape
@@ -141,8 +148,7 @@ def refine_sources(estimates: Estimates, scenes: SceneBatch, system: SystemConfi
     if len(estimates) != len(scenes):
         raise ValueError(f"{len(estimates)} scenes of estimates but {len(scenes)} scenes of snapshots")
     dev = estimates.phi.device
-    likelihood = SnapshotLikelihood(scenes.y.to(dev, torch.complex128), scenes.codes.to(dev, torch.complex128),
-                                    scenes.H.to(dev, torch.complex128), scenes.noise_var.to(dev, torch.float64))
+    likelihood = SnapshotLikelihood.of(scenes, dev)
     mask = estimates.mask
     near = system.near_field
     phi = estimates.phi.detach().double().clone().requires_grad_(True)

@@ -59,8 +59,7 @@ def relocate_sources(fit: SourceFit, scenes: SceneBatch, system: SystemConfig, *
         if idx.numel() == 0:
             break
         part = scenes.index(idx.to(scenes.y.device))
-        likelihood = SnapshotLikelihood(part.y.to(dev, torch.complex128), part.codes.to(dev, torch.complex128),
-                                        part.H.to(dev, torch.complex128), part.noise_var.to(dev, torch.float64))
+        likelihood = SnapshotLikelihood.of(part, dev)
         mine = SourceFit(fit.estimates.index(idx), fit.power[idx], fit.nll[idx])
         moved, promising = propose_moves(mine, likelihood, system, grid, math.radians(radius_deg))
         take = promising.nonzero().squeeze(-1)

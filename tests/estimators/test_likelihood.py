@@ -87,8 +87,7 @@ def test_each_scene_keeps_its_best_iterate_even_when_the_steps_overshoot():
     system = load_config("tiny").system
     s = simulate(system, 32, seed=11, snr_db=10.0)
     start = _truth(s, dphi_deg=0.5)
-    lik = SnapshotLikelihood(s.y.to(torch.complex128), s.codes.to(torch.complex128), s.H.to(torch.complex128),
-                             s.noise_var.double())
+    lik = SnapshotLikelihood.of(s, s.y.device)
     at_start = refine_sources(start, s, system, steps=0).nll
     wild = refine_sources(start, s, system, steps=6, step_deg=4.0)  # Adam jumps ~4 deg a step
     assert (wild.nll <= at_start).all()

@@ -86,8 +86,7 @@ def test_zero_rounds_return_the_fit_unchanged(misplaced):
 def test_the_misplaced_source_is_the_cheapest_to_drop(misplaced):
     system, s, fit = misplaced
     est = fit.estimates
-    lik = SnapshotLikelihood(s.y.to(torch.complex128), s.codes.to(torch.complex128), s.H.to(torch.complex128),
-                             s.noise_var.double())
+    lik = SnapshotLikelihood.of(s, s.y.device)
     A = steering_matrix(system, est.phi, est.theta, None, est.mask)
     cost = drop_costs(lik, A, fit.power, est.mask, fit.nll)
     # slot-wise: the fixture misplaced slot 1 of every scene (K = 2 throughout)
@@ -155,8 +154,7 @@ def misplaced_near():
 
 
 def _likelihood(s) -> SnapshotLikelihood:
-    return SnapshotLikelihood(s.y.to(torch.complex128), s.codes.to(torch.complex128), s.H.to(torch.complex128),
-                              s.noise_var.double())
+    return SnapshotLikelihood.of(s, s.y.device)
 
 
 def test_moves_repair_near_field_scenes_range_included(misplaced_near):
