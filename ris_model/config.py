@@ -310,8 +310,7 @@ class Config:
         evaluated leaves gate verdicts and overfit baselines valid."""
         values = self.to_dict()
         for key in EVALUATION_KEYS:
-            section, _, leaf = key.partition(".")
-            values[section].pop(leaf)
+            _drop_key(values, key)
         blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -350,13 +349,18 @@ def _without_retired(tree: Mapping[str, Any]) -> Mapping[str, Any]:
         return tree
     out = copy.deepcopy(dict(tree))
     for key in RETIRED_KEYS:
-        *sections, leaf = key.split(".")
-        node: Any = out
-        for section in sections:
-            node = node.get(section) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        _drop_key(out, key)
     return out
+
+
+def _drop_key(tree: dict[str, Any], key: str) -> None:
+    """Remove the dotted ``key`` from a nested dict in place, at any depth; absent is fine."""
+    *sections, leaf = key.split(".")
+    node: Any = tree
+    for section in sections:
+        node = node.get(section) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(leaf, None)
 
 
 # ------------------------------------------------------------------------ presets
