@@ -20,7 +20,8 @@ class CpuBudget(Callback):
     rather than one epoch past it. ``start`` is the clock reading the budget counts from
     (default: fit start; pass one taken before building the Trainer to count its set-up).
     The clock is process time by default: what this process used, whatever else runs.
-    Under DDP each rank judges its own clock, and the Trainer stops every rank when one asks.
+    For one process: under DDP each rank would judge its own clock, and the Trainer agrees
+    on stops only between steps, so ranks could part at an epoch boundary.
     """
 
     def __init__(self, seconds: float, *, start: float | None = None,

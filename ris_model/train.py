@@ -205,8 +205,6 @@ class Trainer:
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
                 self._checkpoint("last.pt")
-                if self.state.epoch < tc.epochs:  # a callback may have asked at validation end, on one rank
-                    self._agree_on_stop()
         except KeyboardInterrupt:
             interrupted = True
             self.request_stop("interrupted")
