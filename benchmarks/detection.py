@@ -72,7 +72,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def collect_faults(args: argparse.Namespace) -> list:
     from healthcheck.faults import check_faults, load_faults, select_faults
-    from healthcheck.hooks.ris_faults import REGISTRY
+    from healthcheck.ris.faults import REGISTRY
 
     faults = list(REGISTRY)
     for path in args.faults_from:
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from healthcheck.hooks.ris_detection import default_detectors, load_detectors, run_benchmark
+    from healthcheck.ris.detection import default_detectors, load_detectors, run_benchmark
 
     torch.set_num_threads(args.threads)
     detectors = None

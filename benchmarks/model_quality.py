@@ -4,14 +4,14 @@ For each preset: train on fresh scenes every epoch (nothing to memorise) for abo
 ``--minutes`` of CPU time (process time, one thread: robust to a shared machine), then
 evaluate on held-out scenes at several SNRs, next to
 MUSIC on R_ls (the classical baseline), MUSIC on the true R (the ceiling) and the CRB.
-With the default ``model.refine = ml`` the learned row is MUSIC on R̂ followed by a local
+With the default ``eval.refine = ml`` the learned row is MUSIC on R̂ followed by a local
 maximum-likelihood fit to the snapshots; the table then also shows MUSIC on R̂ alone and
 the same fit started from MUSIC on R_ls, so what the network adds is visible on its own.
 The epoch count is calibrated from a short probe so the cosine schedule fits the
 budget instead of being cut off mid-way: the probe times the set-up (the first training
 and validation scenes) and one steady-state epoch (fresh scenes, training, validation,
 checkpoint), so the real run's CPU time lands near the budget. The budget itself is held
-by :class:`~ris_model.budget.CpuBudget`: when the machine is busier than during the probe,
+by :class:`~ris_model.training.budget.CpuBudget`: when the machine is busier than during the probe,
 the run stops cleanly before an epoch would take it past the budget.
 
     python benchmarks/model_quality.py --presets tiny small --minutes 12 --json out.json
@@ -31,12 +31,12 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
-from ris_model.budget import CpuBudget
-from ris_model.callbacks import Callback
+from ris_model.training.budget import CpuBudget
+from ris_model.training.callbacks import Callback
 from ris_model.config import ConfigError, load_config, parse_set_args
-from ris_model.evaluation import evaluate_run, load_run_config, with_eval_settings
-from ris_model.progress import ProgressCallback
-from ris_model.train import Trainer
+from ris_model.evaluation.evaluate import evaluate_run, load_run_config, with_eval_settings
+from ris_model.training.progress import ProgressCallback
+from ris_model.training.train import Trainer
 
 TRAINING_RECORD = "training.json"  # next to the run: lets --eval-only report what training took
 ROWS = ("music_learned", "music_learned_unrefined", "music_ls", "music_ls_refined", "music_true")
@@ -80,7 +80,8 @@ def train_within(preset: str, minutes: float, run_dir: Path, extra: list[str]) -
     budget = CpuBudget(minutes * 60, start=t0)
     result = Trainer(cfg, run_dir / "run", device="cpu", callbacks=[ProgressCallback(), budget]).fit()
     info = {"minutes": minutes, "epochs": result.epochs_done, "epochs_planned": epochs,
-            "stop_reason": result.stop_reason, "train_cpu_s": time.process_time() - t0,
+            "stop_reason": None if result.stop_reason is None else result.stop_reason.value,
+            "stop_message": result.stop_message, "train_cpu_s": time.process_time() - t0,
             "train_wall_s": time.perf_counter() - w0, "best_val_loss": result.best_val_loss}
     (run_dir / TRAINING_RECORD).write_text(json.dumps(info, indent=2))
     return info
@@ -90,7 +91,8 @@ def trained_before(preset: str, run_dir: Path) -> dict:
     """What training the run under ``run_dir`` took, as recorded when it was trained."""
     record = run_dir / TRAINING_RECORD
     if not record.is_file():
-        return {"minutes": None, "epochs": None, "epochs_planned": None, "stop_reason": None, "train_cpu_s": None,
+        return {"minutes": None, "epochs": None, "epochs_planned": None, "stop_reason": None, "stop_message": None,
+                "train_cpu_s": None,
                 "train_wall_s": None, "best_val_loss": None}
     return json.loads(record.read_text())
 
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("preset", "SNR", "over", "RMSE φ°", "RMSE θ°", "within 1°, points"):
         leads.add_column(col, no_wrap=True, justify="left" if col in ("preset", "over") else "right")
     # training records every --set in the run; an evaluation of runs trained before takes
-    # the evaluation-time ones (model.refine*) from here
+    # the evaluation-time ones (eval.refine*) from here
     eval_overrides = {}
     if args.eval_only:
         missing = [p for p in args.presets if not (args.out_dir / p / "run" / "checkpoints" / "best.pt").is_file()]

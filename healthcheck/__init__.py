@@ -27,7 +27,7 @@ _EXPORTS = {
     "Policy": "policy", "PolicyError": "policy",
     "Monitor": "monitor", "judge_records": "monitor",
     "JsonlSink": "sinks", "ConsoleSink": "sinks", "WandbSink": "sinks", "OptunaSink": "sinks",
-    "TrainingHealth": "hooks.torch_loop", "HealthStop": "hooks.torch_loop",
+    "TrainingHealth": "integrations.torch_loop", "HealthStop": "integrations.torch_loop",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .detectors import Detector, default_detectors
     from .events import (CODES, HealthEvent, HealthLogWriter, Severity, codes_table_markdown,
                          read_events, register_code)
-    from .hooks.torch_loop import HealthStop, TrainingHealth
+    from .integrations.torch_loop import HealthStop, TrainingHealth
     from .monitor import Monitor, judge_records
     from .observe import LiveView, MetricsWriter, ModuleNorms, StepRecord, measure, read_records
     from .policy import Policy, PolicyError

@@ -194,7 +194,7 @@ def gate(obj: CliContext, preset: str | None, config_file: str | None, overrides
     import json
 
     from .gate import progress_line, render_table
-    from .hooks.ris_gate import GateUsageError, cli_overrides, run_ris_gate
+    from .ris.gate_subject import GateUsageError, cli_overrides, run_ris_gate
 
     try:
         values = cli_overrides(overrides, preset)

@@ -11,7 +11,7 @@ training object instead of to source code.
 
 This module knows nothing about any particular trainer: ``apply`` receives whatever
 object the benchmark built and the fault itself knows how to break it. Faults for the
-RIS trainer live in ``healthcheck.hooks.ris_faults``. A fault that must act at step k
+RIS trainer live in ``healthcheck.ris.faults``. A fault that must act at step k
 (a NaN batch, a weight dropped mid-run) does so through the trainer's own hooks, e.g. a
 callback it adds.
 

@@ -2,7 +2,7 @@
 
 A sweep spends hours of compute on one config; the gate spends seconds to show that the
 config can learn at all before any of it is spent. ``run_gate`` is model-agnostic (it
-takes a preflight subject, see `healthcheck.preflight`); ``healthcheck.hooks.ris_gate``
+takes a preflight subject, see `healthcheck.preflight`); ``healthcheck.ris.gate_subject``
 builds the subject for ``ris_model`` and adds its config and W&B checks.
 
 ``gate.json`` (docs/run-dir.md) is written atomically, so a reader (the HPO, ``healthcheck

@@ -7,7 +7,7 @@ Each check here looks for one such signal on one batch and returns a `Check`: a 
 the numbers it measured, and a hint saying where to look.
 
 The checks are model-agnostic. They read a *subject*: any object with these attributes
-(`GateSubject` is a ready-made one; ``healthcheck.hooks.ris_gate`` builds one for
+(`GateSubject` is a ready-made one; ``healthcheck.ris.gate_subject`` builds one for
 ``ris_model``)::
 
     model         torch.nn.Module, in the state training starts from

@@ -116,7 +116,7 @@ def overfit_update_baseline(pytestconfig: pytest.Config) -> bool:
 class TrainerFactory:
     """Builds monitored ris_model overfit runs; call it like ``trainer_factory("tiny")``.
 
-    Returns a ``healthcheck.hooks.ris_overfit.OverfitRun``: ``.trainer`` (the Trainer,
+    Returns a ``healthcheck.ris.overfit.OverfitRun``: ``.trainer`` (the Trainer,
     whose attributes the run also answers to), ``.fit()``, ``.curve`` (per-epoch losses),
     ``.events(min_severity)`` (the health monitor's events) and ``.localisation()``.
     """
@@ -131,8 +131,8 @@ class TrainerFactory:
                  overrides: Mapping[str, Any] | None = None, callbacks: Sequence[Any] = (),
                  run_dir: Any = None, policy: Any = None) -> Any:
         """A run of ``preset`` (default: --overfit-preset, else tiny); unset knobs follow the
-        preset's recipe (``healthcheck.hooks.ris_overfit.recipe_for``)."""
-        from .hooks.ris_overfit import OverfitSpec, build_overfit_run
+        preset's recipe (``healthcheck.ris.overfit.recipe_for``)."""
+        from .ris.overfit import OverfitSpec, build_overfit_run
 
         spec = OverfitSpec(preset=preset or self.default_preset, scenes=scenes, snr_db=snr_db, seed=seed,
                            epochs=epochs, lr=lr, overrides=dict(overrides or {}))

@@ -17,7 +17,7 @@ import torch
 
 from ris_model.config import Config, SystemConfig, load_config
 from ris_model.estimators.covariance import r_bp, r_ls
-from ris_model.estimators.metrics import evaluate_estimates
+from ris_model.evaluation.metrics import evaluate_estimates
 from ris_model.estimators.search import Estimates, localize
 from ris_model.physics.simulate import SceneBatch, simulate
 
@@ -139,9 +139,9 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def lead_cells(lead: dict[str, dict[str, float]]) -> list[str]:
-    """One lead of :func:`~ris_model.estimators.bootstrap.paired_lead` as table cells:
+    """One lead of :func:`~ris_model.evaluation.bootstrap.paired_lead` as table cells:
     RMSE φ and θ in degrees, the within-1° share in points, each "lead [low, high]"."""
-    from ris_model.estimators.bootstrap import LEAD_KEYS
+    from ris_model.evaluation.bootstrap import LEAD_KEYS
 
     cells = []
     for key in LEAD_KEYS:
@@ -182,9 +182,9 @@ def render_baseline(result: dict[str, Any]):
     title = f"{result['preset']}: {result['n']} scenes at {result['snr_db']:g} dB, oracle K"
     settings = result.get("refine_settings") or {}
     if result.get("refine") == "ml" and settings:
-        title += (f"; music_learned = MUSIC on R̂, then the snapshot fit ({settings['model.refine_steps']} steps, "
-                  f"each source within {settings['model.refine_radius_deg']:g}°, "
-                  f"{settings.get('model.refine_moves', 0)} rounds of global moves)")
+        title += (f"; music_learned = MUSIC on R̂, then the snapshot fit ({settings['eval.refine_steps']} steps, "
+                  f"each source within {settings['eval.refine_radius_deg']:g}°, "
+                  f"{settings.get('eval.refine_moves', 0)} rounds of global moves)")
     table = Table(title=title)
     for col in ("estimator", "RMSE φ (deg)", "RMSE θ (deg)", "RMSE r (m)", "within 1°"):
         table.add_column(col, justify="left" if col == "estimator" else "right", no_wrap=True,

@@ -154,7 +154,7 @@ def baseline(preset, config_file, overrides, snr_db, n, k, seed, as_json):
 def train(preset, config_file, overrides, run_dir, epochs, device, resume, wandb_mode, no_health,
           health_policy, health_silence, health_regrade, eval_n):
     """Train the covariance network, monitored, and end with an eval table."""
-    from ris_model.run import train_command
+    from ris_model.training.run import train_command
 
     overrides = list(overrides) + ([f"train.epochs={epochs}"] if epochs is not None else [])
     code = train_command(preset=preset, config_file=config_file, overrides=overrides, run_dir=Path(run_dir),
@@ -213,9 +213,9 @@ def hpo(preset, config_file, overrides, study_dir, trials, epochs, storage, stud
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--refine", type=click.Choice(["ml", "none"]), default=None,
-              help="Fit MUSIC's sources to the snapshots by maximum likelihood (default: the run's model.refine).")
+              help="Fit MUSIC's sources to the snapshots by maximum likelihood (default: the run's eval.refine).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Change an evaluation-time setting of the run, e.g. --set model.refine_steps=300 (repeatable).")
+              help="Change an evaluation-time setting of the run, e.g. --set eval.refine_steps=300 (repeatable).")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Add music_learned's lead over music_ls (and music_ls_refined) with 95% intervals from N "
                    "paired resamples of the scenes (0: none).")
@@ -225,7 +225,7 @@ def evaluate(run_dir, n, snr_db, k, seed, checkpoint, device, refine, overrides,
     """MUSIC on the learned covariance next to the classical baselines and the CRB."""
     from ris_model.baseline import render_baseline, render_lead
     from ris_model.config import parse_set_args
-    from ris_model.evaluation import evaluate_run
+    from ris_model.evaluation.evaluate import evaluate_run
 
     result = evaluate_run(Path(run_dir), n=n, snr_db=snr_db, k=k, seed=seed, checkpoint=checkpoint, device=device,
                           refine=refine, overrides=parse_set_args(overrides), lead_resamples=bootstrap)

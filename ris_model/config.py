@@ -105,16 +105,6 @@ class ModelConfig:
                                    "of R_bp's m dominant eigenvectors (an m x K_max mixing)")
     residual_scale: float = _spec(0.05, lo=0.0, hi=10.0,
                                   doc="fixed scale of the head's correction (residual): small Adam steps next to the base")
-    refine: Literal["ml", "none"] = _spec(
-        "ml", doc="evaluation: after MUSIC on R_hat, fit the sources it finds to the snapshots by local "
-                  "maximum likelihood and report MUSIC on the fitted covariance; none reports MUSIC on R_hat")
-    refine_steps: int = _spec(150, lo=1, hi=100_000, doc="Adam steps of that fit (about 0.2 deg each at most)")
-    refine_radius_deg: float = _spec(10.0, lo=0.0, lo_open=True, hi=180.0,
-                                     doc="that fit keeps each source within this angle of where MUSIC (or a move) put it")
-    refine_moves: int = _spec(2, lo=0, hi=100,
-                              doc="rounds of global moves after that fit: each moves a scene's least useful source "
-                                  "to where the snapshots most want one and keeps the move only if the fit improves; "
-                                  "0 keeps the fit local")
 
 
 # ----------------------------------------------------------------------------- loss
@@ -277,6 +267,24 @@ class HPOConfig:
                                     doc="an HPO trial MULTIPLIES each base loss weight by a factor in this range")
 
 
+# ----------------------------------------------------------------------------- eval
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a trained run is evaluated (``ris-model eval --set eval.…``). Not part of the config
+    hash: changing how a run is evaluated leaves gate verdicts and overfit baselines valid."""
+
+    refine: Literal["ml", "none"] = _spec(
+        "ml", doc="after MUSIC on R_hat, fit the sources it finds to the snapshots by local "
+                  "maximum likelihood and report MUSIC on the fitted covariance; none reports MUSIC on R_hat")
+    refine_steps: int = _spec(150, lo=1, hi=100_000, doc="Adam steps of that fit (about 0.2 deg each at most)")
+    refine_radius_deg: float = _spec(10.0, lo=0.0, lo_open=True, hi=180.0,
+                                     doc="that fit keeps each source within this angle of where MUSIC (or a move) put it")
+    refine_moves: int = _spec(2, lo=0, hi=100,
+                              doc="rounds of global moves after that fit: each moves a scene's least useful source "
+                                  "to where the snapshots most want one and keeps the move only if the fit improves; "
+                                  "0 keeps the fit local")
+
+
 @dataclass(frozen=True)
 class Config:
     system: SystemConfig = field(default_factory=SystemConfig)
@@ -284,6 +292,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     hpo: HPOConfig = field(default_factory=HPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     # dotted key -> source of its value; keys absent here come from "default".
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -306,11 +315,10 @@ class Config:
     @property
     def hash(self) -> str:
         """What a run was trained with, stable across processes and machines: sha256 of the
-        canonical JSON values without :data:`EVALUATION_KEYS`, so that changing how runs are
-        evaluated leaves gate verdicts and overfit baselines valid."""
+        canonical JSON values without the ``eval`` section (:data:`EVALUATION_KEYS`), so that
+        changing how runs are evaluated leaves gate verdicts and overfit baselines valid."""
         values = self.to_dict()
-        for key in EVALUATION_KEYS:
-            _drop_key(values, key)
+        values.pop(EVALUATION_SECTION)
         blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -322,7 +330,8 @@ class Config:
     def from_json(cls, blob: Mapping[str, Any]) -> "Config":
         tree = _without_retired(blob["config"])
         cfg = _build(Config, tree, "config")
-        sources = {k: v for k, v in blob.get("sources", {}).items() if v != "default" and k not in RETIRED_KEYS}
+        sources = {RENAMED_KEYS.get(k, k): v for k, v in blob.get("sources", {}).items()
+                   if v != "default" and k not in RETIRED_KEYS}
         return dataclasses.replace(cfg, sources=sources)
 
     def with_values(self, values: Mapping[str, Any], source: str) -> "Config":
@@ -330,27 +339,49 @@ class Config:
         return apply_overrides(self, values, source)
 
 
-# Keys that only change how a trained run is evaluated (``ris-model eval --set``); not hashed.
-EVALUATION_KEYS: tuple[str, ...] = ("model.refine", "model.refine_steps", "model.refine_radius_deg",
-                                    "model.refine_moves")
+# The section that only changes how a trained run is evaluated (``ris-model eval --set``); not hashed.
+EVALUATION_SECTION = "eval"
+EVALUATION_KEYS: tuple[str, ...] = tuple(f"{EVALUATION_SECTION}.{f.name}" for f in dataclasses.fields(EvalConfig))
 
 # Keys that older run directories may hold, with the one value they could take effect with.
 # Such a run still loads; any other value would have been silently ignored, so it is refused.
 RETIRED_KEYS: dict[str, Any] = {"model.input": "rbp"}
 
+# Keys that moved, old -> new. Older run directories and config files are read with the
+# value under its new key; a ``--set`` of an old key is refused with the new one named.
+RENAMED_KEYS: dict[str, str] = {f"model.{f.name}": f"{EVALUATION_SECTION}.{f.name}"
+                                for f in dataclasses.fields(EvalConfig)}
+
 
 def _without_retired(tree: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``tree`` with retired keys dropped and renamed keys moved to their new names."""
     flat = _flatten(tree)
     for key, value in RETIRED_KEYS.items():
         if key in flat and flat[key] != value:
             raise ConfigError(f"{key}={flat[key]!r} is no longer a setting (only {value!r} ever took effect); "
                               f"remove it from the config")
-    if not any(k in flat for k in RETIRED_KEYS):
+    for old, new in RENAMED_KEYS.items():
+        if old in flat and new in flat:
+            raise ConfigError(f"{old} is now {new}, and the config sets both; keep only {new}")
+    if not any(k in flat for k in (*RETIRED_KEYS, *RENAMED_KEYS)):
         return tree
     out = copy.deepcopy(dict(tree))
     for key in RETIRED_KEYS:
         _drop_key(out, key)
+    for old, new in RENAMED_KEYS.items():
+        if old in flat:
+            _drop_key(out, old)
+            _set_key(out, new, flat[old])
     return out
+
+
+def _set_key(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted ``key`` in a nested dict in place, making sections as needed."""
+    *sections, leaf = key.split(".")
+    node = tree
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[leaf] = value
 
 
 def _drop_key(tree: dict[str, Any], key: str) -> None:
@@ -529,6 +560,8 @@ def describe_keys() -> list[tuple[str, str, Any, str]]:
 
 
 def _leaf_spec(key: str) -> tuple[dataclasses.Field, type]:
+    if key in RENAMED_KEYS:
+        raise ConfigError(f"config key {key!r} is now {RENAMED_KEYS[key]!r}; set {RENAMED_KEYS[key]!r} instead")
     owner: type = Config
     parts = key.split(".")
     for i, part in enumerate(parts):
@@ -669,7 +702,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 __all__ = [
-    "Config", "ConfigError", "DEFAULT_LOSS_WEIGHTS", "EVALUATION_KEYS", "HPOConfig", "MIN_PRIMARY_WEIGHT", "LossConfig", "LossWeights", "ModelConfig", "PRESETS",
-    "SOURCE_ORDER", "SystemConfig", "TrainConfig", "WeightPhase", "apply_overrides", "describe_keys", "leaf_keys",
+    "Config", "ConfigError", "DEFAULT_LOSS_WEIGHTS", "EVALUATION_KEYS", "EVALUATION_SECTION", "EvalConfig", "HPOConfig", "MIN_PRIMARY_WEIGHT", "LossConfig", "LossWeights", "ModelConfig", "PRESETS",
+    "RENAMED_KEYS", "SOURCE_ORDER", "SystemConfig", "TrainConfig", "WeightPhase", "apply_overrides", "describe_keys", "leaf_keys",
     "load_config", "parse_set_args", "read_config_file", "validate",
 ]

@@ -3,7 +3,7 @@
 - Refuses to start unless a passing ``gate.json`` exists for the same config hash
   (``--gate auto`` runs the gate first; ``--gate skip`` is for people who know why).
 - TPE over learning rate, weight decay, model width and the auxiliary loss weights.
-  Loss weights follow the rule of ``ris_model.weights``: a trial MULTIPLIES each base
+  Loss weights follow the rule of ``ris_model.training.weights``: a trial MULTIPLIES each base
   weight by a factor; the primary weight is not searched (it is the reference scale);
   terms that a schedule sets are left out of the search.
 - ``trial.report`` after every epoch with a median pruner (the origin pipeline never
@@ -26,9 +26,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
-from ris_model.callbacks import Callback
+from ris_model.training.callbacks import Callback
+from ris_model.training.stop import StopReason
 from ris_model.config import Config, ConfigError, LossWeights
-from ris_model.weights import apply_hpo_factors
+from ris_model.training.weights import apply_hpo_factors
 
 GATE_FILE = "gate.json"
 GATE_MODES = ("require", "auto", "skip")
@@ -125,7 +126,7 @@ class ReportToTrial(Callback):
         self.trial.report(value, metrics["epoch"])
         if self.trial.should_prune():
             trainer.request_stop(f"pruned by the median pruner after epoch {metrics['epoch']} "
-                                 f"(val {self.primary} {value:.4g})")
+                                 f"(val {self.primary} {value:.4g})", StopReason.PRUNED)
 
 
 def health_counts(run_dir: Path) -> dict[str, int]:
@@ -201,8 +202,8 @@ def run_study(base: Config, settings: StudySettings, log: Callable[[str], None] 
     from optuna.trial import TrialState
 
     from ris_model.batches import build_scenes
-    from ris_model.plugins import plugin_callbacks
-    from ris_model.train import Trainer
+    from ris_model.training.plugins import plugin_callbacks
+    from ris_model.training.train import Trainer
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings.study_dir.mkdir(parents=True, exist_ok=True)
@@ -236,9 +237,9 @@ def run_study(base: Config, settings: StudySettings, log: Callable[[str], None] 
         if result.interrupted:
             raise KeyboardInterrupt
         if result.stop_reason is not None:
-            trial.set_user_attr("prune_reason", result.stop_reason)
-            log(f"trial {trial.number}: pruned: {result.stop_reason}")
-            raise optuna.TrialPruned(result.stop_reason)
+            trial.set_user_attr("prune_reason", result.stop_message)
+            log(f"trial {trial.number}: pruned: {result.stop_message}")
+            raise optuna.TrialPruned(result.stop_message)
         log(f"trial {trial.number}: val {reporter.primary} {reporter.best:.4g} ({counts or 'no health events'})")
         return reporter.best
 

@@ -12,9 +12,9 @@ from typing import Callable
 
 import pytest
 
-import ris_model.plugins
-from healthcheck.hooks.ris_faults import REGISTRY
-from ris_model.callbacks import Callback
+import ris_model.training.plugins
+from healthcheck.ris.faults import REGISTRY
+from ris_model.training.callbacks import Callback
 
 
 class DropPrimaryWeight(Callback):
@@ -37,8 +37,8 @@ class ApplyCatalogueFault(Callback):
 
 
 def _add_plugin_callback(monkeypatch, make: Callable[[], Callback]) -> None:
-    real = ris_model.plugins.plugin_callbacks
-    monkeypatch.setattr(ris_model.plugins, "plugin_callbacks",
+    real = ris_model.training.plugins.plugin_callbacks
+    monkeypatch.setattr(ris_model.training.plugins, "plugin_callbacks",
                         lambda options, disabled=frozenset(): real(options, disabled=disabled) + [make()])
 
 

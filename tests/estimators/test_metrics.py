@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ris_model.estimators import Estimates, evaluate_estimates, localization_metrics, match_sources
+from ris_model.estimators import Estimates
+from ris_model.evaluation.metrics import evaluate_estimates, localization_metrics, match_sources
 
 INF = math.inf
 

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from ris_model.config import load_config
-from ris_model.estimators import Estimates, match_sources, search_grid
-from ris_model.estimators.likelihood import SnapshotLikelihood, SourceFit, refine_sources
-from ris_model.estimators.relocate import (
+from ris_model.estimators import Estimates, search_grid
+from ris_model.evaluation.metrics import match_sources
+from ris_model.estimators.snapshot_fit.likelihood import SnapshotLikelihood, SourceFit, refine_sources
+from ris_model.estimators.snapshot_fit.relocate import (
     best_addition, drop_costs, keep_better, propose_moves, relocate_sources, residual_forms)
-from ris_model.estimators.snapshot_fit import fit_and_localize
+from ris_model.estimators.snapshot_fit.fit import fit_and_localize
 from ris_model.physics import simulate
 from ris_model.physics.simulate import steering_matrix
 
@@ -216,7 +217,7 @@ def test_keep_better_takes_only_lower_likelihoods(misplaced):
 
 def test_only_scenes_whose_fit_moved_are_proposed_again(misplaced, monkeypatch):
     """A refused move would be proposed again from the same fit; only changed scenes are."""
-    import ris_model.estimators.relocate as relocate
+    import ris_model.estimators.snapshot_fit.relocate as relocate
 
     system, s, fit = misplaced
     proposed: list[int] = []

@@ -18,9 +18,9 @@ import torch
 
 from healthcheck.events import HealthEvent
 from healthcheck.faults import Fault, load_faults, select_faults
-from healthcheck.hooks.ris_detection import (RunResult, base_config, healthy_config, judge, run_benchmark,
+from healthcheck.ris.detection import (RunResult, base_config, healthy_config, judge, run_benchmark,
                                              summarise)
-from healthcheck.hooks.ris_faults import REGISTRY
+from healthcheck.ris.faults import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 12  # 3 epochs of 4 steps: enough for every patience used below
@@ -250,7 +250,7 @@ def test_load_faults_and_fault_validation(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler")  # no optimizer step here
 def test_the_probe_follows_a_warmup_but_not_the_decay_of_a_squeezed_schedule():
-    from healthcheck.hooks.ris_detection import _NoDecay
+    from healthcheck.ris.detection import _NoDecay
 
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=1.0)

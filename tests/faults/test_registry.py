@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from healthcheck.faults import Fault
-from healthcheck.hooks.ris_faults import REGISTRY, STEP_K
+from healthcheck.ris.faults import REGISTRY, STEP_K
 from ris_model.batches import build_scenes
 from ris_model.config import LossWeights, load_config
 from ris_model.loss import self_test
-from ris_model.train import Trainer
+from ris_model.training.train import Trainer
 
 OVERRIDES = ["train.batch_size=16", "train.train_scenes=48", "train.val_scenes=16", "train.epochs=3",
              "train.warmup_steps=3", "model.width=32", "model.depth=2"]

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from healthcheck.gate import GATE_FILE, read_verdict
-from healthcheck.hooks.ris_gate import gate_entry, run_ris_gate
+from healthcheck.ris.gate_subject import gate_entry, run_ris_gate
 from healthcheck.preflight import (Check, GateSubject, check_micro_overfit, check_optimizer_coverage,
                                   default_checks, run_checks)
 from ris_model.config import load_config
 from ris_model.loss import HybridLoss, trace_normalise
-from ris_model.train import build_optimizer
+from ris_model.training.train import build_optimizer
 
 # Small enough that one gate run takes about a second on one core.
 FAST = {"model.width": 32, "train.batch_size": 16}
@@ -343,7 +343,7 @@ def test_check_rejects_an_unknown_verdict():
 
 
 def test_wandb_offline_check_logs_one_value(monkeypatch):
-    from healthcheck.hooks.ris_gate import check_wandb
+    from healthcheck.ris.gate_subject import check_wandb
 
     monkeypatch.setenv("RIS_MODEL_WANDB", "offline")
     check = check_wandb(load_config("tiny"))

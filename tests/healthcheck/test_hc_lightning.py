@@ -18,16 +18,16 @@ def test_module_imports_without_lightning_and_explains_when_used(monkeypatch):
     monkeypatch.setitem(sys.modules, "lightning", None)
     monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
     monkeypatch.setitem(sys.modules, "pytorch_lightning", None)
-    monkeypatch.delitem(sys.modules, "healthcheck.hooks.lightning", raising=False)
-    mod = importlib.import_module("healthcheck.hooks.lightning")
+    monkeypatch.delitem(sys.modules, "healthcheck.integrations.lightning", raising=False)
+    mod = importlib.import_module("healthcheck.integrations.lightning")
     with pytest.raises(ImportError, match="pip install lightning"):
         mod.HealthCallback
-    monkeypatch.delitem(sys.modules, "healthcheck.hooks.lightning")
+    monkeypatch.delitem(sys.modules, "healthcheck.integrations.lightning")
 
 
 def _fit(tmp_path, fault=None, max_epochs=2):
     L = pytest.importorskip("lightning")
-    from healthcheck.hooks.lightning import HealthCallback
+    from healthcheck.integrations.lightning import HealthCallback
 
     class Regressor(L.LightningModule):
         def __init__(self):

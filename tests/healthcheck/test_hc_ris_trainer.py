@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from healthcheck.hooks.ris_gate import init_ranges
-from healthcheck.hooks.ris_trainer import RisTrainerHealth, range_detectors, term_ranges
+from healthcheck.ris.gate_subject import init_ranges
+from healthcheck.ris.trainer_callback import RisTrainerHealth, range_detectors, term_ranges
 from healthcheck.monitor import Monitor
 from healthcheck.events import SEVERITIES
 from healthcheck.policy import Policy
@@ -56,7 +56,7 @@ def fake_trainer(n_elements: int):
     model = torch.nn.Linear(2, 2)
     return SimpleNamespace(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                            cfg=SimpleNamespace(system=SimpleNamespace(n_elements=n_elements)),
-                           stop_reason=None, request_stop=lambda reason: None)
+                           stop_reason=None, request_stop=lambda message, reason=None: None)
 
 
 def step_metrics(step, **terms):

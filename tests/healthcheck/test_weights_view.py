@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from healthcheck.weights_view import WeightsViewError, read_weights, weights_command, weights_table
 from ris_model.batches import build_scenes
-from ris_model.callbacks import Callback
+from ris_model.training.callbacks import Callback
 from ris_model.config import load_config
-from ris_model.train import Trainer
+from ris_model.training.train import Trainer
 
 SCENES, BATCH = 32, 16  # two steps per epoch
 PHASE = {"start_epoch": 1, "weights": {"peak": 0.7}}

@@ -1,12 +1,12 @@
 """The overfit regression suite: the seed report's overfit test, done right.
 
 512 scenes at an SNR uniform in [10, 20] dB, the same scenes for training and validation,
-100 epochs for tiny, 200 for small and paper (healthcheck.hooks.ris_overfit.recipe_for).
+100 epochs for tiny, 200 for small and paper (healthcheck.ris.overfit.recipe_for).
 A model that cannot drive the loss towards 0 on scenes it sees every epoch has a bug.
 Asserted, per preset:
 
 * the loss before training lies in the range the maths gives for an untrained model
-  (healthcheck.hooks.ris_gate.init_ranges);
+  (healthcheck.ris.gate_subject.init_ranges);
 * the final validation loss is below a bound and below 20 % of the initial one, and the
   curve still descends at the end (the best of the last 20 % of epochs beats the best of
   the first 80 %);
@@ -108,7 +108,7 @@ def _one_thread_on_cpu(device: str):
 
 @overfit
 def test_initial_loss_is_in_its_expected_range(outcome, overfit_record):
-    from healthcheck.hooks.ris_gate import init_ranges
+    from healthcheck.ris.gate_subject import init_ranges
 
     overfit_record.update(outcome.record())
     total, terms = outcome.run.initial
@@ -154,7 +154,7 @@ def baseline_path(preset: str, device: str) -> Path:
 def baseline_blob(outcome: Outcome) -> dict[str, Any]:
     import torch
 
-    from healthcheck.hooks.ris_overfit import recipe_for
+    from healthcheck.ris.overfit import recipe_for
 
     loc = outcome.localisation
     return {

@@ -15,7 +15,7 @@ from _prop_configs import MAX_EPOCH, PRIMARY, TERMS, schedule_arg, set_args
 from healthcheck.strategies import invalid_loss_weights, loss_weights, schedules
 from ris_model.config import MIN_PRIMARY_WEIGHT, ConfigError, LossWeights, load_config
 from ris_model.loss import HybridLoss
-from ris_model.weights import apply_hpo_factors
+from ris_model.training.weights import apply_hpo_factors
 
 pytestmark = pytest.mark.property
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from _prop_configs import MAX_EPOCH, POOL, PRIMARY, TERMS, trial_configs
 from ris_model.config import LossWeights
 from ris_model.loss import CovPrediction, HybridLoss
-from ris_model.weights import WeightPlan
+from ris_model.training.weights import WeightPlan
 
 pytestmark = pytest.mark.property
 

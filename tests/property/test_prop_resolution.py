@@ -1,7 +1,7 @@
 """Where an effective loss weight comes from: the later source wins, says so, and a config
 keeps both its values and their sources through JSON.
 
-The order (ris_model.weights): preset < file < CLI --set < HPO trial (multiplies the
+The order (ris_model.training.weights): preset < file < CLI --set < HPO trial (multiplies the
 base) < schedule phase (absolute, from its start epoch). The expectation below is built
 from the drawn layers alone, not read back from the code under test.
 """
@@ -18,7 +18,7 @@ from _prop_configs import MAX_EPOCH, PRIMARY, TERMS, partial, schedule_arg, set_
 from healthcheck.strategies import configs, loss_weights, schedules
 from ris_model.config import MIN_PRIMARY_WEIGHT, Config, leaf_keys, load_config
 from ris_model.hpo import search_space, trial_config
-from ris_model.weights import WeightPlan
+from ris_model.training.weights import WeightPlan
 
 pytestmark = pytest.mark.property
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from _prop_configs import MAX_EPOCH, PRIMARY, TERMS, partial, schedule_arg, set_args, trial_configs
 from healthcheck.strategies import loss_weights, schedules
 from ris_model.config import MIN_PRIMARY_WEIGHT, ConfigError, load_config
-from ris_model.weights import WeightPlan
+from ris_model.training.weights import WeightPlan
 
 pytestmark = pytest.mark.property
 

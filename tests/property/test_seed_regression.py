@@ -16,12 +16,13 @@ import json
 import pytest
 import torch
 
-from healthcheck.hooks.ris_trainer import RisTrainerHealth
+from healthcheck.ris.trainer_callback import RisTrainerHealth
 from ris_model.batches import build_scenes
-from ris_model.callbacks import Callback
+from ris_model.training.callbacks import Callback
 from ris_model.config import ConfigError, LossWeights, load_config
 from ris_model.loss import HybridLoss
-from ris_model.train import Trainer
+from ris_model.training.stop import StopReason
+from ris_model.training.train import Trainer
 
 pytestmark = pytest.mark.property
 
@@ -90,7 +91,7 @@ def test_a_primary_weight_zeroed_at_run_time_stops_the_trainer_before_any_step(t
     health = RisTrainerHealth.build(tmp_path)
     trainer, result = _fit(cfg, data, tmp_path, [fault, health])
 
-    assert result.stop_reason is not None and "cov" in result.stop_reason
+    assert result.stop_reason is StopReason.HEALTH and "cov" in result.stop_message
     assert result.steps_taken == 0
     events = _lines(tmp_path / "health.jsonl")
     fatal = [e for e in events if e["severity"] in ("error", "critical")]

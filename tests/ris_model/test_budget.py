@@ -3,9 +3,10 @@ from types import SimpleNamespace
 import pytest
 
 from ris_model.batches import build_scenes
-from ris_model.budget import CpuBudget
+from ris_model.training.budget import CpuBudget
 from ris_model.config import load_config
-from ris_model.train import Trainer
+from ris_model.training.stop import StopReason
+from ris_model.training.train import Trainer
 
 
 class FakeClock:
@@ -21,11 +22,13 @@ class StopRecorder:
 
     def __init__(self, epochs: int = 10):
         self.reasons = []
+        self.stop_reasons = []
         self.state = SimpleNamespace(epoch=0)
         self.cfg = SimpleNamespace(train=SimpleNamespace(epochs=epochs))
 
-    def request_stop(self, reason):
-        self.reasons.append(reason)
+    def request_stop(self, message, reason):
+        self.reasons.append(message)
+        self.stop_reasons.append(reason)
 
     def validated(self, budget):
         budget.on_validation_end(self, {})
@@ -50,6 +53,7 @@ def test_a_dearer_epoch_than_planned_stops_the_run_under_budget():
     assert trainer.reasons == []
     trainer.validated(budget)  # 75 used + 35 = 110 > 100
     assert len(trainer.reasons) == 1 and "75 s of 100 s used" in trainer.reasons[0]
+    assert trainer.stop_reasons == [StopReason.BUDGET]
 
 
 def test_the_last_planned_epoch_is_not_stopped():
@@ -77,7 +81,8 @@ def _trainer_paying_10_s_an_epoch(run_dir, epochs: int, budget_s: float) -> Trai
 
 def test_the_trainer_stops_cleanly_on_the_budget(tmp_path):
     result = _trainer_paying_10_s_an_epoch(tmp_path, epochs=5, budget_s=25.0).fit()
-    assert result.epochs_done == 2 and "CPU budget" in (result.stop_reason or "")
+    assert result.epochs_done == 2 and result.stop_reason is StopReason.BUDGET
+    assert "s of 25 s used" in result.stop_message
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
 
 

@@ -84,18 +84,18 @@ def test_eval_without_refinement_reports_music_on_the_learned_covariance_alone(t
 def test_eval_changes_only_evaluation_time_settings(trained):
     run_dir, _ = trained
     args = ["eval", str(run_dir), "--n", "6", "--snr", "20", "--json"]
-    short = CliRunner().invoke(main, [*args, "--set", "model.refine_steps=1", "--set", "model.refine_radius_deg=0.5",
-                                      "--set", "model.refine_moves=0"])
+    short = CliRunner().invoke(main, [*args, "--set", "eval.refine_steps=1", "--set", "eval.refine_radius_deg=0.5",
+                                      "--set", "eval.refine_moves=0"])
     assert short.exit_code == 0, short.output
     settings = json.loads(short.output)["refine_settings"]
-    assert settings == {"model.refine": "ml", "model.refine_steps": 1, "model.refine_radius_deg": 0.5,
-                        "model.refine_moves": 0}
-    table = CliRunner().invoke(main, [*args[:-1], "--set", "model.refine_steps=1", "--set", "model.refine_moves=3"])
+    assert settings == {"eval.refine": "ml", "eval.refine_steps": 1, "eval.refine_radius_deg": 0.5,
+                        "eval.refine_moves": 0}
+    table = CliRunner().invoke(main, [*args[:-1], "--set", "eval.refine_steps=1", "--set", "eval.refine_moves=3"])
     title = " ".join(table.output.split())  # the title may wrap
     assert table.exit_code == 0 and "(1 steps" in title and "3 rounds of global moves" in title
     for extra, fragment in ((["--set", "model.width=64"], "model.width cannot change at evaluation"),
-                            (["--set", "model.refine_step=3"], "did you mean 'model.refine_steps'"),
-                            (["--refine", "none", "--set", "model.refine=ml"], "contradicts")):
+                            (["--set", "eval.refine_step=3"], "did you mean 'eval.refine_steps'"),
+                            (["--refine", "none", "--set", "eval.refine=ml"], "contradicts")):
         refused = CliRunner().invoke(main, [*args, *extra])
         assert refused.exit_code == 2 and fragment in refused.output, refused.output
         assert "Traceback" not in refused.output
@@ -112,8 +112,8 @@ def test_config_keys_lists_every_key():
 
 
 def test_evaluation_reports_the_learned_rows_lead_with_intervals(trained):
-    from ris_model.estimators.bootstrap import LEAD_KEYS
-    from ris_model.evaluation import evaluate_run
+    from ris_model.evaluation.bootstrap import LEAD_KEYS
+    from ris_model.evaluation.evaluate import evaluate_run
 
     run_dir, _ = trained
     out = evaluate_run(run_dir, n=12, snr_db=20.0, lead_resamples=100)

@@ -43,8 +43,8 @@ def test_hash_depends_on_values_only():
 
 def test_hash_names_what_was_trained_not_how_it_is_evaluated():
     base = load_config("tiny")
-    evaluated = load_config("tiny", overrides=["model.refine=none", "model.refine_steps=7",
-                                               "model.refine_radius_deg=3", "model.refine_moves=0"])
+    evaluated = load_config("tiny", overrides=["eval.refine=none", "eval.refine_steps=7",
+                                               "eval.refine_radius_deg=3", "eval.refine_moves=0"])
     assert {k: evaluated.get(k) for k in EVALUATION_KEYS} != {k: base.get(k) for k in EVALUATION_KEYS}
     assert evaluated.hash == base.hash
     assert load_config("tiny", overrides=["model.eps=0.01"]).hash != base.hash
@@ -124,6 +124,28 @@ def test_a_retired_key_with_a_value_that_never_took_effect_is_refused():
         Config.from_json(blob)
     with pytest.raises(ConfigError, match="did you mean|unknown"):
         load_config("tiny", overrides=["model.input=rbp"])
+
+
+def test_a_run_config_with_the_refine_keys_under_model_loads_them_under_eval(tmp_path):
+    blob = load_config("tiny").to_json()
+    del blob["config"]["eval"]  # written while the refine keys were model settings
+    blob["config"]["model"].update(refine="none", refine_steps=7)
+    blob["sources"] = {"model.refine": "cli", "model.refine_steps": "default"}
+    cfg = Config.from_json(blob)
+    assert cfg.eval.refine == "none" and cfg.eval.refine_steps == 7 and cfg.source_of("eval.refine") == "cli"
+    assert cfg.model == load_config("tiny").model and cfg.hash == load_config("tiny").hash
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(blob))
+    assert load_config(file=path).eval.refine == "none"
+
+
+def test_a_renamed_key_given_by_hand_names_its_new_key(tmp_path):
+    with pytest.raises(ConfigError, match="'model.refine_moves' is now 'eval.refine_moves'"):
+        load_config("tiny", overrides=["model.refine_moves=0"])
+    f = tmp_path / "c.toml"
+    f.write_text('[model]\nrefine = "none"\n[eval]\nrefine = "ml"\n')
+    with pytest.raises(ConfigError, match="model.refine is now eval.refine, and the config sets both"):
+        load_config("tiny", f)
 
 
 def test_retired_keys_at_any_depth_are_dropped(monkeypatch):

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from ris_model.distributed import DistContext
+from ris_model.training.distributed import DistContext
 
 
 def test_shards_cover_the_data_evenly():

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-from ris_model.callbacks import Callback
+from ris_model.training.callbacks import Callback
 from ris_model.cli import main
 from ris_model.config import load_config
 from ris_model.hpo import StudySettings, gate_status, run_study, search_space, trial_config

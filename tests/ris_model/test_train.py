@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from ris_model.batches import build_scenes
-from ris_model.callbacks import Callback
+from ris_model.training.callbacks import Callback
 from ris_model.config import load_config
-from ris_model.train import Trainer
+from ris_model.training.stop import StopReason
+from ris_model.training.train import Trainer
 
 OVERRIDES = ["train.batch_size=16", "train.train_scenes=48", "train.val_scenes=16", "train.epochs=2",
              "train.warmup_steps=2", "model.width=32", "model.depth=2"]
@@ -119,7 +120,7 @@ def test_resume_continues_exactly(cfg, data, tmp_path, stop_at):
     make(cfg, data, full).fit()
     part = tmp_path / "part"
     first = make(cfg, data, part, [StopAfter(stop_at)]).fit()
-    assert first.stop_reason.startswith("test stop") and first.batches_seen == stop_at
+    assert first.stop_reason is StopReason.REQUESTED and first.stop_message.startswith("test stop") and first.batches_seen == stop_at
     resumed = make(cfg, data, part)
     resumed.resume_from(part / "checkpoints" / "last.pt")
     resumed.fit()
@@ -134,7 +135,7 @@ def test_stop_before_the_step_applies_no_update(cfg, data, tmp_path):
     trainer = make(cfg, data, tmp_path, [StopAtBackward()])
     before = [p.detach().clone() for p in trainer.model.parameters()]
     result = trainer.fit()
-    assert result.stop_reason == "bad gradients" and result.steps_taken == 0
+    assert result.stop_message == "bad gradients" and result.steps_taken == 0
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
     assert read_lines(tmp_path)[-1]["kind"] == "stop"
     assert (tmp_path / "checkpoints" / "last.pt").is_file()

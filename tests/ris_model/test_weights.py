@@ -4,8 +4,8 @@ import pytest
 
 from ris_model.batches import build_scenes
 from ris_model.config import ConfigError, load_config
-from ris_model.train import Trainer
-from ris_model.weights import WeightPlan, apply_hpo_factors
+from ris_model.training.train import Trainer
+from ris_model.training.weights import WeightPlan, apply_hpo_factors
 
 SCHEDULE = '[{"start_epoch": 1, "weights": {"peak": 0.7}}, {"start_epoch": 2, "weights": {"subspace": 0.2}}]'
 

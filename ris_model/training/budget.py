@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Callable
 
-from ris_model.callbacks import Callback, Metrics
+from ris_model.training.callbacks import Callback, Metrics
+from ris_model.training.stop import StopReason
 
 if TYPE_CHECKING:
-    from ris_model.train import Trainer
+    from ris_model.training.train import Trainer
 
 
 class CpuBudget(Callback):
@@ -46,8 +47,8 @@ class CpuBudget(Callback):
         used = now - self.start
         last_planned = trainer.state.epoch + 1 >= trainer.cfg.train.epochs  # nothing left to stop
         if used + epoch > self.seconds and not last_planned:
-            trainer.request_stop(f"CPU budget: {used:.0f} s of {self.seconds:.0f} s used, "
-                                 f"and the last epoch took {epoch:.0f} s")
+            trainer.request_stop(f"{used:.0f} s of {self.seconds:.0f} s used, "
+                                 f"and the last epoch took {epoch:.0f} s", StopReason.BUDGET)
 
 
 __all__ = ["CpuBudget"]

@@ -6,7 +6,7 @@ LR of every param group, gradient / update / parameter norms per top-level modul
 AMP scaler state, and steps taken against batches seen. The numbers are gathered on
 the device and read back in one host sync per phase, so measuring costs little.
 
-Callbacks (``ris_model.callbacks``) see those numbers at fixed points and may veto a step
+Callbacks (``ris_model.training.callbacks``) see those numbers at fixed points and may veto a step
 or ask for a clean stop. The Trainer never imports the health harness; the harness
 attaches as a callback.
 """
@@ -27,15 +27,16 @@ import torch
 from torch import nn
 
 from ris_model.batches import TrainingScenes, build_scenes
-from ris_model.callbacks import Callback, CallbackList, Metrics
+from ris_model.training.callbacks import Callback, CallbackList, Metrics
 from ris_model.config import Config, ConfigError, LossWeights
-from ris_model.distributed import DistContext
+from ris_model.training.distributed import DistContext
 from ris_model.loss import HybridLoss, LossOutput
 from ris_model.model import CovarianceNet, count_parameters
-from ris_model.measure import ModuleNorms
-from ris_model.rundir import RunDir, load_checkpoint
-from ris_model.schedule import warmup_cosine
-from ris_model.weights import WeightChange, WeightPlan
+from ris_model.training.measure import ModuleNormMeter
+from ris_model.training.rundir import RunDir, load_checkpoint
+from ris_model.training.schedule import warmup_cosine
+from ris_model.training.stop import Stop, StopReason
+from ris_model.training.weights import WeightChange, WeightPlan
 
 
 def resolve_device(device: str) -> torch.device:
@@ -51,14 +52,16 @@ def resolve_device(device: str) -> torch.device:
 
 @dataclass
 class FitResult:
-    """How fitting ended: ``stop_reason`` is None when every epoch ran."""
+    """How fitting ended: ``stop_reason`` (and ``stop_message``, the sentence that explains
+    it) is None when every epoch ran."""
 
     epochs_done: int
     steps_taken: int
     batches_seen: int
     best_val_loss: float
     last_val_loss: float
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
+    stop_message: str | None = None
     interrupted: bool = False
 
 
@@ -78,7 +81,7 @@ class Trainer:
     """Fits a CovarianceNet with HybridLoss on simulated scenes and writes a run directory."""
 
     def __init__(self, cfg: Config, run_dir: str | Path, *, device: str = "auto",
-                 callbacks: list[Callback] | None = None, wandb: Any = None,
+                 callbacks: list[Callback] | None = None,
                  train_scenes: TrainingScenes | None = None, val_scenes: TrainingScenes | None = None,
                  dist: DistContext | None = None, log: Any = None) -> None:
         self.cfg = cfg
@@ -86,10 +89,9 @@ class Trainer:
         self.device = resolve_device(device) if self.dist.device is None else self.dist.device
         self.run = RunDir(run_dir, writer=self.dist.is_main)
         self.callbacks = CallbackList(callbacks or [])
-        self.wandb = wandb
         self.log = log or (lambda msg: None)
         self.state = TrainerState()
-        self._stop_reason: str | None = None
+        self._stop: Stop | None = None
 
         tc = cfg.train
         torch.manual_seed(tc.seed)
@@ -110,7 +112,7 @@ class Trainer:
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tc.amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.amp == "fp16")
         self.ema = EMA(self.model, tc.ema) if tc.ema > 0 else None
-        self.norms = ModuleNorms(self.model)
+        self.norms = ModuleNormMeter(self.model)
         # (step, parameter names, their gradient norms) measured after the last backward: a
         # callback judging single parameters reads them here instead of reducing them again
         self.param_grad_norms: tuple[int, tuple[str, ...], list[float]] | None = None
@@ -120,14 +122,19 @@ class Trainer:
         self.weights_history: list[WeightChange] = self.weight_plan.initial_history()
 
     # ------------------------------------------------------------------ control
-    def request_stop(self, reason: str) -> None:
-        """Ask for a clean stop at the next safe point (a checkpoint and a final line follow)."""
-        if self._stop_reason is None:
-            self._stop_reason = reason
+    def request_stop(self, message: str, reason: StopReason = StopReason.REQUESTED) -> None:
+        """Ask for a clean stop at the next safe point (a checkpoint and a final line follow);
+        the first request wins."""
+        if self._stop is None:
+            self._stop = Stop(reason, message)
 
     @property
-    def stop_reason(self) -> str | None:
-        return self._stop_reason
+    def stop_reason(self) -> StopReason | None:
+        return None if self._stop is None else self._stop.reason
+
+    @property
+    def stop_message(self) -> str | None:
+        return None if self._stop is None else self._stop.message
 
     def set_loss_weights(self, weights: LossWeights, source: str | dict[str, str]) -> None:
         """Change the loss weights mid-run; every changed value is recorded with its source."""
@@ -194,12 +201,13 @@ class Trainer:
         interrupted = False
         previous = signal.getsignal(signal.SIGINT)
         if self.dist.is_main and _can_handle_signals():
-            signal.signal(signal.SIGINT, lambda *_: self.request_stop("interrupted (SIGINT)"))
+            signal.signal(signal.SIGINT, lambda *_: self.request_stop("the process received SIGINT",
+                                                                          StopReason.INTERRUPTED))
         try:
-            while self.state.epoch < tc.epochs and self._stop_reason is None:
+            while self.state.epoch < tc.epochs and self._stop is None:
                 self._apply_weight_plan()
                 self._train_epoch()
-                if self._stop_reason is not None:
+                if self._stop is not None:
                     break
                 self._validate()
                 self.state.epoch += 1
@@ -207,21 +215,22 @@ class Trainer:
                 self._checkpoint("last.pt")
         except KeyboardInterrupt:
             interrupted = True
-            self.request_stop("interrupted")
+            self.request_stop("KeyboardInterrupt during the epoch", StopReason.INTERRUPTED)
         finally:
             if _can_handle_signals():
                 signal.signal(signal.SIGINT, previous)
-        if self._stop_reason is not None:
-            interrupted = interrupted or self._stop_reason.startswith("interrupted")
+        if self._stop is not None:
+            interrupted = interrupted or self._stop.reason is StopReason.INTERRUPTED
             self._checkpoint("last.pt")
             self.run.log({"kind": "stop", "step": self.state.batches_seen, "epoch": self.state.epoch,
-                          "time": time.time(), "rank": self.dist.rank, "reason": self._stop_reason})
+                          "time": time.time(), "rank": self.dist.rank, "reason": str(self._stop),
+                          "stop_reason": self._stop.reason.value})
         self.callbacks.on_fit_end(self)
         self.run.close()
         return FitResult(epochs_done=self.state.epoch, steps_taken=self.state.steps_taken,
                          batches_seen=self.state.batches_seen, best_val_loss=self.state.best_val_loss,
-                         last_val_loss=self.state.last_val_loss, stop_reason=self._stop_reason,
-                         interrupted=interrupted)
+                         last_val_loss=self.state.last_val_loss, stop_reason=self.stop_reason,
+                         stop_message=self.stop_message, interrupted=interrupted)
 
     def _batches(self) -> Iterator[TrainingScenes]:
         """This rank's batches of the current epoch, reproducible from (seed, epoch).
@@ -266,7 +275,7 @@ class Trainer:
             veto = self.callbacks.on_before_optimizer_step(self, metrics)
             if self._agree_on_stop():  # a stop decided on these gradients must not apply them
                 self.state.batches_seen += 1
-                self._finish_step_metrics(metrics, applied=False, veto="stop: " + str(self._stop_reason))
+                self._finish_step_metrics(metrics, applied=False, veto="stop: " + str(self._stop))
                 self.run.log(metrics)
                 break
             if tc.grad_clip > 0:
@@ -285,15 +294,13 @@ class Trainer:
             self.state.steps_taken += int(applied)
             self._finish_step_metrics(metrics, applied, veto)
             self.run.log(metrics)
-            if self.wandb is not None:
-                self.wandb.log_step(metrics)
             self.callbacks.on_after_optimizer_step(self, metrics)
             for name, value in [("loss", metrics["loss"]), *metrics["terms"].items()]:
                 sums[name] = sums.get(name, 0.0) + value
             count += 1
             if self._agree_on_stop():
                 break
-        if count and self._stop_reason is None:
+        if count and self._stop is None:
             means = {k: v / count for k, v in sums.items()}
             line = {"kind": "epoch", "step": self.state.batches_seen - 1, "epoch": self.state.epoch,
                     "time": time.time(), "rank": self.dist.rank, "loss": means.pop("loss"), "terms": means,
@@ -305,8 +312,8 @@ class Trainer:
 
     def _agree_on_stop(self) -> bool:
         """True when any rank asked to stop; every rank then stops at the same point."""
-        if self.dist.any_stop(self._stop_reason is not None):
-            self.request_stop(self._stop_reason or "stop requested on another rank")
+        if self.dist.any_stop(self._stop is not None):
+            self.request_stop("another rank asked to stop")
             return True
         return False
 
@@ -371,8 +378,6 @@ class Trainer:
                 "time": time.time(), "rank": self.dist.rank, "loss": val_loss, "terms": means,
                 "weights": self.loss_fn.weights.as_dict(), "metrics": {}}
         self.run.log(line)
-        if self.wandb is not None:
-            self.wandb.log_eval(line)
         if math.isfinite(val_loss) and val_loss < self.state.best_val_loss:
             self.state.best_val_loss = val_loss
             self._checkpoint("best.pt")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any
 
-from ris_model.callbacks import Callback
+from ris_model.training.callbacks import Callback
 
 GROUP = "ris_model.callbacks"
 

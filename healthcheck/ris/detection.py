@@ -9,7 +9,7 @@ configs drawn from the HPO search space (``ris_model.hpo.search_space``), becaus
 detector that fires on a valid learning rate or loss-weight mix would prune real trials.
 
 The harness is scored as CI uses it: before the monitored fit, the gate's preflight checks
-(``healthcheck.hooks.ris_gate``'s subject and config check) run on the faulted trainer
+(``healthcheck.ris.gate_subject``'s subject and config check) run on the faulted trainer
 itself, its model, loss, optimizer, scheduler and a batch of its own training data. A
 failed check is an error event ``preflight.<check>`` at step 0, so it detects a fault
 that acts from step 0 with latency 0 (and is a false alarm on a healthy run). Each run
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ris_model.config import Config, load_config
-from ris_model.train import Trainer
+from ris_model.training.train import Trainer
 
 from ..detectors import Detector, default_detectors
 from ..events import SEVERITIES, HealthEvent, Severity
@@ -43,8 +43,8 @@ from ..monitor import Monitor
 from ..policy import Policy
 from ..preflight import run_checks
 from ..sinks import JsonlSink
-from .ris_gate import RisGateSubject, check_config
-from .ris_trainer import HEALTH_FILE, RisTrainerHealth
+from .gate_subject import RisGateSubject, check_config
+from .trainer_callback import HEALTH_FILE, RisTrainerHealth
 
 EPOCHS = 3  # val.constant needs three evaluations; more epochs only cost time
 BATCH_SIZE = 32

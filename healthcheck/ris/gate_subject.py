@@ -40,8 +40,8 @@ import torch
 from ris_model.batches import TrainingScenes, build_scenes
 from ris_model.config import PRESETS, Config, ConfigError, LossWeights, load_config, parse_set_args, validate
 from ris_model.loss import self_test
-from ris_model.train import Trainer, resolve_device
-from ris_model.weights import WeightPlan
+from ris_model.training.train import Trainer, resolve_device
+from ris_model.training.weights import WeightPlan
 
 from ..gate import GateVerdict, run_gate
 from ..preflight import Check, LossParts
@@ -211,7 +211,7 @@ def build_subject(cfg: Config, *, device: str = "auto") -> RisGateSubject:
 # -------------------------------------------------------------------------- W&B
 def check_wandb(cfg: Config) -> Check:
     """The W&B logger starts, logs one value and finishes in offline mode, in a temp dir."""
-    from ris_model.wandb_logger import WandbLogger, resolve_mode
+    from ris_model.training.wandb_logger import WandbLogger, resolve_mode
 
     start = time.perf_counter()
     name = "wandb_offline"

@@ -1,6 +1,6 @@
 """Sources from a covariance's MUSIC peaks, fitted to the snapshots they came from.
 
-The evaluation's refined rows (``model.refine = ml``) in one call: the local
+The evaluation's refined rows (``eval.refine = ml``) in one call: the local
 maximum-likelihood fit (:mod:`.likelihood`), its global moves (:mod:`.relocate`), and MUSIC
 on the fitted covariance, so that every row of an evaluation stays "MUSIC on a covariance".
 """
@@ -8,8 +8,8 @@ on the fitted covariance, so that every row of an evaluation stays "MUSIC on a c
 from __future__ import annotations
 
 from ris_model.config import SystemConfig
-from ris_model.estimators.likelihood import fitted_covariance, refine_sources
-from ris_model.estimators.relocate import relocate_sources
+from ris_model.estimators.snapshot_fit.likelihood import fitted_covariance, refine_sources
+from ris_model.estimators.snapshot_fit.relocate import relocate_sources
 from ris_model.estimators.search import Estimates, localize
 from ris_model.physics.simulate import SceneBatch
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ris_model.callbacks import Callback
+from ris_model.training.callbacks import Callback
+from ris_model.training.stop import StopReason
 
 from ..detectors import ExpectedRange
 from ..monitor import Monitor
@@ -35,7 +36,7 @@ def term_ranges(n_elements: int) -> dict[str, tuple[float, float]]:
     """The range every HybridLoss term stays in for any model, trained or not.
 
     ``cov`` = ‖R̂ − R‖²_F / ‖R‖²_F for PSD R̂, R of trace N is in [0, 1 + N] (derived in
-    ``healthcheck.hooks.ris_gate``: ‖R̂‖² <= N², ‖R‖² >= N, tr(R̂R) >= 0); ``subspace``,
+    ``healthcheck.ris.gate_subject``: ‖R̂‖² <= N², ‖R‖² >= N, tr(R̂R) >= 0); ``subspace``,
     ``peak`` and ``ortho`` are shares in [0, 1] by construction. These are the gate's
     ``init_ranges`` without its initialisation-only lower bound on ``cov``: a trained
     model may bring cov near 0. A value outside is a scale or unit bug (catalogue row 6),
@@ -120,7 +121,7 @@ class RisTrainerHealth(Callback):
     def _observe(self, trainer, metrics: Mapping[str, Any], phase: str) -> None:
         self.monitor.observe(as_record(metrics), phase, self.live)
         if self.monitor.should_stop and trainer.stop_reason is None:
-            trainer.request_stop(self.monitor.stop_message or "stopped by the health policy")
+            trainer.request_stop(self.monitor.stop_message or "stopped by the health policy", StopReason.HEALTH)
 
 
 def _order_of(names: tuple[str, ...], live: LiveView) -> list[int] | None:

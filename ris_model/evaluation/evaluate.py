@@ -16,14 +16,14 @@ import torch
 from ris_model.baseline import baseline_estimates, baseline_report
 from ris_model.batches import TrainingScenes
 from ris_model.config import EVALUATION_KEYS, Config, ConfigError, apply_overrides
-from ris_model.estimators.bootstrap import SceneTotals, paired_lead
-from ris_model.estimators.metrics import match_sources
+from ris_model.evaluation.bootstrap import SceneTotals, paired_lead
+from ris_model.evaluation.metrics import match_sources
 from ris_model.estimators.search import Estimates, localize
-from ris_model.estimators.snapshot_fit import fit_and_localize
+from ris_model.estimators.snapshot_fit.fit import fit_and_localize
 from ris_model.model import CovarianceNet
 from ris_model.physics import simulate
-from ris_model.rundir import load_checkpoint
-from ris_model.train import resolve_device
+from ris_model.training.rundir import load_checkpoint
+from ris_model.training.train import resolve_device
 
 _CHUNK = 100
 
@@ -92,11 +92,11 @@ def evaluate_run(run_dir: Path, *, n: int, snr_db: float, k: int | None = None, 
     """The ``ris-model baseline`` JSON for these scenes, plus the learned rows.
 
     ``"music_learned"`` is MUSIC on the learned covariance, refined on the snapshots when
-    the run's ``model.refine`` (or ``refine``) is "ml". Refined, two more rows keep the
+    the run's ``eval.refine`` (or ``refine``) is "ml". Refined, two more rows keep the
     comparison honest: ``"music_learned_unrefined"`` (MUSIC on R̂ alone) and
     ``"music_ls_refined"`` (the same fit started from MUSIC on R_ls), so a table shows
     what the network adds beyond the fit. ``overrides`` change the run's evaluation-time
-    settings (:data:`EVALUATION_KEYS`), e.g. ``{"model.refine_steps": 300}``. With
+    settings (:data:`EVALUATION_KEYS`), e.g. ``{"eval.refine_steps": 300}``. With
     ``lead_resamples``, ``"lead"`` holds music_learned's lead over music_ls (and
     music_ls_refined) with 95% paired-bootstrap intervals (:func:`paired_lead`).
     """
@@ -104,13 +104,13 @@ def evaluate_run(run_dir: Path, *, n: int, snr_db: float, k: int | None = None, 
         raise ConfigError(f"refine must be 'ml' or 'none' but got {refine!r}")
     overrides = dict(overrides or {})
     if refine is not None:
-        if str(overrides.setdefault("model.refine", refine)) != refine:
-            raise ConfigError(f"refine={refine!r} contradicts model.refine={overrides['model.refine']!r}; give one")
+        if str(overrides.setdefault("eval.refine", refine)) != refine:
+            raise ConfigError(f"refine={refine!r} contradicts eval.refine={overrides['eval.refine']!r}; give one")
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"the number of scenes must be a positive int but got {n=}")
     cfg, model = load_trained(Path(run_dir), checkpoint, device)
     cfg = with_eval_settings(cfg, overrides)
-    refine = cfg.model.refine
+    refine = cfg.eval.refine
     dev = next(model.parameters()).device
     scenes = simulate(cfg.system, n, seed=seed, snr_db=float(snr_db), k=k)
     estimates = baseline_estimates(cfg.system, scenes)
@@ -148,6 +148,6 @@ def _refined(cfg: Config, coarse: Estimates, scenes, device: torch.device) -> Es
     parts = []
     for lo, part in zip(range(0, len(scenes), _CHUNK), _chunks(scenes, device)):
         parts.append(fit_and_localize(coarse.index(slice(lo, lo + _CHUNK)).to(device), part, cfg.system,
-                                      steps=cfg.model.refine_steps, radius_deg=cfg.model.refine_radius_deg,
-                                      moves=cfg.model.refine_moves))
+                                      steps=cfg.eval.refine_steps, radius_deg=cfg.eval.refine_radius_deg,
+                                      moves=cfg.eval.refine_moves))
     return Estimates.cat(parts)

@@ -33,7 +33,7 @@ def _finite_or_token(obj: Any) -> Any:
     return obj
 
 
-class MetricsWriter:
+class MetricsFile:
     """Appends one JSON object per line to metrics.jsonl and flushes it at once."""
 
     def __init__(self, path: Path) -> None:
@@ -57,10 +57,10 @@ class RunDir:
         self.path = Path(path)
         self.writer = writer
         self.checkpoints = self.path / "checkpoints"
-        self.metrics: MetricsWriter | None = None
+        self.metrics: MetricsFile | None = None
         if writer:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
-            self.metrics = MetricsWriter(self.path / "metrics.jsonl")
+            self.metrics = MetricsFile(self.path / "metrics.jsonl")
 
     @property
     def config_path(self) -> Path:

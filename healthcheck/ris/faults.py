@@ -1,6 +1,6 @@
 """Faults for the ``ris_model`` Trainer: every row of the failure catalogue, and more.
 
-Each `Fault` here breaks a built ``ris_model.train.Trainer`` (before ``fit``) the way a
+Each `Fault` here breaks a built ``ris_model.training.train.Trainer`` (before ``fit``) the way a
 real bug would: the catalogue row it reproduces is in ``catalogue_rows``, the others are
 mutation operators in the spirit of DeepCrime (learning rate, optimizer, loss, labels,
 data, regularisation, activation, initialisation). Faults that start mid-run act at
@@ -22,10 +22,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ris_model.callbacks import Callback
+from ris_model.training.callbacks import Callback
 from ris_model.config import LossWeights
 from ris_model.loss import CovPrediction, trace_normalise
-from ris_model.train import build_optimizer
+from ris_model.training.train import build_optimizer
 
 from ..faults import Fault, check_faults, clamp_output, detach_input, make_noop, poison_gradient, scale_lr
 

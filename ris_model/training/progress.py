@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Any
 
-from ris_model.callbacks import Callback
+from ris_model.training.callbacks import Callback
 
 MAIN_TERMS = 3  # the bar shows the loss and this many terms, largest weighted share first
 

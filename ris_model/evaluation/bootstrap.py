@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ris_model.estimators.metrics import Matching
+from ris_model.evaluation.metrics import Matching
 
 LEAD_KEYS = ("rmse_phi_deg", "rmse_theta_deg", "within_1deg")
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 
-class ModuleNorms:
+class ModuleNormMeter:
     """Groups a model's trainable parameters by top-level module and measures them."""
 
     def __init__(self, model: nn.Module) -> None:

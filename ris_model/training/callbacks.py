@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
-    from ris_model.train import Trainer
+    from ris_model.training.train import Trainer
 
 Metrics = dict[str, Any]
 

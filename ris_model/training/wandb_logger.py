@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from ris_model.training.callbacks import Callback, Metrics
+
 MODES = ("off", "offline", "online")
 
 
@@ -37,8 +39,12 @@ def flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class WandbLogger:
-    """Logs step, epoch and eval lines, the config and per-term losses to one W&B run."""
+class WandbLogger(Callback):
+    """Logs step and eval lines, the config and per-term losses to one W&B run.
+
+    A Trainer callback: put it first in the list, so that every step is logged before any
+    other callback can stop the run on it. ``finish`` is the caller's, who knows the exit code.
+    """
 
     def __init__(self, run_dir: str | Path, config: dict[str, Any], *, mode: str = "offline",
                  project: str = "ris-model", name: str | None = None,
@@ -89,6 +95,14 @@ class WandbLogger:
         values = {"val/loss": line["loss"], **flatten("val/term", line.get("terms", {})),
                   **flatten("val", line.get("metrics", {})), "epoch": line["epoch"]}
         self.log(values, step=line["step"])
+
+    def on_after_optimizer_step(self, trainer: Any, metrics: Metrics) -> None:
+        """Called after every optimizer step (or skipped step): one W&B step."""
+        self.log_step(metrics)
+
+    def on_validation_end(self, trainer: Any, metrics: Metrics) -> None:
+        """Called after validation: the validation loss, terms and metrics."""
+        self.log_eval(metrics)
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:

@@ -31,7 +31,7 @@ import torch
 
 from ris_model.config import SystemConfig
 from ris_model.estimators.grid import SearchGrid, search_grid
-from ris_model.estimators.likelihood import SnapshotLikelihood, SourceFit, refine_sources
+from ris_model.estimators.snapshot_fit.likelihood import SnapshotLikelihood, SourceFit, refine_sources
 from ris_model.estimators.search import Estimates
 from ris_model.physics.simulate import SceneBatch, steering_matrix
 

@@ -40,11 +40,11 @@ def train_command(*, preset: str | None, config_file: str | None, overrides: lis
                   device: str, resume: bool, wandb_mode: str | None, health: bool,
                   health_policy: str | None, eval_n: int, console: Console | None = None,
                   health_silence: list[str] | None = None, health_regrade: dict[str, str] | None = None) -> int:
-    from ris_model.distributed import DistContext
-    from ris_model.plugins import plugin_callbacks
-    from ris_model.progress import ProgressCallback
-    from ris_model.train import Trainer
-    from ris_model.wandb_logger import WandbLogger, resolve_mode
+    from ris_model.training.distributed import DistContext
+    from ris_model.training.plugins import plugin_callbacks
+    from ris_model.training.progress import ProgressCallback
+    from ris_model.training.train import Trainer
+    from ris_model.training.wandb_logger import WandbLogger, resolve_mode
 
     console = console or Console(stderr=True)
     cfg = resolve_run_config(run_dir, resume=resume, preset=preset, config_file=config_file, overrides=overrides)
@@ -64,9 +64,10 @@ def train_command(*, preset: str | None, config_file: str | None, overrides: lis
         callbacks = plugin_callbacks(options, disabled=set() if health else {"health"})
     except ValueError as exc:  # a policy naming an unknown code or severity: the plugin says which
         raise ConfigError(str(exc)) from None
+    callbacks.insert(0, wandb)  # first: W&B gets each line before any other callback acts on it
     if dist.is_main:
         callbacks.append(ProgressCallback(console=console))
-    trainer = Trainer(cfg, run_dir, device=device, callbacks=callbacks, wandb=wandb, dist=dist,
+    trainer = Trainer(cfg, run_dir, device=device, callbacks=callbacks, dist=dist,
                       log=lambda m: console.print(m, highlight=False) if dist.is_main else None)
     if resume:
         trainer.resume_from(run_dir / "checkpoints" / "last.pt")
@@ -81,12 +82,12 @@ def train_command(*, preset: str | None, config_file: str | None, overrides: lis
                       f"continue with --resume")
         code = EXIT_INTERRUPTED
     elif result.stop_reason is not None:
-        console.print(f"[red]stopped[/]: {result.stop_reason}")
+        console.print(f"[red]stopped[/] ({result.stop_reason.value}): {result.stop_message}")
         code = EXIT_STOPPED
     wandb.finish(exit_code=code)
     if code == EXIT_OK and eval_n > 0 and dist.is_main:
         from ris_model.baseline import render_baseline, table_console
-        from ris_model.evaluation import evaluate_run
+        from ris_model.evaluation.evaluate import evaluate_run
 
         snr = 10.0
         console.print(f"eval on {eval_n} held-out scenes at {snr:g} dB:")
