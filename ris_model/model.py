@@ -85,21 +85,6 @@ class CovarianceNet(nn.Module):
 
 
 @torch.no_grad()
-def dominant_factor(R: torch.Tensor, k: int) -> torch.Tensor:
-    """The K dominant eigenvectors of the input, scaled by √(λ/N), each with a canonical phase.
-
-    The measurement already places most sources to within a beam; starting from its
-    dominant subspace lets the network spend its capacity on the correction. Each column's
-    phase is fixed (first element real, >= 0) so the correction the head adds is a
-    function of R alone, not of the eigensolver's arbitrary phase choice. The input has
-    no gradient, so eigh's unstable backward is never taken.
-    """
-    n = R.shape[-1]
-    vecs, lam = dominant_eigen(R, k)
-    return vecs * (lam / n).sqrt().unsqueeze(-2).to(vecs.dtype)
-
-
-@torch.no_grad()
 def dominant_eigen(R: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k dominant unit eigenvectors (B, N, k), strongest first, each with its first
     element real and >= 0, and their eigenvalues (B, k), clamped at 0."""

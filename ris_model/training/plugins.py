@@ -24,7 +24,3 @@ def plugin_callbacks(options: dict[str, Any], *, disabled: set[str] = frozenset(
         factory = ep.load()
         found.extend(factory(options))
     return found
-
-
-def available_plugins() -> list[str]:
-    return sorted(ep.name for ep in entry_points(group=GROUP))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ris_model.config import load_config
-from ris_model.model import CovarianceNet, count_parameters, dominant_eigen, dominant_factor, hermitian_features
+from ris_model.model import CovarianceNet, count_parameters, dominant_eigen, hermitian_features
 
 BUDGET = {"tiny": 300_000, "small": 2_000_000, "paper": 20_000_000}
 
