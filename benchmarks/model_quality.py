@@ -31,10 +31,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
-from ris_model.training.budget import CpuBudget
-from ris_model.training.callbacks import Callback
 from ris_model.config import ConfigError, load_config, parse_set_args
 from ris_model.evaluation.evaluate import evaluate_run, load_run_config, with_eval_settings
+from ris_model.training.budget import CpuBudget
+from ris_model.training.callbacks import Callback
 from ris_model.training.progress import ProgressCallback
 from ris_model.training.train import Trainer
 

@@ -27,8 +27,8 @@ import torch
 
 from healthcheck.ris.trainer_callback import RisTrainerHealth
 from ris_model.batches import build_scenes
-from ris_model.training.callbacks import Callback
 from ris_model.config import load_config
+from ris_model.training.callbacks import Callback
 from ris_model.training.train import Trainer
 
 VARIANTS = ("off", "no-op callback", "every step", "every 16 steps")

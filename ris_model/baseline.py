@@ -17,8 +17,8 @@ import torch
 
 from ris_model.config import Config, SystemConfig, load_config
 from ris_model.estimators.covariance import r_bp, r_ls
-from ris_model.evaluation.metrics import evaluate_estimates
 from ris_model.estimators.search import Estimates, localize
+from ris_model.evaluation.metrics import evaluate_estimates
 from ris_model.physics.simulate import SceneBatch, simulate
 
 DEFAULT_ESTIMATORS = ("music_true", "music_ls", "music_bp", "mvdr_ls")

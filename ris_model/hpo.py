@@ -26,9 +26,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
+from ris_model.config import Config, ConfigError, LossWeights
 from ris_model.training.callbacks import Callback
 from ris_model.training.stop import StopReason
-from ris_model.config import Config, ConfigError, LossWeights
 from ris_model.training.weights import apply_hpo_factors
 
 GATE_FILE = "gate.json"

@@ -22,9 +22,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ris_model.training.callbacks import Callback
 from ris_model.config import LossWeights
 from ris_model.loss import CovPrediction, trace_normalise
+from ris_model.training.callbacks import Callback
 from ris_model.training.train import build_optimizer
 
 from ..faults import Fault, check_faults, clamp_output, detach_input, make_noop, poison_gradient, scale_lr

@@ -29,10 +29,10 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ris_model.batches import TrainingScenes, build_scenes
-from ris_model.training.callbacks import Callback
 from ris_model.config import Config, load_config
-from ris_model.evaluation.metrics import evaluate_estimates
 from ris_model.estimators.search import Estimates, localize
+from ris_model.evaluation.metrics import evaluate_estimates
+from ris_model.training.callbacks import Callback
 from ris_model.training.train import Trainer
 
 from ..events import HealthEvent, Severity

@@ -16,10 +16,10 @@ import torch
 from ris_model.baseline import baseline_estimates, baseline_report
 from ris_model.batches import TrainingScenes
 from ris_model.config import EVALUATION_KEYS, Config, ConfigError, apply_overrides
-from ris_model.evaluation.bootstrap import SceneTotals, paired_lead
-from ris_model.evaluation.metrics import match_sources
 from ris_model.estimators.search import Estimates, localize
 from ris_model.estimators.snapshot_fit.fit import fit_and_localize
+from ris_model.evaluation.bootstrap import SceneTotals, paired_lead
+from ris_model.evaluation.metrics import match_sources
 from ris_model.model import CovarianceNet
 from ris_model.physics import simulate
 from ris_model.training.rundir import load_checkpoint

@@ -1,8 +1,8 @@
 """The Trainer's callback interface: every hook is a no-op that says exactly when it fires.
 
 A callback observes through ``metrics`` (one dict per docs/run-dir.md, the same thing
-that goes to metrics.jsonl) and acts through the trainer: ``trainer.request_stop(reason)``
-asks for a clean stop (checkpoint + final line) at the next safe point, and
+that goes to metrics.jsonl) and acts through the trainer: ``trainer.request_stop(message,
+StopReason.X)`` asks for a clean stop (checkpoint + final line) at the next safe point, and
 ``on_before_optimizer_step`` may veto one step by returning the reason as a string.
 """
 

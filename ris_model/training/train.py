@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from ris_model.batches import TrainingScenes, build_scenes
-from ris_model.training.callbacks import Callback, CallbackList, Metrics
 from ris_model.config import Config, ConfigError, LossWeights
-from ris_model.training.distributed import DistContext
 from ris_model.loss import HybridLoss, LossOutput
 from ris_model.model import CovarianceNet, count_parameters
+from ris_model.training.callbacks import Callback, CallbackList, Metrics
+from ris_model.training.distributed import DistContext
 from ris_model.training.measure import ModuleNormMeter
 from ris_model.training.rundir import RunDir, load_checkpoint
 from ris_model.training.schedule import warmup_cosine

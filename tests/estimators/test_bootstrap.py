@@ -5,8 +5,8 @@ import torch
 from ris_model.baseline import estimator_row
 from ris_model.config import load_config
 from ris_model.estimators import localize, r_ls
-from ris_model.evaluation.metrics import match_sources
 from ris_model.evaluation.bootstrap import LEAD_KEYS, SceneTotals, paired_lead
+from ris_model.evaluation.metrics import match_sources
 from ris_model.physics import simulate
 
 

@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from healthcheck.events import SEVERITIES
+from healthcheck.monitor import Monitor
+from healthcheck.policy import Policy
 from healthcheck.ris.gate_subject import init_ranges
 from healthcheck.ris.trainer_callback import RisTrainerHealth, range_detectors, term_ranges
-from healthcheck.monitor import Monitor
-from healthcheck.events import SEVERITIES
-from healthcheck.policy import Policy
 from ris_model.config import load_config
 from ris_model.loss import CovPrediction, HybridLoss
 

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from healthcheck.weights_view import WeightsViewError, read_weights, weights_command, weights_table
 from ris_model.batches import build_scenes
-from ris_model.training.callbacks import Callback
 from ris_model.config import load_config
+from ris_model.training.callbacks import Callback
 from ris_model.training.train import Trainer
 
 SCENES, BATCH = 32, 16  # two steps per epoch

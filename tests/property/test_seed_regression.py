@@ -18,9 +18,9 @@ import torch
 
 from healthcheck.ris.trainer_callback import RisTrainerHealth
 from ris_model.batches import build_scenes
-from ris_model.training.callbacks import Callback
 from ris_model.config import ConfigError, LossWeights, load_config
 from ris_model.loss import HybridLoss
+from ris_model.training.callbacks import Callback
 from ris_model.training.stop import StopReason
 from ris_model.training.train import Trainer
 

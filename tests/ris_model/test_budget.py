@@ -3,8 +3,8 @@ from types import SimpleNamespace
 import pytest
 
 from ris_model.batches import build_scenes
-from ris_model.training.budget import CpuBudget
 from ris_model.config import load_config
+from ris_model.training.budget import CpuBudget
 from ris_model.training.stop import StopReason
 from ris_model.training.train import Trainer
 

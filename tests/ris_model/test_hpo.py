@@ -11,10 +11,10 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-from ris_model.training.callbacks import Callback
 from ris_model.cli import main
 from ris_model.config import load_config
 from ris_model.hpo import StudySettings, gate_status, run_study, search_space, trial_config
+from ris_model.training.callbacks import Callback
 
 FAST = ["train.train_scenes=96", "train.val_scenes=32", "train.batch_size=32", "model.width=16", "model.depth=1"]
 

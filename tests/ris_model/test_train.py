@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from ris_model.batches import build_scenes
-from ris_model.training.callbacks import Callback
 from ris_model.config import load_config
+from ris_model.training.callbacks import Callback
 from ris_model.training.stop import StopReason
 from ris_model.training.train import Trainer
 

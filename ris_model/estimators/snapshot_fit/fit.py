@@ -8,9 +8,9 @@ on the fitted covariance, so that every row of an evaluation stays "MUSIC on a c
 from __future__ import annotations
 
 from ris_model.config import SystemConfig
+from ris_model.estimators.search import Estimates, localize
 from ris_model.estimators.snapshot_fit.likelihood import fitted_covariance, refine_sources
 from ris_model.estimators.snapshot_fit.relocate import relocate_sources
-from ris_model.estimators.search import Estimates, localize
 from ris_model.physics.simulate import SceneBatch
 
 

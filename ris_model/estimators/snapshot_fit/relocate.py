@@ -31,8 +31,8 @@ import torch
 
 from ris_model.config import SystemConfig
 from ris_model.estimators.grid import SearchGrid, search_grid
-from ris_model.estimators.snapshot_fit.likelihood import SnapshotLikelihood, SourceFit, refine_sources
 from ris_model.estimators.search import Estimates
+from ris_model.estimators.snapshot_fit.likelihood import SnapshotLikelihood, SourceFit, refine_sources
 from ris_model.physics.simulate import SceneBatch, steering_matrix
 
 # The scoring grid's step: about a sixth of the 8 x 8 aperture's half-power beamwidth; the refit does the rest.
