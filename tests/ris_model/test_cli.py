@@ -95,10 +95,26 @@ def test_eval_changes_only_evaluation_time_settings(trained):
     assert table.exit_code == 0 and "(1 steps" in title and "3 rounds of global moves" in title
     for extra, fragment in ((["--set", "model.width=64"], "model.width cannot change at evaluation"),
                             (["--set", "eval.refine_step=3"], "did you mean 'eval.refine_steps'"),
+                            (["--set", "model.refine_steps=3"], "'model.refine_steps' is now 'eval.refine_steps'"),
                             (["--refine", "none", "--set", "eval.refine=ml"], "contradicts")):
         refused = CliRunner().invoke(main, [*args, *extra])
         assert refused.exit_code == 2 and fragment in refused.output, refused.output
         assert "Traceback" not in refused.output
+
+
+def test_eval_reads_a_run_dir_that_kept_the_refine_keys_under_model(trained, tmp_path):
+    import shutil
+
+    run_dir, _ = trained
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    blob = json.loads((old / "config.json").read_text())
+    blob["config"]["model"].update({k: v for k, v in blob["config"].pop("eval").items()}, refine="none")
+    blob["sources"] = {k.replace("eval.", "model.", 1): v for k, v in blob["sources"].items()}
+    (old / "config.json").write_text(json.dumps(blob))
+    result = CliRunner().invoke(main, ["eval", str(old), "--n", "4", "--snr", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["refine"] == "none"
 
 
 def test_eval_of_a_missing_run_dir_is_a_usage_error(tmp_path):
