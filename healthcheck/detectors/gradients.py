@@ -19,8 +19,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..events import HealthEvent
-from ..observe import ROOT, LiveView, StepRecord, top_module
+from ..codes import Code
+from ..events import HealthEvent, Severity
+from ..live import LiveView, top_module
+from ..record import ROOT, StepRecord
 from .screens import any_value, module_extremes, not_finite
 from .smoothing import ema_series
 from .base import (NO_EVENTS, Detector, DetectorState, Streaks, check_float, check_int, finite,
@@ -37,7 +39,11 @@ class NonFiniteGrad(Detector):
     No threshold: one non-finite gradient is enough.
     """
 
-    codes = ("grad.nonfinite",)
+    codes = (Code("grad.nonfinite", Severity.CRITICAL,
+                  meaning="A gradient is NaN or infinite before the optimizer step (module named).",
+                  fix="Find the backward of the named module: eigh/SVD with repeated eigenvalues, "
+                      "sqrt or log at 0, division by a zero norm; add an epsilon or a safe "
+                      "backward."),)
     phases = frozenset({"after_backward"})
     memory = 0
 
@@ -113,7 +119,10 @@ class NoneGrad(Detector):
     only on some batches does not fire at once. Events are grouped by owning submodule.
     """
 
-    codes = ("grad.none",)
+    codes = (Code("grad.none", Severity.ERROR,
+                  meaning="A trainable parameter received no gradient (.grad is None) for N steps.",
+                  fix="The parameter is not on the path from the loss: a detach(), a blend weight "
+                      "of 1, a branch not used in forward; or it should have requires_grad=False."),)
     phases = frozenset({"after_backward"})
     needs_live = True
 
@@ -145,7 +154,10 @@ class ZeroGrad(Detector):
     parameter (grouped by owning submodule); offline per module from ``record.grad_norm``.
     """
 
-    codes = ("grad.zero",)
+    codes = (Code("grad.zero", Severity.ERROR,
+                  meaning="A parameter's gradient is exactly 0 for N steps.",
+                  fix="Gradient blocked: a clamp or a hard threshold saturated, dead ReLUs, a zero "
+                      "loss weight, or a mask that removes every element."),)
     phases = frozenset({"after_backward"})
     memory = 1
 
@@ -187,7 +199,11 @@ class VanishingGrad(Detector):
     i.e. usually input to output. Exact zeros are ``grad.zero``'s.
     """
 
-    codes = ("grad.vanishing",)
+    codes = (Code("grad.vanishing", Severity.WARNING,
+                  meaning="Gradient norms of a module are tiny, or the first module's are tiny "
+                          "next to the last's.",
+                  fix="Add normalisation or residual paths, change saturating activations, check "
+                      "init scale."),)
     phases = frozenset({"after_backward"})
     memory = 1
 
@@ -256,7 +272,11 @@ class ExplodingGrad(Detector):
     default here is 1e3. (c) an absolute ``max_norm`` on the global norm, off by default.
     """
 
-    codes = ("grad.exploding",)
+    codes = (Code("grad.exploding", Severity.WARNING,
+                  meaning="A module's gradient norm jumped far above its running level, or the "
+                          "first module's gradient dwarfs the last's.",
+                  fix="Lower the learning rate, clip gradients, check for a badly scaled input or "
+                      "loss term."),)
     phases = frozenset({"after_backward"})
 
     def __init__(self, growth: float = 100.0, warmup: int = 10, ratio: float | None = 1e3,
@@ -407,7 +427,12 @@ class DeadUnits(Detector):
     inactive.
     """
 
-    codes = ("grad.dead_units",)
+    codes = (Code("grad.dead_units", Severity.ERROR,
+                  meaning="Half or more of a layer's output units got an exactly-zero gradient, "
+                          "step after step: those units learn nothing (module named).",
+                  fix="Dead ReLUs, a clamp or hard threshold on the layer's output, zero "
+                      "initialisation, or pre-activations shifted far from 0: check the init and "
+                      "what follows that layer."),)
     phases = frozenset({"after_backward"})
     needs_live = True
 

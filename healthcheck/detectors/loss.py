@@ -12,8 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..events import HealthEvent
-from ..observe import LiveView, StepRecord
+from ..codes import Code
+from ..events import HealthEvent, Severity
+from ..live import LiveView
+from ..record import StepRecord
 import numpy as np
 
 from .base import NO_EVENTS, Detector, DetectorState, Streaks, check_float, check_int, finite, fmt
@@ -31,7 +33,11 @@ class NonFiniteLoss(Detector):
     weight, not a term, is then the culprit). No threshold: one non-finite value is enough.
     """
 
-    codes = ("loss.nonfinite",)
+    codes = (Code("loss.nonfinite", Severity.CRITICAL,
+                  meaning="The total loss or one of its terms is NaN or infinite.",
+                  fix="Find the named term's inputs (log of 0, division by a zero norm, overflow); "
+                      "lower the learning rate if the loss grew first; stop before the optimizer "
+                      "step spreads NaN."),)
     phases = frozenset({"after_backward", "eval"})
     memory = 0
 
@@ -72,7 +78,11 @@ class ZeroLoss(Detector):
     weights in the record, fires only when the total is 0 while some term is not.
     """
 
-    codes = ("loss.zero",)
+    codes = (Code("loss.zero", Severity.ERROR,
+                  meaning="The back-propagated total is zero (or below the threshold) while some "
+                          "weight is > 0.",
+                  fix="A weight that multiplies the main term is 0, a term is detached or never "
+                      "added: print each term and its weight at step 0."),)
     phases = frozenset({"after_backward"})
     memory = 0
 
@@ -128,7 +138,11 @@ class ConstantLoss(Detector):
     repeated value from firing.
     """
 
-    codes = ("loss.constant",)
+    codes = (Code("loss.constant", Severity.WARNING,
+                  meaning="The training loss has not changed (relative 1e-7) for a window of "
+                          "steps.",
+                  fix="The loss no longer depends on the parameters or the data: check that steps "
+                      "are applied, the learning rate is > 0 and the batch actually changes."),)
     phases = frozenset({"after_step"})
     def __init__(self, window: int = 20, rtol: float = 1e-7) -> None:
         self.window = check_int("window", window, 2)
@@ -209,7 +223,10 @@ class DeadTerm(Detector):
     hence 10 consecutive steps before firing. Terms without a recorded weight are skipped.
     """
 
-    codes = ("loss.dead_term",)
+    codes = (Code("loss.dead_term", Severity.WARNING,
+                  meaning="A loss term with a positive weight is exactly 0 step after step.",
+                  fix="The term is computed on an empty selection, clamped, or never wired to the "
+                      "model output; test it on a batch where it must be > 0."),)
     phases = frozenset({"after_backward"})
     memory = 1
 
@@ -251,7 +268,11 @@ class PrimaryShare(Detector):
     weight is <= 0 (``weights.primary_zero`` reports that, critically).
     """
 
-    codes = ("loss.primary_share",)
+    codes = (Code("loss.primary_share", Severity.WARNING,
+                  meaning="The primary term's weighted share of the total is below the threshold.",
+                  fix="Auxiliary terms dominate the learning signal: lower their weights or raise "
+                      "the primary weight; check the primary weight was passed where the loss is "
+                      "built."),)
     phases = frozenset({"after_backward"})
     memory = 1
 
@@ -333,7 +354,10 @@ class Divergence(Detector):
     <= 0 (log-likelihoods) make the ratio meaningless: the check then stays silent.
     """
 
-    codes = ("loss.diverging",)
+    codes = (Code("loss.diverging", Severity.ERROR,
+                  meaning="The smoothed training loss rose far above its best value so far.",
+                  fix="Learning rate too high for this stage, or unstable numerics: lower the "
+                      "learning rate, add warm-up or gradient clipping."),)
     phases = frozenset({"after_step"})
 
     def __init__(self, factor: float = 10.0, warmup: int = 20, patience: int = 3,

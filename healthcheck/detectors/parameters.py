@@ -13,8 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..codes import Code
 from ..events import HealthEvent, Severity
-from ..observe import LiveView, StepRecord
+from ..live import LiveView
+from ..record import StepRecord
 from .screens import any_value
 from .base import (NO_EVENTS, Detector, Streaks, check_float, check_int, finite, fmt,
                    group_names, module_items, name_list)
@@ -33,7 +35,10 @@ class NotInOptimizer(Detector):
     changes. Events are grouped by owning submodule.
     """
 
-    codes = ("param.not_in_optimizer",)
+    codes = (Code("param.not_in_optimizer", Severity.ERROR,
+                  meaning="A trainable parameter is not in any optimizer parameter group.",
+                  fix="Build the optimizer after every submodule exists, and from "
+                      "model.parameters() rather than a hand-made subset."),)
     phases = frozenset({"after_backward"})
     needs_live = True
 
@@ -81,7 +86,11 @@ class FrozenParams(Detector):
     ``update_norm`` must list trainable modules only.
     """
 
-    codes = ("param.frozen",)
+    codes = (Code("param.frozen", Severity.ERROR,
+                  meaning="A module's parameters did not change over N applied steps (update norm "
+                          "exactly 0).",
+                  fix="Learning rate 0 for its group, a zero or blocked gradient, or the module is "
+                      "excluded from the optimizer."),)
     phases = frozenset({"after_step"})
     memory = 1
 
@@ -136,7 +145,11 @@ class UpdateRatio(Detector):
     need a warm-up (or a smaller lr) to stay under 0.2.
     """
 
-    codes = ("param.update_ratio",)
+    codes = (Code("param.update_ratio", Severity.WARNING, Severity.ERROR,
+                  meaning="A module's update-to-weight ratio ‖Δθ‖/‖θ‖ stayed outside the plausible "
+                          "range.",
+                  fix="Around 1e-3 per step is typical: far below means the learning rate is too "
+                      "small for this module, far above means it is too large."),)
     phases = frozenset({"after_step"})
     memory = 1
 
@@ -202,7 +215,12 @@ class BlockedUpdate(Detector):
     Exactly-zero updates count too (``param.frozen`` names those as well).
     """
 
-    codes = ("param.update_blocked",)
+    codes = (Code("param.update_blocked", Severity.ERROR,
+                  meaning="A module's update is below 1e-6 of its weights although its learning "
+                          "rate and its gradient are not small.",
+                  fix="Something between the gradient and the step shrinks it: a gradient-clip "
+                      "threshold near 0, a huge optimizer eps, gradients rescaled before the step, "
+                      "or a step that ignores .grad."),)
     phases = frozenset({"after_step"})
     memory = 1
 

@@ -14,8 +14,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..codes import Code
 from ..events import HealthEvent, Severity
-from ..observe import LiveView, StepRecord
+from ..live import LiveView
+from ..record import StepRecord
 from .base import NO_EVENTS, Detector, DetectorState, check_float, check_int
 
 
@@ -38,7 +40,10 @@ class InvalidLR(Detector):
     Immediate: a step with it moves the weights uphill or to NaN.
     """
 
-    codes = ("lr.invalid",)
+    codes = (Code("lr.invalid", Severity.CRITICAL,
+                  meaning="A parameter group's learning rate is negative or non-finite.",
+                  fix="A schedule formula error; an optimizer step with it moves the weights the "
+                      "wrong way or to NaN."),)
     phases = frozenset({"after_backward"})
     memory = 0
 
@@ -66,7 +71,10 @@ class ZeroLR(Detector):
     one batch and nothing more; two zero steps in a row is a schedule that sits at 0.
     """
 
-    codes = ("lr.zero",)
+    codes = (Code("lr.zero", Severity.ERROR,
+                  meaning="A parameter group's learning rate is exactly 0 for consecutive steps.",
+                  fix="A warm-up or schedule that starts at, or decays to, 0; a scheduler stepped "
+                      "before the optimizer; a group created with lr=0."),)
     phases = frozenset({"after_backward"})
     memory = 1
 
@@ -113,7 +121,10 @@ class TinyLR(Detector):
     had a usable learning rate (a warm-up that starts at 0 counts as below).
     """
 
-    codes = ("lr.tiny",)
+    codes = (Code("lr.tiny", Severity.WARNING, Severity.ERROR,
+                  meaning="A parameter group's learning rate is positive but implausibly small.",
+                  fix="A warm-up start factor or decay floor applied to an already small base "
+                      "rate; check the schedule's first values."),)
     phases = frozenset({"after_backward"})
     memory = 1  # a row with every rate >= min_lr ends every streak and every "since the start"
 

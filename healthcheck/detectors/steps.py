@@ -15,8 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..codes import Code
 from ..events import HealthEvent, Severity
-from ..observe import LiveView, StepRecord
+from ..live import LiveView
+from ..record import StepRecord
 from .base import NO_EVENTS, Detector, check_float, check_int
 
 
@@ -42,7 +44,10 @@ class SkippedSteps(Detector):
     its first steps while it calibrates its scale (``amp.*`` judge those).
     """
 
-    codes = ("steps.skipped",)
+    codes = (Code("steps.skipped", Severity.WARNING, Severity.ERROR,
+                  meaning="Fewer optimizer steps were applied than batches seen over a window.",
+                  fix="A gate that vetoes steps, AMP overflows, or an accumulation setting the "
+                      "detector does not know of."),)
     phases = frozenset({"after_step"})
     @property
     def memory(self) -> int:
@@ -153,7 +158,10 @@ class AmpOverflow(Detector):
     50 steps is far beyond that.
     """
 
-    codes = ("amp.overflow",)
+    codes = (Code("amp.overflow", Severity.WARNING,
+                  meaning="The AMP gradient scaler found inf/NaN gradients in many recent steps.",
+                  fix="Occasional overflow is normal; frequent overflow means fp16 cannot hold the "
+                      "gradients: use bf16, scale the loss, or find the overflowing op."),)
     phases = frozenset({"after_step"})
     @property
     def memory(self) -> int:
@@ -211,7 +219,10 @@ class AmpScaleCollapse(Detector):
     rather than fp16 range. Immediate.
     """
 
-    codes = ("amp.scale_collapse",)
+    codes = (Code("amp.scale_collapse", Severity.ERROR,
+                  meaning="The AMP gradient scaler's scale fell below its floor.",
+                  fix="Gradients are non-finite even unscaled: the scaler keeps halving. Look for "
+                      "a real NaN source; fp16 cannot represent these values."),)
     phases = frozenset({"after_step"})
     memory = 0
 

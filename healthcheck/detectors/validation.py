@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..columns import KIND_NAMES
-from ..events import HealthEvent
-from ..observe import LiveView, StepRecord
+from ..codes import Code
+from ..events import HealthEvent, Severity
+from ..live import LiveView
+from ..record import StepRecord
 from .base import NO_EVENTS, Detector, check_float, check_int, fmt
 
 
@@ -66,7 +68,11 @@ class ValConstant(_LossOnlyDetector):
     looks at 3 steps) mean the weights did not change. rtol=1e-7 ~ one float32 ulp.
     """
 
-    codes = ("val.constant",)
+    codes = (Code("val.constant", Severity.ERROR,
+                  meaning="The validation loss is identical (relative 1e-7) across consecutive "
+                          "evaluations.",
+                  fix="The model does not change between evaluations: steps are not applied, or "
+                      "evaluation uses a stale copy of the weights."),)
     phases = frozenset({"eval"})
 
     def __init__(self, patience: int = 3, rtol: float = 1e-7) -> None:
@@ -110,7 +116,10 @@ class ValPlateau(_LossOnlyDetector):
     Relative 1e-3 so improvements in the fourth digit count; 10 evaluations.
     """
 
-    codes = ("val.plateau",)
+    codes = (Code("val.plateau", Severity.WARNING,
+                  meaning="The validation loss has not improved for many evaluations.",
+                  fix="Expected at convergence; early in training it points at a loss that is not "
+                      "0 at the optimum, a too-small learning rate, or a capacity problem."),)
     phases = frozenset({"eval"})
 
     def __init__(self, patience: int = 10, min_delta: float = 1e-3) -> None:
@@ -159,7 +168,12 @@ class ValTrainGap(Detector):
     meaningless: then silent.
     """
 
-    codes = ("val.train_gap",)
+    codes = (Code("val.train_gap", Severity.ERROR,
+                  meaning="The validation loss is many times the training loss of the same epoch, "
+                          "evaluation after evaluation.",
+                  fix="The splits disagree: broken targets or inputs in one of them (constant, "
+                      "shuffled, differently normalised), or a model memorising a tiny training "
+                      "set; compare samples of both."),)
     phases = frozenset({"epoch", "eval"})
 
     def __init__(self, max_ratio: float = 10.0, patience: int = 2) -> None:

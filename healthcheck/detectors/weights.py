@@ -15,8 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..events import HealthEvent
-from ..observe import LiveView, StepRecord
+from ..codes import Code
+from ..events import HealthEvent, Severity
+from ..live import LiveView
+from ..record import StepRecord
 from .base import NO_EVENTS, Detector, DetectorState, check_float, fmt
 from .screens import changed, same_primary
 
@@ -29,7 +31,11 @@ class PrimaryWeightZero(Detector):
     when the record names no primary term or carries no weights at all.
     """
 
-    codes = ("weights.primary_zero",)
+    codes = (Code("weights.primary_zero", Severity.CRITICAL,
+                  meaning="The primary loss term's effective weight is 0, negative, non-finite or "
+                          "missing.",
+                  fix="The weight was not passed where the loss is built, or a schedule/HPO "
+                      "override set it to 0: set it explicitly and check its recorded source."),)
     phases = frozenset({"after_backward"})
     memory = 0
 
@@ -80,7 +86,12 @@ class WeightChanged(Detector):
     ramped smoothly every step produces one event per step: silence the code or raise rtol.
     """
 
-    codes = ("weights.changed",)
+    codes = (Code("weights.changed", Severity.INFO,
+                  meaning="A loss weight changed during the run (old and new value, step and "
+                          "source recorded).",
+                  fix="Expected for curricula and schedules; unexpected changes make trials "
+                      "incomparable. Silence this code for smooth per-step schedules.",
+                  repeats=True),)
     phases = frozenset({"after_backward"})
     memory = 1  # the state is the last row's weights
 
@@ -146,7 +157,13 @@ class UnplannedWeightChange(Detector):
     per-step ramp that keeps one source string); their changes are not judged.
     """
 
-    codes = ("weights.unplanned_change",)
+    codes = (Code("weights.unplanned_change", Severity.ERROR,
+                  meaning="A loss weight changed value between steps while its recorded source did "
+                          "not: no configured source owns the change.",
+                  fix="Code set the weight directly (a curriculum in the loop, a callback, a stale "
+                      "override): make the change through the run's weight plan or schedule so it "
+                      "is recorded with its source, or remove it; trials with different objectives "
+                      "are not comparable."),)
     phases = frozenset({"after_backward"})
     memory = 1  # the state is the last row's weights and sources
 

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 import healthcheck.detectors as D
-from healthcheck.events import CODES, Severity
-from healthcheck.observe import LiveView
+from healthcheck.codes import CODES
+from healthcheck.events import Severity
+from healthcheck.live import LiveView
 from hc_fakes import codes_where, healthy_epoch, healthy_eval, healthy_step, run
 
 HEALTHY_STEPS = [healthy_step(i) for i in range(200)]

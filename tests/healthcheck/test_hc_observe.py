@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from healthcheck.observe import (LiveView, MetricsWriter, ModuleNorms, StepRecord, measure,
-                                 owner_module, read_records, top_module)
+from healthcheck.live import LiveView, ModuleNorms, measure, owner_module, top_module
+from healthcheck.record import MetricsWriter, StepRecord, read_records
 
 
 def test_minimal_metrics_line_gives_not_measured_fields():
