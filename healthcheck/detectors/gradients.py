@@ -47,9 +47,6 @@ class NonFiniteGrad(Detector):
     phases = frozenset({"after_backward"})
     memory = 0
 
-    def screen(self, block):
-        return any_value(block, "grad_norm", not_finite)
-
     def check(self, record: StepRecord, state: DetectorState, live: LiveView | None) -> Sequence[HealthEvent]:
         if record.amp is not None:
             return NO_EVENTS
@@ -76,6 +73,10 @@ class NonFiniteGrad(Detector):
                         f"{record.step}; loss = {fmt(record.loss)}.{listed}"),
                 evidence={"params": len(params), "loss": math.nan if record.loss is None else record.loss}))
         return out or NO_EVENTS
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        return any_value(block, "grad_norm", not_finite)
 
 
 @dataclass
@@ -161,9 +162,6 @@ class ZeroGrad(Detector):
     phases = frozenset({"after_backward"})
     memory = 1
 
-    def screen(self, block):
-        return any_value(block, "grad_norm", lambda g: g == 0.0, skip_total=True)
-
     def __init__(self, patience: int = 5) -> None:
         self.patience = check_int("patience", patience, 1)
 
@@ -187,6 +185,10 @@ class ZeroGrad(Detector):
                     evidence={"grad_norm": value, "steps": n}))
         return out or NO_EVENTS
 
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        return any_value(block, "grad_norm", lambda g: g == 0.0, skip_total=True)
+
 
 class VanishingGrad(Detector):
     """Module gradients are tiny (``grad.vanishing``).
@@ -206,18 +208,6 @@ class VanishingGrad(Detector):
                       "init scale."),)
     phases = frozenset({"after_backward"})
     memory = 1
-
-    def screen(self, block):
-        # A non-finite module keeps its streak and fewer than two finite ones keep the
-        # first/last streak: such rows are looked at. first/last < ratio with first <
-        # first_max implies smallest/largest < ratio with smallest < first_max.
-        out = any_value(block, "grad_norm", lambda g: ~np.isfinite(g) | ((0.0 < g) & (g < self.min_norm)),
-                        skip_total=True)
-        if self.ratio is not None:
-            lo, hi, count = module_extremes(block, "grad_norm")
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out |= (count < 2) | ((lo < self.first_max) & ~(lo / hi >= self.ratio))
-        return out
 
     def __init__(self, min_norm: float = 1e-7, ratio: float | None = 1e-3,
                  first_max: float = 1e-4, patience: int = 5) -> None:
@@ -252,6 +242,19 @@ class VanishingGrad(Detector):
                             f"way back to the input for {n} steps."),
                     evidence={"first": g1, "last": gl, "ratio": r, "steps": n}))
         return out or NO_EVENTS
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        # A non-finite module keeps its streak and fewer than two finite ones keep the
+        # first/last streak: such rows are looked at. first/last < ratio with first <
+        # first_max implies smallest/largest < ratio with smallest < first_max.
+        out = any_value(block, "grad_norm", lambda g: ~np.isfinite(g) | ((0.0 < g) & (g < self.min_norm)),
+                        skip_total=True)
+        if self.ratio is not None:
+            lo, hi, count = module_extremes(block, "grad_norm")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out |= (count < 2) | ((lo < self.first_max) & ~(lo / hi >= self.ratio))
+        return out
 
 
 class _ExplodeState(Streaks):
@@ -290,44 +293,6 @@ class ExplodingGrad(Detector):
 
     def new_state(self) -> _ExplodeState:
         return _ExplodeState()
-
-    def check_block(self, block, rows, state: _ExplodeState):
-        """A block with no candidate jump and no first/last excess only moves the running
-        levels: they are advanced in numpy (log and EMA agree with the per-record path to
-        a few ulps) and nothing is emitted. Any candidate sends the block row by row."""
-        names, cols = block.mapping("grad_norm")
-        if not names:
-            return []  # no norms: every row leaves the state alone
-        if block.irregular[rows].any():
-            return None
-        k = rows.size
-        judged = np.arange(state.n + 1, state.n + k + 1) > self.warmup
-        log_growth, beta = math.log(self.growth), self.beta
-        levels: dict[str, float] = {}
-        for name in names:
-            v = cols[name][rows]
-            valid = np.isfinite(v) & (v > 0)
-            if not valid.any():
-                continue
-            lv = np.log(v[valid])
-            start = state.log_ema.get(name)
-            ema = ema_series(lv, beta, start)
-            before = np.concatenate([[np.inf if start is None else start], ema[:-1]])
-            if (judged[valid] & (lv - before > log_growth - 1e-9)).any():
-                return None
-            levels[name] = float(ema[-1])
-        if self.max_norm is not None and "_total" in cols and (cols["_total"][rows] > self.max_norm).any():
-            return None
-        if self.ratio is not None:
-            lo, hi, count = module_extremes(block, "grad_norm")
-            with np.errstate(divide="ignore", invalid="ignore"):
-                # a non-positive norm makes hi/lo no bound on first/last: row by row then
-                if ((count[rows] < 2) | ~(lo[rows] > 0) | ~(hi[rows] / lo[rows] <= self.ratio)).any():
-                    return None
-            state.counts["first/last"] = 0
-        state.n += k
-        state.log_ema.update(levels)
-        return []
 
     def check(self, record: StepRecord, state: _ExplodeState, live: LiveView | None) -> Sequence[HealthEvent]:
         norms = record.grad_norm
@@ -373,6 +338,45 @@ class ExplodingGrad(Detector):
                             "gradient grows on its way back to the input."),
                     evidence={"first": g1, "last": gl, "ratio": r, "steps": n}))
         return out or NO_EVENTS
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def check_block(self, block, rows, state: _ExplodeState):
+        """A block with no candidate jump and no first/last excess only moves the running
+        levels: they are advanced in numpy (log and EMA agree with the per-record path to
+        a few ulps) and nothing is emitted. Any candidate sends the block row by row."""
+        names, cols = block.mapping("grad_norm")
+        if not names:
+            return []  # no norms: every row leaves the state alone
+        if block.irregular[rows].any():
+            return None
+        k = rows.size
+        judged = np.arange(state.n + 1, state.n + k + 1) > self.warmup
+        log_growth, beta = math.log(self.growth), self.beta
+        levels: dict[str, float] = {}
+        for name in names:
+            v = cols[name][rows]
+            valid = np.isfinite(v) & (v > 0)
+            if not valid.any():
+                continue
+            lv = np.log(v[valid])
+            start = state.log_ema.get(name)
+            ema = ema_series(lv, beta, start)
+            before = np.concatenate([[np.inf if start is None else start], ema[:-1]])
+            if (judged[valid] & (lv - before > log_growth - 1e-9)).any():
+                return None
+            levels[name] = float(ema[-1])
+        if self.max_norm is not None and "_total" in cols and (cols["_total"][rows] > self.max_norm).any():
+            return None
+        if self.ratio is not None:
+            lo, hi, count = module_extremes(block, "grad_norm")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                # a non-positive norm makes hi/lo no bound on first/last: row by row then
+                if ((count[rows] < 2) | ~(lo[rows] > 0) | ~(hi[rows] / lo[rows] <= self.ratio)).any():
+                    return None
+            state.counts["first/last"] = 0
+        state.n += k
+        state.log_ema.update(levels)
+        return []
 
 
 @dataclass

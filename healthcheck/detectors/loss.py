@@ -41,9 +41,6 @@ class NonFiniteLoss(Detector):
     phases = frozenset({"after_backward", "eval"})
     memory = 0
 
-    def screen(self, block):
-        return not_finite(block.scalar("loss")) | any_value(block, "terms", not_finite)
-
     def check(self, record: StepRecord, state: DetectorState, live: LiveView | None) -> Sequence[HealthEvent]:
         loss = record.loss
         bad_terms = [k for k, v in record.terms.items() if not math.isfinite(v)]
@@ -68,6 +65,10 @@ class NonFiniteLoss(Detector):
                 evidence={"loss": loss}))
         return out
 
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        return not_finite(block.scalar("loss")) | any_value(block, "terms", not_finite)
+
 
 class ZeroLoss(Detector):
     """The total is 0 (|loss| <= eps) while some weight is > 0 (``loss.zero``, error).
@@ -85,9 +86,6 @@ class ZeroLoss(Detector):
                       "added: print each term and its weight at step 0."),)
     phases = frozenset({"after_backward"})
     memory = 0
-
-    def screen(self, block):
-        return np.abs(block.scalar("loss")) <= self.eps
 
     def __init__(self, eps: float = 0.0) -> None:
         self.eps = check_float("eps", eps, lo=0.0)
@@ -111,6 +109,10 @@ class ZeroLoss(Detector):
                     "weighted terms never reached the back-propagated value."),
             evidence={"loss": loss, "positive_weights": len(positive),
                       "nonzero_terms": len(nonzero_terms)}),)
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        return np.abs(block.scalar("loss")) <= self.eps
 
 
 @dataclass
@@ -144,6 +146,7 @@ class ConstantLoss(Detector):
                   fix="The loss no longer depends on the parameters or the data: check that steps "
                       "are applied, the learning rate is > 0 and the batch actually changes."),)
     phases = frozenset({"after_step"})
+
     def __init__(self, window: int = 20, rtol: float = 1e-7) -> None:
         self.window = check_int("window", window, 2)
         self.rtol = check_float("rtol", rtol, lo=0.0)
@@ -160,6 +163,23 @@ class ConstantLoss(Detector):
             return NO_EVENTS
         return (self._event(record, state, loss),)
 
+    def _one_step(self, state: _ConstantState, loss: float) -> _ConstantState | None:
+        """Advance by one finite loss; the state to report if the window is full."""
+        if state.count and abs(loss - state.ref) <= self.rtol * abs(state.ref):
+            state.count += 1
+        else:
+            state.ref, state.count = loss, 1
+        return _ConstantState(state.ref, state.count) if state.count >= self.window else None
+
+    def _event(self, record: StepRecord, state: _ConstantState, loss: float) -> HealthEvent:
+        return self.event(
+            "loss.constant", record, where="total",
+            title=f"training loss stuck at {fmt(loss)} for {state.count} steps",
+            detail=(f"The loss stayed within rtol={self.rtol:g} of {state.ref!r} for {state.count} "
+                    "consecutive steps although every step sees a different batch."),
+            evidence={"loss": loss, "steps": state.count})
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
     def check_block(self, block, rows, state: _ConstantState):
         """The same comparisons over the block's loss column, stepping through only the
         rows whose outcome depends on the state.
@@ -199,22 +219,6 @@ class ConstantLoss(Detector):
             _known_outcome(state, losses[-1])
         return out
 
-    def _one_step(self, state: _ConstantState, loss: float) -> _ConstantState | None:
-        """Advance by one finite loss; the state to report if the window is full."""
-        if state.count and abs(loss - state.ref) <= self.rtol * abs(state.ref):
-            state.count += 1
-        else:
-            state.ref, state.count = loss, 1
-        return _ConstantState(state.ref, state.count) if state.count >= self.window else None
-
-    def _event(self, record: StepRecord, state: _ConstantState, loss: float) -> HealthEvent:
-        return self.event(
-            "loss.constant", record, where="total",
-            title=f"training loss stuck at {fmt(loss)} for {state.count} steps",
-            detail=(f"The loss stayed within rtol={self.rtol:g} of {state.ref!r} for {state.count} "
-                    "consecutive steps although every step sees a different batch."),
-            evidence={"loss": loss, "steps": state.count})
-
 
 class DeadTerm(Detector):
     """A term with weight > 0 is exactly 0 for ``patience`` steps (``loss.dead_term``).
@@ -229,9 +233,6 @@ class DeadTerm(Detector):
                       "model output; test it on a batch where it must be > 0."),)
     phases = frozenset({"after_backward"})
     memory = 1
-
-    def screen(self, block):
-        return any_value(block, "terms", lambda t: t == 0.0)
 
     def __init__(self, patience: int = 10) -> None:
         self.patience = check_int("patience", patience, 1)
@@ -252,6 +253,10 @@ class DeadTerm(Detector):
                             f"loss on each of the last {n} steps: it carries no gradient."),
                     evidence={"weight": w, "steps": n}))
         return out or NO_EVENTS
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        return any_value(block, "terms", lambda t: t == 0.0)
 
 
 @dataclass
@@ -275,26 +280,6 @@ class PrimaryShare(Detector):
                       "built."),)
     phases = frozenset({"after_backward"})
     memory = 1
-
-    def screen(self, block):
-        # Rows that leave the count alone (no primary weight or term, nothing to share)
-        # are flagged too: only a row that resets the count may be passed over.
-        same, p = same_primary(block)
-        t_names, terms = block.mapping("terms")
-        w_names, weights = block.mapping("weights")
-        if not same or p is None or p not in terms or p not in weights:
-            return None
-        wp = weights[p]
-        total = np.zeros(block.n)
-        for k in t_names:
-            if k in weights:
-                part = weights[k] * np.abs(terms[k])
-                total += np.where(np.isfinite(terms[k]) & np.isfinite(weights[k]), part, 0.0)
-        own = wp * np.abs(terms[p])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            share = own / total
-        judged = np.isfinite(wp) & (wp > 0)
-        return judged & ~(np.isfinite(own) & (total > 0) & (share >= self.min_share * (1 + 1e-9)))
 
     def __init__(self, min_share: float = 0.1, patience: int = 10) -> None:
         self.min_share = check_float("min_share", min_share, lo=0.0, hi=1.0)
@@ -332,6 +317,27 @@ class PrimaryShare(Detector):
             detail=(f"Weighted shares: " + ", ".join(f"{k}={v / total:.1%}" for k, v in parts.items())
                     + f". The largest is {top!r}; below {self.min_share:.0%} for {state.count} steps."),
             evidence={"share": share, "weight": wp, "term": record.terms[p], "steps": state.count}),)
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        # Rows that leave the count alone (no primary weight or term, nothing to share)
+        # are flagged too: only a row that resets the count may be passed over.
+        same, p = same_primary(block)
+        t_names, terms = block.mapping("terms")
+        w_names, weights = block.mapping("weights")
+        if not same or p is None or p not in terms or p not in weights:
+            return None
+        wp = weights[p]
+        total = np.zeros(block.n)
+        for k in t_names:
+            if k in weights:
+                part = weights[k] * np.abs(terms[k])
+                total += np.where(np.isfinite(terms[k]) & np.isfinite(weights[k]), part, 0.0)
+        own = wp * np.abs(terms[p])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = own / total
+        judged = np.isfinite(wp) & (wp > 0)
+        return judged & ~(np.isfinite(own) & (total > 0) & (share >= self.min_share * (1 + 1e-9)))
 
 
 @dataclass
@@ -382,6 +388,30 @@ class Divergence(Detector):
             return NO_EVENTS
         return (self._event(record, state, loss, ref),)
 
+    def _advance(self, state: _DivergeState, loss: float) -> float:
+        """One finite step loss into the state; returns the reference it was judged by."""
+        state.n += 1
+        if state.n == 1:
+            state.ema = state.first = loss
+        else:
+            state.ema = self.beta * state.ema + (1.0 - self.beta) * loss
+        ref = max(state.best, self.floor * state.first)
+        diverging = (state.n > self.warmup and ref > 0 and state.first > 0
+                     and state.ema > self.factor * ref)
+        state.best = min(state.best, state.ema)
+        state.count = state.count + 1 if diverging else 0
+        return ref
+
+    def _event(self, record: StepRecord, state: _DivergeState, loss: float, ref: float) -> HealthEvent:
+        return self.event(
+            "loss.diverging", record, where="total",
+            title=f"loss diverging: smoothed {fmt(state.ema)} vs best {fmt(ref)}",
+            detail=(f"The smoothed training loss {state.ema!r} has been above {self.factor:g}x its "
+                    f"best value {ref!r} for {state.count} steps (latest batch loss {loss!r})."),
+            evidence={"loss": loss, "smoothed": state.ema, "best": ref,
+                      "ratio": state.ema / ref, "steps": state.count})
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
     def check_block(self, block, rows, state: _DivergeState):
         """A block whose smoothed loss stays clear of the threshold only moves the average
         and the best value: advanced in numpy (the EMA agrees with the per-record path to
@@ -423,26 +453,3 @@ class Divergence(Detector):
         state.best = float(min(best_before[-1], ema[-1]))
         state.count = 0
         return True
-
-    def _advance(self, state: _DivergeState, loss: float) -> float:
-        """One finite step loss into the state; returns the reference it was judged by."""
-        state.n += 1
-        if state.n == 1:
-            state.ema = state.first = loss
-        else:
-            state.ema = self.beta * state.ema + (1.0 - self.beta) * loss
-        ref = max(state.best, self.floor * state.first)
-        diverging = (state.n > self.warmup and ref > 0 and state.first > 0
-                     and state.ema > self.factor * ref)
-        state.best = min(state.best, state.ema)
-        state.count = state.count + 1 if diverging else 0
-        return ref
-
-    def _event(self, record: StepRecord, state: _DivergeState, loss: float, ref: float) -> HealthEvent:
-        return self.event(
-            "loss.diverging", record, where="total",
-            title=f"loss diverging: smoothed {fmt(state.ema)} vs best {fmt(ref)}",
-            detail=(f"The smoothed training loss {state.ema!r} has been above {self.factor:g}x its "
-                    f"best value {ref!r} for {state.count} steps (latest batch loss {loss!r})."),
-            evidence={"loss": loss, "smoothed": state.ema, "best": ref,
-                      "ratio": state.ema / ref, "steps": state.count})

@@ -102,6 +102,15 @@ class CollapsedPredictions(Detector):
             return NO_EVENTS
         return (self._event(record, share, n),)
 
+    def _event(self, record: StepRecord, share: float, n: int) -> HealthEvent:
+        return self.event(
+            "output.collapsed", record, where=self.key,
+            title=f"{share:.0%} of predictions fall in one class",
+            detail=(f"metrics[{self.key!r}] = {share!r} > {self.max_share:g} for {n} consecutive "
+                    f"{record.kind} records: the predictions collapsed onto one class."),
+            evidence={"share": share, "records": n})
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
     def check_block(self, block, rows, state: Streaks):
         """`check` on the share's column: nothing to do where no line reports it, and a
         record only for a row that fires."""
@@ -121,14 +130,6 @@ class CollapsedPredictions(Detector):
                 out.append((row, self._event(block.record(row), share, n)))
         return out
 
-    def _event(self, record: StepRecord, share: float, n: int) -> HealthEvent:
-        return self.event(
-            "output.collapsed", record, where=self.key,
-            title=f"{share:.0%} of predictions fall in one class",
-            detail=(f"metrics[{self.key!r}] = {share!r} > {self.max_share:g} for {n} consecutive "
-                    f"{record.kind} records: the predictions collapsed onto one class."),
-            evidence={"share": share, "records": n})
-
 
 class SaturatedOutputs(Detector):
     """More than ``max_fraction`` of an output sits at a clamp bound for ``patience``
@@ -146,15 +147,6 @@ class SaturatedOutputs(Detector):
                       "the target."),)
     phases = frozenset({"after_step", "eval"})
     memory = 1
-
-    def screen(self, block):
-        names, metrics = block.mapping("metrics")
-        out = np.zeros(block.n, dtype=bool)
-        for key in names:
-            if key.endswith(self.suffix):
-                share = metrics[key]
-                out |= ~np.isfinite(share) | (share > self.max_fraction)
-        return out
 
     def __init__(self, suffix: str = "_at_bound", max_fraction: float = 0.2, patience: int = 3) -> None:
         if not suffix:
@@ -183,6 +175,16 @@ class SaturatedOutputs(Detector):
                             f"{record.kind} records; those outputs get no gradient."),
                     evidence={"share": share, "records": n}))
         return out or NO_EVENTS
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        names, metrics = block.mapping("metrics")
+        out = np.zeros(block.n, dtype=bool)
+        for key in names:
+            if key.endswith(self.suffix):
+                share = metrics[key]
+                out |= ~np.isfinite(share) | (share > self.max_fraction)
+        return out
 
 
 @dataclass

@@ -94,9 +94,6 @@ class FrozenParams(Detector):
     phases = frozenset({"after_step"})
     memory = 1
 
-    def screen(self, block):
-        return _not_applied(block) | any_value(block, "update_norm", lambda u: u == 0.0, skip_total=True)
-
     def __init__(self, patience: int = 3, patience_with_grad: int = 2) -> None:
         self.patience = check_int("patience", patience, 1)
         self.patience_with_grad = check_int("patience_with_grad", patience_with_grad, 1)
@@ -123,6 +120,10 @@ class FrozenParams(Detector):
                             f"last {n} applied steps{reason}; lr = {record.lr}."),
                     evidence={"update_norm": u, "steps": n}))
         return out or NO_EVENTS
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        return _not_applied(block) | any_value(block, "update_norm", lambda u: u == 0.0, skip_total=True)
 
 
 class UpdateRatio(Detector):
@@ -152,10 +153,6 @@ class UpdateRatio(Detector):
                       "small for this module, far above means it is too large."),)
     phases = frozenset({"after_step"})
     memory = 1
-
-    def screen(self, block):
-        bound = self.high if self.error_high is None else min(self.high, self.error_high)
-        return _not_applied(block) | _ratio_test(block, lambda r: (r < self.low) | (r > bound))
 
     def __init__(self, low: float = 1e-6, high: float = 1.0, patience: int = 20,
                  error_high: float | None = 0.2, error_patience: int = 5) -> None:
@@ -198,6 +195,11 @@ class UpdateRatio(Detector):
                     evidence={"ratio": r, "update_norm": u, "param_norm": w, "steps": steps}))
         return out or NO_EVENTS
 
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        bound = self.high if self.error_high is None else min(self.high, self.error_high)
+        return _not_applied(block) | _ratio_test(block, lambda r: (r < self.low) | (r > bound))
+
 
 class BlockedUpdate(Detector):
     """A module barely moves although its learning rate and gradient are fine
@@ -223,9 +225,6 @@ class BlockedUpdate(Detector):
                       "or a step that ignores .grad."),)
     phases = frozenset({"after_step"})
     memory = 1
-
-    def screen(self, block):
-        return _not_applied(block) | _ratio_test(block, lambda r: r < self.low, zero_update_judged=True)
 
     def __init__(self, low: float = 1e-6, min_lr: float = 1e-5, max_gain: float = 1e-2,
                  patience: int = 5) -> None:
@@ -260,6 +259,10 @@ class BlockedUpdate(Detector):
                             f"({record.lr}) and its gradient norm before the step is {fmt(g)}."),
                     evidence={"ratio": r, "update_norm": u, "grad_norm": g, "lr": lr_max, "steps": n}))
         return out or NO_EVENTS
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        return _not_applied(block) | _ratio_test(block, lambda r: r < self.low, zero_update_judged=True)
 
 
 def _not_applied(block) -> np.ndarray:

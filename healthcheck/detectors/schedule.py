@@ -47,10 +47,6 @@ class InvalidLR(Detector):
     phases = frozenset({"after_backward"})
     memory = 0
 
-    def screen(self, block):
-        lr = block.lr()
-        return (~np.isfinite(lr) | (lr < 0)).any(axis=1)
-
     def check(self, record: StepRecord, state: DetectorState, live: LiveView | None) -> Sequence[HealthEvent]:
         out = []
         for i, lr in enumerate(record.lr):
@@ -62,6 +58,11 @@ class InvalidLR(Detector):
                 detail=f"Param group {i} has lr = {lr!r} at step {record.step}; all groups: {record.lr}.",
                 evidence={"lr": lr, "group": i}))
         return out or NO_EVENTS
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        lr = block.lr()
+        return (~np.isfinite(lr) | (lr < 0)).any(axis=1)
 
 
 class ZeroLR(Detector):
@@ -77,9 +78,6 @@ class ZeroLR(Detector):
                       "before the optimizer; a group created with lr=0."),)
     phases = frozenset({"after_backward"})
     memory = 1
-
-    def screen(self, block):
-        return (block.lr() == 0.0).any(axis=1)
 
     def __init__(self, patience: int = 2) -> None:
         self.patience = check_int("patience", patience, 1)
@@ -101,6 +99,10 @@ class ZeroLR(Detector):
                             f"parameters cannot move. All groups: {record.lr}."),
                     evidence={"lr": 0.0, "group": i, "steps": n}))
         return out or NO_EVENTS
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        return (block.lr() == 0.0).any(axis=1)
 
 
 @dataclass
@@ -127,10 +129,6 @@ class TinyLR(Detector):
                       "rate; check the schedule's first values."),)
     phases = frozenset({"after_backward"})
     memory = 1  # a row with every rate >= min_lr ends every streak and every "since the start"
-
-    def screen(self, block):
-        lr = block.lr()
-        return (~(lr >= self.min_lr)).any(axis=1)
 
     def __init__(self, min_lr: float = 1e-7, patience: int = 10) -> None:
         self.min_lr = check_float("min_lr", min_lr, lo=0.0, lo_open=True)
@@ -161,3 +159,8 @@ class TinyLR(Detector):
                             f"{since}; updates of this size barely change float32 weights."),
                     evidence={"lr": lr, "group": i, "steps": n, "from_start": low[i]}))
         return out or NO_EVENTS
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        lr = block.lr()
+        return (~(lr >= self.min_lr)).any(axis=1)

@@ -28,18 +28,19 @@ class _LossOnlyDetector(Detector):
     a block's loss column are then the same for all of them.
     """
 
-    def _fires(self, state, loss: float) -> bool:
-        raise NotImplementedError
-
-    def _event(self, record: StepRecord, state, loss: float) -> HealthEvent:
-        raise NotImplementedError
-
     def check(self, record: StepRecord, state, live: LiveView | None) -> Sequence[HealthEvent]:
         loss = record.loss
         if loss is None or not self._fires(state, loss):
             return NO_EVENTS
         return (self._event(record, state, loss),)
 
+    def _fires(self, state, loss: float) -> bool:
+        raise NotImplementedError
+
+    def _event(self, record: StepRecord, state, loss: float) -> HealthEvent:
+        raise NotImplementedError
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
     def check_block(self, block, rows, state):
         """`check` on the loss column: a record only for a row that fires. Irregular rows
         (a loss that is not a number) go the record way."""
@@ -189,18 +190,6 @@ class ValTrainGap(Detector):
             return NO_EVENTS
         return (self._event(record, state, loss),)
 
-    def check_block(self, block, rows, state: _GapState):
-        """`check` on the loss and kind columns: a record only for a row that fires."""
-        losses = block.scalar("loss")[rows]  # built first: building it marks odd rows
-        if block.irregular[rows].any():
-            return None
-        out = []
-        kinds = block.kind[rows].tolist()
-        for row, kind, loss in zip(rows.tolist(), kinds, losses.tolist()):
-            if self._fires(state, KIND_NAMES.get(kind, "step"), loss):
-                out.append((row, self._event(block.record(row), state, loss)))
-        return out
-
     def _fires(self, state: _GapState, kind: str, loss: float) -> bool:
         if kind == "epoch":
             state.train = loss if math.isfinite(loss) else math.nan
@@ -223,3 +212,16 @@ class ValTrainGap(Detector):
             detail=(f"The validation loss has been above {self.max_ratio:g}x the epoch's mean training "
                     f"loss for {state.count} evaluations (epoch {record.epoch}: {loss!r} vs {train!r})."),
             evidence={"val_loss": loss, "train_loss": train, "ratio": ratio, "evals": state.count})
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def check_block(self, block, rows, state: _GapState):
+        """`check` on the loss and kind columns: a record only for a row that fires."""
+        losses = block.scalar("loss")[rows]  # built first: building it marks odd rows
+        if block.irregular[rows].any():
+            return None
+        out = []
+        kinds = block.kind[rows].tolist()
+        for row, kind, loss in zip(rows.tolist(), kinds, losses.tolist()):
+            if self._fires(state, KIND_NAMES.get(kind, "step"), loss):
+                out.append((row, self._event(block.record(row), state, loss)))
+        return out

@@ -39,17 +39,6 @@ class PrimaryWeightZero(Detector):
     phases = frozenset({"after_backward"})
     memory = 0
 
-    def screen(self, block):
-        same, p = same_primary(block)
-        names, weights = block.mapping("weights")
-        if not same:
-            return None
-        if p is None or not names:
-            return np.zeros(block.n, dtype=bool)
-        if p not in weights:
-            return np.ones(block.n, dtype=bool)
-        return ~(weights[p] > 0) | ~np.isfinite(weights[p])
-
     def check(self, record: StepRecord, state: DetectorState, live: LiveView | None) -> Sequence[HealthEvent]:
         p = record.primary
         if p is None or not record.weights:
@@ -70,6 +59,18 @@ class PrimaryWeightZero(Detector):
             evidence = {"weight": w}
         return (self.event("weights.primary_zero", record, where=p, title=title, detail=detail,
                            evidence=evidence),)
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        same, p = same_primary(block)
+        names, weights = block.mapping("weights")
+        if not same:
+            return None
+        if p is None or not names:
+            return np.zeros(block.n, dtype=bool)
+        if p not in weights:
+            return np.ones(block.n, dtype=bool)
+        return ~(weights[p] > 0) | ~np.isfinite(weights[p])
 
 
 @dataclass
@@ -94,10 +95,6 @@ class WeightChanged(Detector):
                   repeats=True),)
     phases = frozenset({"after_backward"})
     memory = 1  # the state is the last row's weights
-
-    def screen(self, block):
-        names, _ = block.mapping("weights")
-        return changed(block, "weights") if names else np.zeros(block.n, dtype=bool)
 
     def __init__(self, rtol: float = 1e-9) -> None:
         self.rtol = check_float("rtol", rtol, lo=0.0)
@@ -128,6 +125,11 @@ class WeightChanged(Detector):
                         f"(epoch {record.epoch}); set by: {source}."),
                 evidence={"old": old, "new": new}))
         return out or NO_EVENTS
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        names, _ = block.mapping("weights")
+        return changed(block, "weights") if names else np.zeros(block.n, dtype=bool)
 
 
 def _same(a: float, b: float, rtol: float) -> bool:
@@ -167,18 +169,6 @@ class UnplannedWeightChange(Detector):
     phases = frozenset({"after_backward"})
     memory = 1  # the state is the last row's weights and sources
 
-    def screen(self, block):
-        names, _ = block.mapping("weights")
-        sources = block.field("weight_sources")
-        acting = [bool(s) for s in sources]
-        if not names or not any(acting):
-            return np.zeros(block.n, dtype=bool)
-        if not all(acting):
-            return None
-        out = changed(block, "weights")
-        out[1:] |= np.array([a != b for a, b in zip(sources[1:], sources)], dtype=bool)
-        return out
-
     def __init__(self, rtol: float = 1e-9, owned: Sequence[str] = ()) -> None:
         self.rtol = check_float("rtol", rtol, lo=0.0)
         if isinstance(owned, str) or not all(isinstance(o, str) and o for o in owned):
@@ -213,3 +203,16 @@ class UnplannedWeightChange(Detector):
                         "changed it did not record itself."),
                 evidence={"old": old, "new": new}))
         return out or NO_EVENTS
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        names, _ = block.mapping("weights")
+        sources = block.field("weight_sources")
+        acting = [bool(s) for s in sources]
+        if not names or not any(acting):
+            return np.zeros(block.n, dtype=bool)
+        if not all(acting):
+            return None
+        out = changed(block, "weights")
+        out[1:] |= np.array([a != b for a, b in zip(sources[1:], sources)], dtype=bool)
+        return out
