@@ -9,7 +9,6 @@ model and optimizer a few checks need) is `healthcheck.live`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time as _time
 from dataclasses import dataclass, field
