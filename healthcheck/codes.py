@@ -134,20 +134,21 @@ def _load() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    for name in DECLARED_IN:
-        importlib.import_module(name)
+    _loaded = True  # before the imports: a module that reads CODES while loading must not recurse
+    try:
+        for name in DECLARED_IN:
+            importlib.import_module(name)
+    except BaseException:
+        _loaded = False
+        raise
 
 
 class _Registry(Mapping[str, CodeInfo]):
     """A read-only view of the registry that is complete whenever it is read."""
 
     def __getitem__(self, code: str) -> CodeInfo:
-        info = _CODES.get(code)
-        if info is None:
-            _load()
-            return _CODES[code]
-        return info
+        _load()
+        return _CODES[code]
 
     def __iter__(self) -> Iterator[str]:
         _load()
@@ -158,8 +159,7 @@ class _Registry(Mapping[str, CodeInfo]):
         return len(_CODES)
 
     def __contains__(self, code: object) -> bool:
-        if code not in _CODES:
-            _load()
+        _load()
         return code in _CODES
 
     def __repr__(self) -> str:

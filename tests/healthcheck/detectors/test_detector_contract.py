@@ -1,5 +1,6 @@
 """What every detector owes: a fault test in its family's file, codes that are all
-registered and all emitted by some detector, and argument errors that name the bad value."""
+registered and all emitted by some detector, severities the codes declare, and argument
+errors that name the bad value."""
 
 from __future__ import annotations
 
@@ -10,12 +11,10 @@ import pytest
 import healthcheck.detectors as D
 from healthcheck.codes import CODES
 from healthcheck.events import Severity
-from det_cases import all_faults
+from hc_fakes import run
+from det_cases import all_faults, steps
 
-
-# detectors that need a live model are tested below with one
-
-
+# detectors that need a live model are tested in their family's file with one
 LIVE_ONLY = {"NoneGrad", "NotInOptimizer", "DeadUnits", "WeightDecay"}
 
 
@@ -82,3 +81,17 @@ def test_bad_settings_name_the_value(factory, message):
 def test_new_settings_name_the_bad_value(factory, message):
     with pytest.raises(ValueError, match=message):
         factory()
+
+
+def test_every_severity_a_detector_emits_is_a_declared_tier():
+    cases = [(factory(), records) for factory, records, _ in all_faults().values()] + [
+        (D.UpdateRatio(), steps(6, update_norm={"encoder": 1.0, "head": 1e-3})),  # raised to error
+        (D.TinyLR(), steps(12, lr=[1e-3, 2e-8])),  # raised to error
+    ]
+    raised = set()
+    for detector, records in cases:
+        for e in run(detector, records):
+            info = CODES[e.code]
+            assert e.severity in (info.severity, *info.raised_to), e.line()
+            raised |= {e.code} if e.severity != info.severity else set()
+    assert {"param.update_ratio", "lr.tiny", "steps.skipped"} <= raised
