@@ -25,6 +25,7 @@ class _ParamCountState:
     names: tuple[str, ...] = ()
     counts: list[int] = field(default_factory=list)
 
+
 def _per_param_streak(state: _ParamCountState, live: LiveView, hit: Sequence[bool]) -> None:
     names = live.param_grad_stats().names
     if names != state.names:  # parameters were added or unfrozen: start over
@@ -32,6 +33,7 @@ def _per_param_streak(state: _ParamCountState, live: LiveView, hit: Sequence[boo
     counts = state.counts
     for i, h in enumerate(hit):
         counts[i] = counts[i] + 1 if h else 0
+
 
 def _grouped_events(det: Detector, code: str, record: StepRecord, state: _ParamCountState,
                     live: LiveView, patience: int, what: str) -> list[HealthEvent]:
@@ -49,6 +51,7 @@ def _grouped_events(det: Detector, code: str, record: StepRecord, state: _ParamC
             detail=f"Trainable parameters {name_list(params)} {what} on each of the last {steps} steps.",
             evidence={"params": len(params), "steps": steps}))
     return out
+
 
 class NoneGrad(Detector):
     """A trainable parameter's ``.grad`` stays None for ``patience`` steps (``grad.none``).
@@ -79,9 +82,11 @@ class NoneGrad(Detector):
         return _grouped_events(self, "grad.none", record, state, live, self.patience,
                                "got no gradient (.grad is None)") or NO_EVENTS
 
+
 @dataclass
 class _ZeroState(_ParamCountState):
     modules: Streaks = field(default_factory=Streaks)
+
 
 class ZeroGrad(Detector):
     """A gradient is exactly 0 for ``patience`` steps (``grad.zero``).
@@ -125,6 +130,7 @@ class ZeroGrad(Detector):
     def screen(self, block):
         return any_value(block, "grad_norm", lambda g: g == 0.0, skip_total=True)
 
+
 @dataclass
 class _DeadState:
     params: Any = None  # the LiveView.named_params the selection below was made from
@@ -132,7 +138,9 @@ class _DeadState:
     probes: tuple[int, ...] = ()  # per judged weight: position of its unit-wise bias, or -1
     counts: list[int] = field(default_factory=list)
 
+
 _LOOKUP_TABLES = ("Embedding", "EmbeddingBag")  # rows are sparse by design: one per token
+
 
 def _select_units(state: _DeadState, live: LiveView) -> None:
     """Pick the weights `DeadUnits` judges and, for each, the bias that stands for its rows."""
@@ -148,6 +156,7 @@ def _select_units(state: _DeadState, live: LiveView) -> None:
         index.append(i)
     state.params, state.index, state.probes = live.named_params, tuple(index), tuple(probes)
     state.counts = [0] * len(index)
+
 
 class DeadUnits(Detector):
     """Half or more of a layer's output units get an exactly-zero gradient for ``patience``

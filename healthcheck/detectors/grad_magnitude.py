@@ -76,6 +76,7 @@ class NonFiniteGrad(Detector):
     def screen(self, block):
         return any_value(block, "grad_norm", not_finite)
 
+
 class VanishingGrad(Detector):
     """Module gradients are tiny (``grad.vanishing``).
 
@@ -142,11 +143,13 @@ class VanishingGrad(Detector):
                 out |= (count < 2) | ((lo < self.first_max) & ~(lo / hi >= self.ratio))
         return out
 
+
 class _ExplodeState(Streaks):
     def __init__(self) -> None:
         super().__init__()
         self.n = 0
         self.log_ema: dict[str, float] = {}
+
 
 class ExplodingGrad(Detector):
     """Module gradients blow up (``grad.exploding``).

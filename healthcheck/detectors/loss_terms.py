@@ -59,9 +59,11 @@ class DeadTerm(Detector):
     def screen(self, block):
         return any_value(block, "terms", lambda t: t == 0.0)
 
+
 @dataclass
 class _ShareState:
     count: int = 0
+
 
 class PrimaryShare(Detector):
     """The primary term's weighted share is below ``min_share`` (``loss.primary_share``).

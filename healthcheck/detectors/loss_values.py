@@ -69,6 +69,7 @@ class NonFiniteLoss(Detector):
     def screen(self, block):
         return not_finite(block.scalar("loss")) | any_value(block, "terms", not_finite)
 
+
 class ZeroLoss(Detector):
     """The total is 0 (|loss| <= eps) while some weight is > 0 (``loss.zero``, error).
 
@@ -113,10 +114,12 @@ class ZeroLoss(Detector):
     def screen(self, block):
         return np.abs(block.scalar("loss")) <= self.eps
 
+
 @dataclass
 class _ConstantState:
     ref: float = math.nan
     count: int = 0
+
 
 def _known_outcome(state: _ConstantState, loss: float) -> None:
     """The state after a loss whose outcome needs no look back (see `ConstantLoss.check_block`)."""
@@ -124,6 +127,7 @@ def _known_outcome(state: _ConstantState, loss: float) -> None:
         state.ref, state.count = float(loss), 1
     else:
         state.count = 0
+
 
 class ConstantLoss(Detector):
     """The training loss is unchanged (relative ``rtol``) for ``window`` steps (``loss.constant``).
@@ -215,6 +219,7 @@ class ConstantLoss(Detector):
             _known_outcome(state, losses[-1])
         return out
 
+
 @dataclass
 class _DivergeState:
     n: int = 0
@@ -222,6 +227,7 @@ class _DivergeState:
     best: float = math.inf
     first: float = math.nan
     count: int = 0
+
 
 class Divergence(Detector):
     """The smoothed loss exceeds ``factor`` × its best value (``loss.diverging``, error).
