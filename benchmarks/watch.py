@@ -78,7 +78,7 @@ def write_metrics(path: str, n: int, epoch_every: int = 0) -> None:
 
 # ----------------------------------------------------------------------------- child
 def child(mode: str, run_dir: str) -> None:
-    from healthcheck.observe import StepRecord
+    from healthcheck.record import StepRecord
     from healthcheck.runlog import JsonLinesTail
     from healthcheck.watch import RunWatch
 

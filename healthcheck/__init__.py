@@ -19,10 +19,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "HealthEvent": "events", "Severity": "events", "CODES": "events", "HealthLogWriter": "events",
-    "read_events": "events", "codes_table_markdown": "events", "register_code": "events",
-    "StepRecord": "observe", "LiveView": "observe", "MetricsWriter": "observe",
-    "read_records": "observe", "ModuleNorms": "observe", "measure": "observe",
+    "HealthEvent": "events", "Severity": "events", "HealthLogWriter": "events", "read_events": "events",
+    "CODES": "codes", "Code": "codes", "CodeInfo": "codes", "codes_table_markdown": "codes",
+    "register_code": "codes",
+    "StepRecord": "record", "MetricsWriter": "record", "read_records": "record",
+    "LiveView": "live", "ModuleNorms": "live", "measure": "live",
     "Detector": "detectors", "default_detectors": "detectors",
     "Policy": "policy", "PolicyError": "policy",
     "Monitor": "monitor", "judge_records": "monitor",
@@ -48,10 +49,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .detectors import Detector, default_detectors
-    from .events import (CODES, HealthEvent, HealthLogWriter, Severity, codes_table_markdown,
-                         read_events, register_code)
+    from .codes import CODES, codes_table_markdown, register_code
+    from .events import HealthEvent, HealthLogWriter, Severity, read_events
     from .integrations.torch_loop import HealthStop, TrainingHealth
     from .monitor import Monitor, judge_records
-    from .observe import LiveView, MetricsWriter, ModuleNorms, StepRecord, measure, read_records
+    from .live import LiveView, ModuleNorms, measure
+    from .record import MetricsWriter, StepRecord, read_records
     from .policy import Policy, PolicyError
     from .sinks import ConsoleSink, JsonlSink, OptunaSink, WandbSink

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from .events import CODES
+from .codes import CODES
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -40,8 +40,10 @@ import numpy as np
 
 from .columns import KIND_CODES, KIND_NAMES, MetricBlock
 from .detectors import PHASES, Detector, default_detectors
-from .events import CODES, HealthEvent, Severity
-from .observe import LiveView, StepRecord, as_record
+from .codes import CODES, Code, declare
+from .events import HealthEvent, Severity
+from .live import LiveView
+from .record import StepRecord, as_record
 from .policy import CONTEXTS, Policy
 
 _PHASES_OF_KIND = {"step": ("after_backward", "after_step"), "epoch": ("epoch",), "eval": ("eval",)}
@@ -50,6 +52,19 @@ _KIND_CODE_OF_PHASE = {"after_backward": KIND_CODES["step"], "after_step": KIND_
 _PHASE_RANK = {p: i for i, p in enumerate(PHASES)}
 _KEEP_EVENTS = 10_000  # emitted events kept in memory for inspection; counts are never capped
 _NO_EVENTS: tuple = ()
+
+# what the monitor reports about itself (a detector that failed, the closing summary)
+MONITOR_CODES = declare(
+    Code("monitor.detector_failed", Severity.WARNING,
+         meaning="A detector raised an exception and was switched off for the rest of the "
+                 "run.",
+         fix="A bug in that detector or an unexpected record shape; the traceback is in the "
+             "detail."),
+    Code("monitor.summary", Severity.INFO,
+         meaning="Counts of every event of the run, written when the monitor closes.",
+         fix="Nothing to fix: the closing summary.",
+         repeats=True),
+)
 
 
 class _Slot:

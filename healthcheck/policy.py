@@ -22,7 +22,8 @@ from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
-from .events import CODES, HealthEvent, Severity
+from .codes import CODES
+from .events import HealthEvent, Severity
 
 ACTIONS = ("record", "warn", "stop", "prune")
 CONTEXTS = ("train", "hpo", "gate")

@@ -42,6 +42,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from .codes import Code, declare
+from .events import Severity
+
 VERDICTS = ("passed", "failed", "skipped")
 
 # Thresholds, each with the reason for its value.
@@ -53,6 +56,53 @@ MIN_UPDATE_RATIO = 1e-6  # Adam moves a weight by ~lr per step; lr / rms(w) belo
 OVERFIT_STEPS = 100  # one batch, at most this many steps
 OVERFIT_RATIO = 0.5  # ...must bring the loss to at most half its initial value
 _NAMES_SHOWN = 8  # parameters named in one detail line
+
+# A failed check becomes an event when the gate's verdict is pushed through a monitor (the
+# detection benchmark does this to score the whole harness); the fix is the check's hint.
+# "config" is the gate's own first step: the config resolves and validates.
+PREFLIGHT_CODES = declare(
+    Code("preflight.config", Severity.ERROR,
+         meaning="The config does not resolve or validate (bad value, unknown key, a "
+                 "loss-weight plan whose primary weight reaches 0).",
+         fix="Fix the value the message names; `ris-model config --keys` lists every key."),
+    Code("preflight.grad_reach", Severity.ERROR,
+         meaning="One backward pass leaves a trainable parameter without a gradient, or with "
+                 "a non-finite or exactly-zero one.",
+         fix="A detach(), a blend weight cutting the path, a saturated clamp, an unused "
+             "module, or an unstable backward (eigh/SVD at repeated eigenvalues)."),
+    Code("preflight.loss_at_init", Severity.ERROR,
+         meaning="The untrained model's loss or a term is non-finite, 0, or outside its "
+                 "expected range.",
+         fix="Compare the scale of prediction and target (trace or norm of each); check the "
+             "loss is computed from the model's output."),
+    Code("preflight.loss_self_test", Severity.ERROR,
+         meaning="A loss term is not 0 at a perfect prediction, or a normalised error is not "
+                 "1 at a zero prediction.",
+         fix="An epsilon added to one side only, a similarity written as an error, or "
+             "matrices compared on different scales."),
+    Code("preflight.loss_weights", Severity.ERROR,
+         meaning="The primary term has weight 0, a weight is negative or non-finite, or the "
+                 "total is not the weighted sum of the terms.",
+         fix="Look at every place that sets a loss weight (defaults, config, HPO, schedule) "
+             "and at how the total is summed."),
+    Code("preflight.lr_at_step0", Severity.ERROR,
+         meaning="A param group's first learning rate is 0, too small to move its weights, or "
+                 "the scheduler drives another optimizer.",
+         fix="Start the warm-up at a fraction of the peak lr, not at 0; build the scheduler "
+             "on the optimizer that is stepped."),
+    Code("preflight.micro_overfit", Severity.ERROR,
+         meaning="A few optimizer steps on one batch did not halve its loss.",
+         fix="A model that cannot fit one batch cannot fit a dataset: check the learning "
+             "rate, that the optimizer steps the model's parameters, and the labels of that "
+             "batch."),
+    Code("preflight.optimizer_coverage", Severity.ERROR,
+         meaning="A trainable parameter is in no optimizer param group.",
+         fix="Build the optimizer after every module exists, from model.parameters()."),
+    Code("preflight.term_grad_reach", Severity.ERROR,
+         meaning="A loss term with weight > 0 does not send a finite gradient to the "
+                 "parameters it depends on.",
+         fix="A detached prediction or a path cut inside that term."),
+)
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .columns import MetricBlock
-from .events import CODES, HealthEvent, Severity, register_code
+from .codes import CODES, Code, declare
+from .events import HealthEvent, Severity
 from .monitor import Monitor
-from .observe import StepRecord
+from .record import StepRecord
 from .policy import Policy
 from .runlog import (BadLine, KeyMap, RunLogError, detect_format, open_health, open_metrics)
 from .runlog._layout import LineLayout, StructRows
@@ -34,12 +35,14 @@ from .runlog._tail import NumberedItems, numbered_batches
 from .typedblock import StructBlock
 from .watchstate import RunState
 
-register_code(
-    "watch.bad_line", "warning",
-    "A line of a run's metrics or health log is not a JSON object (or not a valid row); "
-    "it was skipped.",
-    "Something other than the training loop wrote to the file, or two writers interleaved "
-    "their lines: give each process its own run dir.", repeats=True)
+BAD_LINE = declare(
+    Code("watch.bad_line", Severity.WARNING,
+         meaning="A line of a run's metrics or health log is not a JSON object (or not a "
+                 "valid row); it was skipped.",
+         fix="Something other than the training loop wrote to the file, or two writers "
+             "interleaved their lines: give each process its own run dir.",
+         repeats=True),
+)[0]
 
 END_CODE = "monitor.summary"  # the monitor writes it when it closes: the run has ended
 MAX_EVENTS = 10_000  # distinct events kept; a per-step repeating code must not grow memory

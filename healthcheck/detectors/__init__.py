@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from .base import NO_EVENTS, PHASES, Detector, DetectorState
-from .gradients import DeadUnits, ExplodingGrad, NoneGrad, NonFiniteGrad, VanishingGrad, ZeroGrad
-from .loss import ConstantLoss, DeadTerm, Divergence, NonFiniteLoss, PrimaryShare, ZeroLoss
+from .grad_flow import DeadUnits, NoneGrad, ZeroGrad
+from .grad_magnitude import ExplodingGrad, NonFiniteGrad, VanishingGrad
+from .loss_terms import DeadTerm, PrimaryShare
+from .loss_values import ConstantLoss, Divergence, NonFiniteLoss, ZeroLoss
 from .outputs import ChanceLevel, CollapsedPredictions, ExpectedRange, SaturatedOutputs
 from .optimizer import WeightDecay
 from .parameters import BlockedUpdate, FrozenParams, NotInOptimizer, UpdateRatio

@@ -15,9 +15,11 @@ The contract of ``check(record, state, live)``:
 * Return a sequence of `HealthEvent` (an empty tuple when all is well). Returning the same
   finding on every step is fine: the monitor folds repeats into one event with a count.
 
-Class attributes say where a detector runs:
+Class attributes say what a detector emits and where it runs:
 
-* ``codes``: the event codes it may emit (all registered in `events.CODES`).
+* ``codes``: the event codes it may emit, each declared as a `Code` with its default
+  severity, meaning and fix; defining the class registers them in `healthcheck.codes.CODES`
+  (a plain string names a code registered elsewhere, e.g. with ``register_code``).
 * ``phases``: a subset of `PHASES`. "after_backward" sees gradients before the optimizer
   step, so checks that must stop a step (non-finite values, a zero primary weight) run
   there; "after_step" sees update norms; "epoch" and "eval" see epoch means and validation.
@@ -40,13 +42,15 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
-from ..events import CODES, HealthEvent, Severity
+from ..codes import CODES, Code, declare
+from ..events import HealthEvent, Severity
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
     from ..columns import MetricBlock
-    from ..observe import LiveView, StepRecord
+    from ..live import LiveView
+    from ..record import StepRecord
 
 PHASES = ("after_backward", "after_step", "epoch", "eval")
 NO_EVENTS: tuple[HealthEvent, ...] = ()
@@ -77,12 +81,21 @@ class Streaks(DetectorState):
 
 
 class Detector:
-    """Base class: settings in ``__init__``, one check in ``check``."""
+    """Base class: settings in ``__init__``, one check in ``check``.
+
+    Methods come in one order in every detector: settings and ``__init__``, ``new_state``,
+    ``check`` (the rule), then the bulk path (``screen``, ``check_block``) in a section of
+    its own, because the rule should read before its speed-up.
+    """
 
     codes: ClassVar[tuple[str, ...]] = ()
     phases: ClassVar[frozenset[str]] = frozenset()
     needs_live: ClassVar[bool] = False
     memory: ClassVar[int | None] = None  # None: no screen, every row is checked
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declare(*(c for c in cls.__dict__.get("codes", ()) if isinstance(c, Code)))
 
     @property
     def name(self) -> str:

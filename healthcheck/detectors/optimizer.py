@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..events import HealthEvent
-from ..observe import LiveView, StepRecord
+from ..codes import Code
+from ..events import HealthEvent, Severity
+from ..live import LiveView
+from ..record import StepRecord
 from .base import NO_EVENTS, Detector, DetectorState, check_float
 
 
@@ -29,7 +31,11 @@ class WeightDecay(Detector):
     patience: it is a setting, not a measurement.
     """
 
-    codes = ("optim.weight_decay",)
+    codes = (Code("optim.weight_decay", Severity.ERROR,
+                  meaning="A param group's learning rate x weight decay is so large that every "
+                          "step erases a large share of its weights.",
+                  fix="Typical lr x weight decay is 1e-8..1e-4: check the value's units (decoupled "
+                      "AdamW decay is multiplied by the lr) and where it was set."),)
     phases = frozenset({"after_backward"})
     needs_live = True
 

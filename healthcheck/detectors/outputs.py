@@ -19,8 +19,10 @@ from typing import Sequence
 import numpy as np
 
 from ..columns import KIND_NAMES
-from ..events import HealthEvent
-from ..observe import LiveView, StepRecord
+from ..codes import Code
+from ..events import HealthEvent, Severity
+from ..live import LiveView
+from ..record import StepRecord
 from .base import NO_EVENTS, Detector, Streaks, check_float, check_int, finite
 
 
@@ -34,7 +36,11 @@ class ChanceLevel(Detector):
     Within relative ``rtol`` (5 %) below ln K counts as "at chance".
     """
 
-    codes = ("loss.chance_level",)
+    codes = (Code("loss.chance_level", Severity.WARNING,
+                  meaning="A classification loss sits at its chance level ln(K) epoch after epoch.",
+                  fix="The head learns nothing from the features: check labels line up with "
+                      "inputs, that the backbone is trainable, and that the learning rate is not "
+                      "tiny."),)
     phases = frozenset({"epoch", "eval"})
 
     def __init__(self, num_classes: int, term: str | None = None, rtol: float = 0.05,
@@ -72,7 +78,11 @@ class CollapsedPredictions(Detector):
     usually have (set it above the majority class's share otherwise).
     """
 
-    codes = ("output.collapsed",)
+    codes = (Code("output.collapsed", Severity.WARNING,
+                  meaning="Predictions collapsed onto one class (share of the most frequent "
+                          "prediction).",
+                  fix="The head predicts the majority class only: check class balance, the loss "
+                      "weighting and whether the features carry information."),)
     phases = frozenset({"epoch", "eval"})
 
     def __init__(self, key: str = "pred_top_share", max_share: float = 0.95, patience: int = 3) -> None:
@@ -92,6 +102,15 @@ class CollapsedPredictions(Detector):
             return NO_EVENTS
         return (self._event(record, share, n),)
 
+    def _event(self, record: StepRecord, share: float, n: int) -> HealthEvent:
+        return self.event(
+            "output.collapsed", record, where=self.key,
+            title=f"{share:.0%} of predictions fall in one class",
+            detail=(f"metrics[{self.key!r}] = {share!r} > {self.max_share:g} for {n} consecutive "
+                    f"{record.kind} records: the predictions collapsed onto one class."),
+            evidence={"share": share, "records": n})
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
     def check_block(self, block, rows, state: Streaks):
         """`check` on the share's column: nothing to do where no line reports it, and a
         record only for a row that fires."""
@@ -111,14 +130,6 @@ class CollapsedPredictions(Detector):
                 out.append((row, self._event(block.record(row), share, n)))
         return out
 
-    def _event(self, record: StepRecord, share: float, n: int) -> HealthEvent:
-        return self.event(
-            "output.collapsed", record, where=self.key,
-            title=f"{share:.0%} of predictions fall in one class",
-            detail=(f"metrics[{self.key!r}] = {share!r} > {self.max_share:g} for {n} consecutive "
-                    f"{record.kind} records: the predictions collapsed onto one class."),
-            evidence={"share": share, "records": n})
-
 
 class SaturatedOutputs(Detector):
     """More than ``max_fraction`` of an output sits at a clamp bound for ``patience``
@@ -129,18 +140,13 @@ class SaturatedOutputs(Detector):
     the share, the head's gradient norm (``grad.vanishing`` / ``grad.zero``) is the signal.
     """
 
-    codes = ("output.saturated",)
+    codes = (Code("output.saturated", Severity.WARNING,
+                  meaning="A large share of an output sits at a clamp bound, where its gradient is "
+                          "0.",
+                  fix="Widen the clamp, use a smooth bound (sigmoid/softplus scaling) or rescale "
+                      "the target."),)
     phases = frozenset({"after_step", "eval"})
     memory = 1
-
-    def screen(self, block):
-        names, metrics = block.mapping("metrics")
-        out = np.zeros(block.n, dtype=bool)
-        for key in names:
-            if key.endswith(self.suffix):
-                share = metrics[key]
-                out |= ~np.isfinite(share) | (share > self.max_fraction)
-        return out
 
     def __init__(self, suffix: str = "_at_bound", max_fraction: float = 0.2, patience: int = 3) -> None:
         if not suffix:
@@ -170,6 +176,16 @@ class SaturatedOutputs(Detector):
                     evidence={"share": share, "records": n}))
         return out or NO_EVENTS
 
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        names, metrics = block.mapping("metrics")
+        out = np.zeros(block.n, dtype=bool)
+        for key in names:
+            if key.endswith(self.suffix):
+                share = metrics[key]
+                out |= ~np.isfinite(share) | (share > self.max_fraction)
+        return out
+
 
 @dataclass
 class _RangeState:
@@ -186,7 +202,12 @@ class ExpectedRange(Detector):
     the range is the user's own statement of what is possible.
     """
 
-    codes = ("value.out_of_range",)
+    codes = (Code("value.out_of_range", Severity.ERROR,
+                  meaning="A loss, loss term or reported metric left the range it was declared to "
+                          "stay in.",
+                  fix="A scale mismatch between the compared quantities (e.g. one covariance not "
+                      "trace-normalised) or a unit error; print both sides of the comparison at "
+                      "step 0."),)
     phases = frozenset({"after_backward", "eval"})
 
     def __init__(self, key: str, low: float | None = None, high: float | None = None, *,

@@ -13,8 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..codes import Code
 from ..events import HealthEvent, Severity
-from ..observe import LiveView, StepRecord
+from ..live import LiveView
+from ..record import StepRecord
 from .screens import any_value
 from .base import (NO_EVENTS, Detector, Streaks, check_float, check_int, finite, fmt,
                    group_names, module_items, name_list)
@@ -33,7 +35,10 @@ class NotInOptimizer(Detector):
     changes. Events are grouped by owning submodule.
     """
 
-    codes = ("param.not_in_optimizer",)
+    codes = (Code("param.not_in_optimizer", Severity.ERROR,
+                  meaning="A trainable parameter is not in any optimizer parameter group.",
+                  fix="Build the optimizer after every submodule exists, and from "
+                      "model.parameters() rather than a hand-made subset."),)
     phases = frozenset({"after_backward"})
     needs_live = True
 
@@ -81,12 +86,13 @@ class FrozenParams(Detector):
     ``update_norm`` must list trainable modules only.
     """
 
-    codes = ("param.frozen",)
+    codes = (Code("param.frozen", Severity.ERROR,
+                  meaning="A module's parameters did not change over N applied steps (update norm "
+                          "exactly 0).",
+                  fix="Learning rate 0 for its group, a zero or blocked gradient, or the module is "
+                      "excluded from the optimizer."),)
     phases = frozenset({"after_step"})
     memory = 1
-
-    def screen(self, block):
-        return _not_applied(block) | any_value(block, "update_norm", lambda u: u == 0.0, skip_total=True)
 
     def __init__(self, patience: int = 3, patience_with_grad: int = 2) -> None:
         self.patience = check_int("patience", patience, 1)
@@ -115,6 +121,10 @@ class FrozenParams(Detector):
                     evidence={"update_norm": u, "steps": n}))
         return out or NO_EVENTS
 
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        return _not_applied(block) | any_value(block, "update_norm", lambda u: u == 0.0, skip_total=True)
+
 
 class UpdateRatio(Detector):
     """‖Δθ‖/‖θ‖ of a module stays outside [``low``, ``high``] (``param.update_ratio``).
@@ -136,13 +146,13 @@ class UpdateRatio(Detector):
     need a warm-up (or a smaller lr) to stay under 0.2.
     """
 
-    codes = ("param.update_ratio",)
+    codes = (Code("param.update_ratio", Severity.WARNING, Severity.ERROR,
+                  meaning="A module's update-to-weight ratio ‖Δθ‖/‖θ‖ stayed outside the plausible "
+                          "range.",
+                  fix="Around 1e-3 per step is typical: far below means the learning rate is too "
+                      "small for this module, far above means it is too large."),)
     phases = frozenset({"after_step"})
     memory = 1
-
-    def screen(self, block):
-        bound = self.high if self.error_high is None else min(self.high, self.error_high)
-        return _not_applied(block) | _ratio_test(block, lambda r: (r < self.low) | (r > bound))
 
     def __init__(self, low: float = 1e-6, high: float = 1.0, patience: int = 20,
                  error_high: float | None = 0.2, error_patience: int = 5) -> None:
@@ -185,6 +195,11 @@ class UpdateRatio(Detector):
                     evidence={"ratio": r, "update_norm": u, "param_norm": w, "steps": steps}))
         return out or NO_EVENTS
 
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        bound = self.high if self.error_high is None else min(self.high, self.error_high)
+        return _not_applied(block) | _ratio_test(block, lambda r: (r < self.low) | (r > bound))
+
 
 class BlockedUpdate(Detector):
     """A module barely moves although its learning rate and gradient are fine
@@ -202,12 +217,14 @@ class BlockedUpdate(Detector):
     Exactly-zero updates count too (``param.frozen`` names those as well).
     """
 
-    codes = ("param.update_blocked",)
+    codes = (Code("param.update_blocked", Severity.ERROR,
+                  meaning="A module's update is below 1e-6 of its weights although its learning "
+                          "rate and its gradient are not small.",
+                  fix="Something between the gradient and the step shrinks it: a gradient-clip "
+                      "threshold near 0, a huge optimizer eps, gradients rescaled before the step, "
+                      "or a step that ignores .grad."),)
     phases = frozenset({"after_step"})
     memory = 1
-
-    def screen(self, block):
-        return _not_applied(block) | _ratio_test(block, lambda r: r < self.low, zero_update_judged=True)
 
     def __init__(self, low: float = 1e-6, min_lr: float = 1e-5, max_gain: float = 1e-2,
                  patience: int = 5) -> None:
@@ -242,6 +259,10 @@ class BlockedUpdate(Detector):
                             f"({record.lr}) and its gradient norm before the step is {fmt(g)}."),
                     evidence={"ratio": r, "update_norm": u, "grad_norm": g, "lr": lr_max, "steps": n}))
         return out or NO_EVENTS
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        return _not_applied(block) | _ratio_test(block, lambda r: r < self.low, zero_update_judged=True)
 
 
 def _not_applied(block) -> np.ndarray:

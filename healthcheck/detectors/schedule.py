@@ -14,8 +14,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..codes import Code
 from ..events import HealthEvent, Severity
-from ..observe import LiveView, StepRecord
+from ..live import LiveView
+from ..record import StepRecord
 from .base import NO_EVENTS, Detector, DetectorState, check_float, check_int
 
 
@@ -38,13 +40,12 @@ class InvalidLR(Detector):
     Immediate: a step with it moves the weights uphill or to NaN.
     """
 
-    codes = ("lr.invalid",)
+    codes = (Code("lr.invalid", Severity.CRITICAL,
+                  meaning="A parameter group's learning rate is negative or non-finite.",
+                  fix="A schedule formula error; an optimizer step with it moves the weights the "
+                      "wrong way or to NaN."),)
     phases = frozenset({"after_backward"})
     memory = 0
-
-    def screen(self, block):
-        lr = block.lr()
-        return (~np.isfinite(lr) | (lr < 0)).any(axis=1)
 
     def check(self, record: StepRecord, state: DetectorState, live: LiveView | None) -> Sequence[HealthEvent]:
         out = []
@@ -58,6 +59,11 @@ class InvalidLR(Detector):
                 evidence={"lr": lr, "group": i}))
         return out or NO_EVENTS
 
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        lr = block.lr()
+        return (~np.isfinite(lr) | (lr < 0)).any(axis=1)
+
 
 class ZeroLR(Detector):
     """A group's learning rate is exactly 0 for ``patience`` steps (``lr.zero``).
@@ -66,12 +72,12 @@ class ZeroLR(Detector):
     one batch and nothing more; two zero steps in a row is a schedule that sits at 0.
     """
 
-    codes = ("lr.zero",)
+    codes = (Code("lr.zero", Severity.ERROR,
+                  meaning="A parameter group's learning rate is exactly 0 for consecutive steps.",
+                  fix="A warm-up or schedule that starts at, or decays to, 0; a scheduler stepped "
+                      "before the optimizer; a group created with lr=0."),)
     phases = frozenset({"after_backward"})
     memory = 1
-
-    def screen(self, block):
-        return (block.lr() == 0.0).any(axis=1)
 
     def __init__(self, patience: int = 2) -> None:
         self.patience = check_int("patience", patience, 1)
@@ -94,6 +100,10 @@ class ZeroLR(Detector):
                     evidence={"lr": 0.0, "group": i, "steps": n}))
         return out or NO_EVENTS
 
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        return (block.lr() == 0.0).any(axis=1)
+
 
 @dataclass
 class _TinyState(_GroupCounts):
@@ -113,13 +123,12 @@ class TinyLR(Detector):
     had a usable learning rate (a warm-up that starts at 0 counts as below).
     """
 
-    codes = ("lr.tiny",)
+    codes = (Code("lr.tiny", Severity.WARNING, Severity.ERROR,
+                  meaning="A parameter group's learning rate is positive but implausibly small.",
+                  fix="A warm-up start factor or decay floor applied to an already small base "
+                      "rate; check the schedule's first values."),)
     phases = frozenset({"after_backward"})
     memory = 1  # a row with every rate >= min_lr ends every streak and every "since the start"
-
-    def screen(self, block):
-        lr = block.lr()
-        return (~(lr >= self.min_lr)).any(axis=1)
 
     def __init__(self, min_lr: float = 1e-7, patience: int = 10) -> None:
         self.min_lr = check_float("min_lr", min_lr, lo=0.0, lo_open=True)
@@ -150,3 +159,8 @@ class TinyLR(Detector):
                             f"{since}; updates of this size barely change float32 weights."),
                     evidence={"lr": lr, "group": i, "steps": n, "from_start": low[i]}))
         return out or NO_EVENTS
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        lr = block.lr()
+        return (~(lr >= self.min_lr)).any(axis=1)

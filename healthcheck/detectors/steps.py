@@ -15,8 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..codes import Code
 from ..events import HealthEvent, Severity
-from ..observe import LiveView, StepRecord
+from ..live import LiveView
+from ..record import StepRecord
 from .base import NO_EVENTS, Detector, check_float, check_int
 
 
@@ -42,53 +44,11 @@ class SkippedSteps(Detector):
     its first steps while it calibrates its scale (``amp.*`` judge those).
     """
 
-    codes = ("steps.skipped",)
+    codes = (Code("steps.skipped", Severity.WARNING, Severity.ERROR,
+                  meaning="Fewer optimizer steps were applied than batches seen over a window.",
+                  fix="A gate that vetoes steps, AMP overflows, or an accumulation setting the "
+                      "detector does not know of."),)
     phases = frozenset({"after_step"})
-    @property
-    def memory(self) -> int:
-        """window + 1: the state is the (batches, steps) counters of that many rows."""
-        return self.window + 1
-
-    def check_block(self, block, rows, state: _CounterState):
-        """A block whose every row has counters, a step taken, and as many batches seen
-        per step as before, after a window with none missing either: no row can fire, and
-        the state is the last window of counters. Anything else goes row by row."""
-        seen, taken = block.scalar("batches_seen")[rows], block.scalar("steps_taken")[rows]
-        if block.irregular[rows].any():  # (after building the columns, which marks odd rows)
-            return None
-        if not (np.isfinite(seen).all() and np.isfinite(taken).all()):
-            return None
-        seen, taken = np.trunc(seen), np.trunc(taken)  # the record's int() of each
-        if not (taken > 0).all():
-            return None
-        history = list(state.history)
-        b_all = np.concatenate([np.array([b for b, _ in history], dtype=np.float64), seen])
-        s_all = np.concatenate([np.array([s for _, s in history], dtype=np.float64), taken])
-        if not (np.abs(b_all) < 2.0 ** 53).all() or not (np.abs(s_all) < 2.0 ** 53).all():
-            return None
-        at = np.arange(len(history), b_all.size)  # each row's place after its own append
-        first = np.maximum(at - self.window, 0)  # the oldest pair the deque then holds
-        d_seen, d_taken = b_all[at] - b_all[first], s_all[at] - s_all[first]
-        judged = d_seen >= self.window
-        with np.errstate(divide="ignore", invalid="ignore"):
-            missing = np.maximum(0.0, 1.0 - d_taken / (d_seen / self.accumulation))
-        if (judged & ((d_taken <= 0) | (missing > self.max_fraction))).any():
-            return None
-        keep = self.window + 1
-        for b, s in zip(seen[-keep:].tolist(), taken[-keep:].tolist()):
-            state.history.append((int(b), int(s)))
-        return []
-
-    def screen(self, block):
-        # A row can fire only within ``window`` rows after a step went missing (batches
-        # minus steps grew), or when no step was ever taken; rows near the block's start
-        # may follow a miss in the block before.
-        seen, taken = block.scalar("batches_seen"), block.scalar("steps_taken")
-        gap = seen - taken
-        miss = ~np.isfinite(gap) | (taken == 0)
-        miss[1:] |= gap[1:] != gap[:-1]
-        miss[: self.memory] = True
-        return _spread(miss, self.memory)
 
     def __init__(self, window: int = 20, max_fraction: float = 0.5, accumulation: int = 1,
                  first_batches: int | None = 2) -> None:
@@ -137,6 +97,53 @@ class SkippedSteps(Detector):
                     f"{s} steps for {b} batches."),
             evidence={"batches": seen, "steps": taken, "missing_fraction": missing}),)
 
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    @property
+    def memory(self) -> int:
+        """window + 1: the state is the (batches, steps) counters of that many rows."""
+        return self.window + 1
+
+    def screen(self, block):
+        # A row can fire only within ``window`` rows after a step went missing (batches
+        # minus steps grew), or when no step was ever taken; rows near the block's start
+        # may follow a miss in the block before.
+        seen, taken = block.scalar("batches_seen"), block.scalar("steps_taken")
+        gap = seen - taken
+        miss = ~np.isfinite(gap) | (taken == 0)
+        miss[1:] |= gap[1:] != gap[:-1]
+        miss[: self.memory] = True
+        return _spread(miss, self.memory)
+
+    def check_block(self, block, rows, state: _CounterState):
+        """A block whose every row has counters, a step taken, and as many batches seen
+        per step as before, after a window with none missing either: no row can fire, and
+        the state is the last window of counters. Anything else goes row by row."""
+        seen, taken = block.scalar("batches_seen")[rows], block.scalar("steps_taken")[rows]
+        if block.irregular[rows].any():  # (after building the columns, which marks odd rows)
+            return None
+        if not (np.isfinite(seen).all() and np.isfinite(taken).all()):
+            return None
+        seen, taken = np.trunc(seen), np.trunc(taken)  # the record's int() of each
+        if not (taken > 0).all():
+            return None
+        history = list(state.history)
+        b_all = np.concatenate([np.array([b for b, _ in history], dtype=np.float64), seen])
+        s_all = np.concatenate([np.array([s for _, s in history], dtype=np.float64), taken])
+        if not (np.abs(b_all) < 2.0 ** 53).all() or not (np.abs(s_all) < 2.0 ** 53).all():
+            return None
+        at = np.arange(len(history), b_all.size)  # each row's place after its own append
+        first = np.maximum(at - self.window, 0)  # the oldest pair the deque then holds
+        d_seen, d_taken = b_all[at] - b_all[first], s_all[at] - s_all[first]
+        judged = d_seen >= self.window
+        with np.errstate(divide="ignore", invalid="ignore"):
+            missing = np.maximum(0.0, 1.0 - d_taken / (d_seen / self.accumulation))
+        if (judged & ((d_taken <= 0) | (missing > self.max_fraction))).any():
+            return None
+        keep = self.window + 1
+        for b, s in zip(seen[-keep:].tolist(), taken[-keep:].tolist()):
+            state.history.append((int(b), int(s)))
+        return []
+
 
 @dataclass
 class _OverflowState:
@@ -153,28 +160,11 @@ class AmpOverflow(Detector):
     50 steps is far beyond that.
     """
 
-    codes = ("amp.overflow",)
+    codes = (Code("amp.overflow", Severity.WARNING,
+                  meaning="The AMP gradient scaler found inf/NaN gradients in many recent steps.",
+                  fix="Occasional overflow is normal; frequent overflow means fp16 cannot hold the "
+                      "gradients: use bf16, scale the loss, or find the overflowing op."),)
     phases = frozenset({"after_step"})
-    @property
-    def memory(self) -> int:
-        """window: the state is the overflow flags of that many rows."""
-        return self.window
-
-    def check_block(self, block, rows, state: _OverflowState):
-        """No line reports AMP (and none is odd): every row leaves the window alone."""
-        names, _ = block.mapping("amp")
-        return [] if not names and not block.irregular[rows].any() else None
-
-    def screen(self, block):
-        names, amp = block.mapping("amp")
-        if "found_inf" not in amp:
-            return None if names else np.zeros(block.n, dtype=bool)
-        # by truth value, as ``check`` reads the flag ("0" is an overflow there); a row
-        # without the flag is irregular, so looked at anyway
-        hit = np.fromiter((type(a) is not dict or bool(a.get("found_inf", True)) for a in block.field("amp")),
-                          dtype=bool, count=block.n)
-        hit[: self.memory] = True
-        return _spread(hit, self.memory)
 
     def __init__(self, window: int = 50, max_fraction: float = 0.2) -> None:
         self.window = check_int("window", window, 1)
@@ -202,6 +192,28 @@ class AmpOverflow(Detector):
             evidence={"overflows": state.hits, "window": self.window,
                       "scale": math.nan if amp.get("scale") is None else amp["scale"]}),)
 
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    @property
+    def memory(self) -> int:
+        """window: the state is the overflow flags of that many rows."""
+        return self.window
+
+    def screen(self, block):
+        names, amp = block.mapping("amp")
+        if "found_inf" not in amp:
+            return None if names else np.zeros(block.n, dtype=bool)
+        # by truth value, as ``check`` reads the flag ("0" is an overflow there); a row
+        # without the flag is irregular, so looked at anyway
+        hit = np.fromiter((type(a) is not dict or bool(a.get("found_inf", True)) for a in block.field("amp")),
+                          dtype=bool, count=block.n)
+        hit[: self.memory] = True
+        return _spread(hit, self.memory)
+
+    def check_block(self, block, rows, state: _OverflowState):
+        """No line reports AMP (and none is odd): every row leaves the window alone."""
+        names, _ = block.mapping("amp")
+        return [] if not names and not block.irregular[rows].any() else None
+
 
 class AmpScaleCollapse(Detector):
     """The GradScaler's scale fell below ``min_scale`` (``amp.scale_collapse``, error).
@@ -211,15 +223,12 @@ class AmpScaleCollapse(Detector):
     rather than fp16 range. Immediate.
     """
 
-    codes = ("amp.scale_collapse",)
+    codes = (Code("amp.scale_collapse", Severity.ERROR,
+                  meaning="The AMP gradient scaler's scale fell below its floor.",
+                  fix="Gradients are non-finite even unscaled: the scaler keeps halving. Look for "
+                      "a real NaN source; fp16 cannot represent these values."),)
     phases = frozenset({"after_step"})
     memory = 0
-
-    def screen(self, block):
-        names, amp = block.mapping("amp")
-        if "scale" not in amp:
-            return None if names else np.zeros(block.n, dtype=bool)
-        return ~(amp["scale"] >= self.min_scale)
 
     def __init__(self, min_scale: float = 1.0) -> None:
         self.min_scale = check_float("min_scale", min_scale, lo=0.0, lo_open=True)
@@ -234,6 +243,13 @@ class AmpScaleCollapse(Detector):
             title=f"AMP loss scale collapsed to {scale:.3g}",
             detail=f"The GradScaler scale is {scale!r}, below min_scale={self.min_scale:g}.",
             evidence={"scale": scale, "min_scale": self.min_scale}),)
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        names, amp = block.mapping("amp")
+        if "scale" not in amp:
+            return None if names else np.zeros(block.n, dtype=bool)
+        return ~(amp["scale"] >= self.min_scale)
 
 
 def _spread(hit: np.ndarray, rows: int) -> np.ndarray:

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..columns import KIND_NAMES
-from ..events import HealthEvent
-from ..observe import LiveView, StepRecord
+from ..codes import Code
+from ..events import HealthEvent, Severity
+from ..live import LiveView
+from ..record import StepRecord
 from .base import NO_EVENTS, Detector, check_float, check_int, fmt
 
 
@@ -26,18 +28,19 @@ class _LossOnlyDetector(Detector):
     a block's loss column are then the same for all of them.
     """
 
-    def _fires(self, state, loss: float) -> bool:
-        raise NotImplementedError
-
-    def _event(self, record: StepRecord, state, loss: float) -> HealthEvent:
-        raise NotImplementedError
-
     def check(self, record: StepRecord, state, live: LiveView | None) -> Sequence[HealthEvent]:
         loss = record.loss
         if loss is None or not self._fires(state, loss):
             return NO_EVENTS
         return (self._event(record, state, loss),)
 
+    def _fires(self, state, loss: float) -> bool:
+        raise NotImplementedError
+
+    def _event(self, record: StepRecord, state, loss: float) -> HealthEvent:
+        raise NotImplementedError
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
     def check_block(self, block, rows, state):
         """`check` on the loss column: a record only for a row that fires. Irregular rows
         (a loss that is not a number) go the record way."""
@@ -66,7 +69,11 @@ class ValConstant(_LossOnlyDetector):
     looks at 3 steps) mean the weights did not change. rtol=1e-7 ~ one float32 ulp.
     """
 
-    codes = ("val.constant",)
+    codes = (Code("val.constant", Severity.ERROR,
+                  meaning="The validation loss is identical (relative 1e-7) across consecutive "
+                          "evaluations.",
+                  fix="The model does not change between evaluations: steps are not applied, or "
+                      "evaluation uses a stale copy of the weights."),)
     phases = frozenset({"eval"})
 
     def __init__(self, patience: int = 3, rtol: float = 1e-7) -> None:
@@ -110,7 +117,10 @@ class ValPlateau(_LossOnlyDetector):
     Relative 1e-3 so improvements in the fourth digit count; 10 evaluations.
     """
 
-    codes = ("val.plateau",)
+    codes = (Code("val.plateau", Severity.WARNING,
+                  meaning="The validation loss has not improved for many evaluations.",
+                  fix="Expected at convergence; early in training it points at a loss that is not "
+                      "0 at the optimum, a too-small learning rate, or a capacity problem."),)
     phases = frozenset({"eval"})
 
     def __init__(self, patience: int = 10, min_delta: float = 1e-3) -> None:
@@ -159,7 +169,12 @@ class ValTrainGap(Detector):
     meaningless: then silent.
     """
 
-    codes = ("val.train_gap",)
+    codes = (Code("val.train_gap", Severity.ERROR,
+                  meaning="The validation loss is many times the training loss of the same epoch, "
+                          "evaluation after evaluation.",
+                  fix="The splits disagree: broken targets or inputs in one of them (constant, "
+                      "shuffled, differently normalised), or a model memorising a tiny training "
+                      "set; compare samples of both."),)
     phases = frozenset({"epoch", "eval"})
 
     def __init__(self, max_ratio: float = 10.0, patience: int = 2) -> None:
@@ -174,18 +189,6 @@ class ValTrainGap(Detector):
         if not self._fires(state, record.kind, math.nan if loss is None else loss):
             return NO_EVENTS
         return (self._event(record, state, loss),)
-
-    def check_block(self, block, rows, state: _GapState):
-        """`check` on the loss and kind columns: a record only for a row that fires."""
-        losses = block.scalar("loss")[rows]  # built first: building it marks odd rows
-        if block.irregular[rows].any():
-            return None
-        out = []
-        kinds = block.kind[rows].tolist()
-        for row, kind, loss in zip(rows.tolist(), kinds, losses.tolist()):
-            if self._fires(state, KIND_NAMES.get(kind, "step"), loss):
-                out.append((row, self._event(block.record(row), state, loss)))
-        return out
 
     def _fires(self, state: _GapState, kind: str, loss: float) -> bool:
         if kind == "epoch":
@@ -209,3 +212,16 @@ class ValTrainGap(Detector):
             detail=(f"The validation loss has been above {self.max_ratio:g}x the epoch's mean training "
                     f"loss for {state.count} evaluations (epoch {record.epoch}: {loss!r} vs {train!r})."),
             evidence={"val_loss": loss, "train_loss": train, "ratio": ratio, "evals": state.count})
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def check_block(self, block, rows, state: _GapState):
+        """`check` on the loss and kind columns: a record only for a row that fires."""
+        losses = block.scalar("loss")[rows]  # built first: building it marks odd rows
+        if block.irregular[rows].any():
+            return None
+        out = []
+        kinds = block.kind[rows].tolist()
+        for row, kind, loss in zip(rows.tolist(), kinds, losses.tolist()):
+            if self._fires(state, KIND_NAMES.get(kind, "step"), loss):
+                out.append((row, self._event(block.record(row), state, loss)))
+        return out

@@ -15,8 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..events import HealthEvent
-from ..observe import LiveView, StepRecord
+from ..codes import Code
+from ..events import HealthEvent, Severity
+from ..live import LiveView
+from ..record import StepRecord
 from .base import NO_EVENTS, Detector, DetectorState, check_float, fmt
 from .screens import changed, same_primary
 
@@ -29,20 +31,13 @@ class PrimaryWeightZero(Detector):
     when the record names no primary term or carries no weights at all.
     """
 
-    codes = ("weights.primary_zero",)
+    codes = (Code("weights.primary_zero", Severity.CRITICAL,
+                  meaning="The primary loss term's effective weight is 0, negative, non-finite or "
+                          "missing.",
+                  fix="The weight was not passed where the loss is built, or a schedule/HPO "
+                      "override set it to 0: set it explicitly and check its recorded source."),)
     phases = frozenset({"after_backward"})
     memory = 0
-
-    def screen(self, block):
-        same, p = same_primary(block)
-        names, weights = block.mapping("weights")
-        if not same:
-            return None
-        if p is None or not names:
-            return np.zeros(block.n, dtype=bool)
-        if p not in weights:
-            return np.ones(block.n, dtype=bool)
-        return ~(weights[p] > 0) | ~np.isfinite(weights[p])
 
     def check(self, record: StepRecord, state: DetectorState, live: LiveView | None) -> Sequence[HealthEvent]:
         p = record.primary
@@ -65,6 +60,18 @@ class PrimaryWeightZero(Detector):
         return (self.event("weights.primary_zero", record, where=p, title=title, detail=detail,
                            evidence=evidence),)
 
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        same, p = same_primary(block)
+        names, weights = block.mapping("weights")
+        if not same:
+            return None
+        if p is None or not names:
+            return np.zeros(block.n, dtype=bool)
+        if p not in weights:
+            return np.ones(block.n, dtype=bool)
+        return ~(weights[p] > 0) | ~np.isfinite(weights[p])
+
 
 @dataclass
 class _PrevState:
@@ -80,13 +87,14 @@ class WeightChanged(Detector):
     ramped smoothly every step produces one event per step: silence the code or raise rtol.
     """
 
-    codes = ("weights.changed",)
+    codes = (Code("weights.changed", Severity.INFO,
+                  meaning="A loss weight changed during the run (old and new value, step and "
+                          "source recorded).",
+                  fix="Expected for curricula and schedules; unexpected changes make trials "
+                      "incomparable. Silence this code for smooth per-step schedules.",
+                  repeats=True),)
     phases = frozenset({"after_backward"})
     memory = 1  # the state is the last row's weights
-
-    def screen(self, block):
-        names, _ = block.mapping("weights")
-        return changed(block, "weights") if names else np.zeros(block.n, dtype=bool)
 
     def __init__(self, rtol: float = 1e-9) -> None:
         self.rtol = check_float("rtol", rtol, lo=0.0)
@@ -118,6 +126,11 @@ class WeightChanged(Detector):
                 evidence={"old": old, "new": new}))
         return out or NO_EVENTS
 
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        names, _ = block.mapping("weights")
+        return changed(block, "weights") if names else np.zeros(block.n, dtype=bool)
+
 
 def _same(a: float, b: float, rtol: float) -> bool:
     if math.isnan(a) and math.isnan(b):
@@ -146,21 +159,15 @@ class UnplannedWeightChange(Detector):
     per-step ramp that keeps one source string); their changes are not judged.
     """
 
-    codes = ("weights.unplanned_change",)
+    codes = (Code("weights.unplanned_change", Severity.ERROR,
+                  meaning="A loss weight changed value between steps while its recorded source did "
+                          "not: no configured source owns the change.",
+                  fix="Code set the weight directly (a curriculum in the loop, a callback, a stale "
+                      "override): make the change through the run's weight plan or schedule so it "
+                      "is recorded with its source, or remove it; trials with different objectives "
+                      "are not comparable."),)
     phases = frozenset({"after_backward"})
     memory = 1  # the state is the last row's weights and sources
-
-    def screen(self, block):
-        names, _ = block.mapping("weights")
-        sources = block.field("weight_sources")
-        acting = [bool(s) for s in sources]
-        if not names or not any(acting):
-            return np.zeros(block.n, dtype=bool)
-        if not all(acting):
-            return None
-        out = changed(block, "weights")
-        out[1:] |= np.array([a != b for a, b in zip(sources[1:], sources)], dtype=bool)
-        return out
 
     def __init__(self, rtol: float = 1e-9, owned: Sequence[str] = ()) -> None:
         self.rtol = check_float("rtol", rtol, lo=0.0)
@@ -196,3 +203,16 @@ class UnplannedWeightChange(Detector):
                         "changed it did not record itself."),
                 evidence={"old": old, "new": new}))
         return out or NO_EVENTS
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        names, _ = block.mapping("weights")
+        sources = block.field("weight_sources")
+        acting = [bool(s) for s in sources]
+        if not names or not any(acting):
+            return np.zeros(block.n, dtype=bool)
+        if not all(acting):
+            return None
+        out = changed(block, "weights")
+        out[1:] |= np.array([a != b for a, b in zip(sources[1:], sources)], dtype=bool)
+        return out

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from ..events import HealthEvent
 from ..monitor import Monitor
-from ..observe import LiveView, MetricsWriter, ModuleNorms, StepRecord
+from ..live import LiveView, ModuleNorms
+from ..record import MetricsWriter, StepRecord
 from ..sinks import default_sinks
 
 if TYPE_CHECKING:  # pragma: no cover

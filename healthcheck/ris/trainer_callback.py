@@ -25,7 +25,8 @@ from ris_model.training.stop import StopReason
 
 from ..detectors import ExpectedRange
 from ..monitor import Monitor
-from ..observe import LiveView, as_record
+from ..live import LiveView
+from ..record import as_record
 from ..policy import Policy
 from ..sinks import ConsoleSink, JsonlSink, OptunaSink, WandbSink
 

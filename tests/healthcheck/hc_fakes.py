@@ -6,7 +6,7 @@ import math
 from typing import Any, Iterable
 
 from healthcheck.detectors import Detector
-from healthcheck.observe import StepRecord
+from healthcheck.record import StepRecord
 
 PHASE_OF_KIND = {"step": ("after_backward", "after_step"), "epoch": ("epoch",), "eval": ("eval",)}
 

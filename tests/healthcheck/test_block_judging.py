@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from healthcheck.columns import MetricBlock
 from healthcheck.detectors import ConstantLoss, ExplodingGrad, SaturatedOutputs, ValConstant
 from healthcheck.monitor import Monitor
-from healthcheck.observe import StepRecord
+from healthcheck.record import StepRecord
 from healthcheck.runlog._layout import LineLayout
 from healthcheck.typedblock import StructBlock
 from healthcheck.watch import stream_detectors

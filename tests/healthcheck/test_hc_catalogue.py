@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 
 import healthcheck.detectors as D
-from healthcheck.events import CODES
+from healthcheck.codes import CODES
 
 # row -> codes that catch its earliest signal in a running loop
 CATALOGUE = {

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from healthcheck import events as E
-from healthcheck.events import CODES, HealthEvent, HealthLogWriter, Severity, read_events
+from healthcheck import codes as E
+from healthcheck.codes import CODES
+from healthcheck.events import HealthEvent, HealthLogWriter, Severity, read_events
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -7,7 +7,7 @@ import pytest
 import healthcheck.detectors as D
 from healthcheck.events import HealthEvent, Severity, read_events
 from healthcheck.monitor import Monitor, judge_records
-from healthcheck.observe import MetricsWriter
+from healthcheck.record import MetricsWriter
 from healthcheck.policy import Policy
 from healthcheck.sinks import JsonlSink
 from hc_fakes import healthy_eval, healthy_step
@@ -173,7 +173,7 @@ def test_judge_records_from_a_metrics_file(tmp_path):
             w.write(healthy_step(i, lr=[0.0, 1e-3], update_norm={"encoder": 1e-3, "head": 0.0}))
         for e in range(4):
             w.write(healthy_eval(e, loss=0.5))
-    from healthcheck.observe import read_records
+    from healthcheck.record import read_records
     findings = judge_records(read_records(path))
     got = {(e.code, e.where): e for e in findings}
     assert {("lr.zero", "group0"), ("param.frozen", "head"), ("val.constant", "val")} <= set(got)

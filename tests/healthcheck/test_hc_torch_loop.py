@@ -14,7 +14,7 @@ import healthcheck
 import healthcheck.detectors as D
 from healthcheck.events import Severity, read_events
 from healthcheck.monitor import judge_records
-from healthcheck.observe import StepRecord, read_records
+from healthcheck.record import StepRecord, read_records
 
 BATCHES, BATCH = 8, 16
 

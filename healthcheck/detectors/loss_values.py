@@ -1,9 +1,9 @@
-"""Checks on the loss value and its named terms.
+"""Checks on the value of the loss: finite, not zero, moving, not running away.
 
 A loss is the one number training optimises, so when it is mis-wired nothing else looks
-wrong: the run goes on and the curve is just a curve. These checks look at the total and
-at each term with its weight, which is where a mis-wired loss shows first (a zero weight
-on the main term, a term that is always exactly 0, a total that is 0 while terms are not).
+wrong: the run goes on and the curve is just a curve. These checks follow the
+back-propagated total step by step: a NaN in it or in a term, a total that is 0 while terms
+are not, a total that never changes, one that climbs far above its best.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..events import HealthEvent
-from ..observe import LiveView, StepRecord
 import numpy as np
 
-from .base import NO_EVENTS, Detector, DetectorState, Streaks, check_float, check_int, finite, fmt
-from .screens import any_value, not_finite, same_primary
+from ..codes import Code
+from ..events import HealthEvent, Severity
+from ..live import LiveView
+from ..record import StepRecord
+from .base import NO_EVENTS, Detector, DetectorState, check_float, check_int, finite, fmt
+from .screens import any_value, not_finite
 from .smoothing import ema_series
 
 
@@ -31,12 +33,13 @@ class NonFiniteLoss(Detector):
     weight, not a term, is then the culprit). No threshold: one non-finite value is enough.
     """
 
-    codes = ("loss.nonfinite",)
+    codes = (Code("loss.nonfinite", Severity.CRITICAL,
+                  meaning="The total loss or one of its terms is NaN or infinite.",
+                  fix="Find the named term's inputs (log of 0, division by a zero norm, overflow); "
+                      "lower the learning rate if the loss grew first; stop before the optimizer "
+                      "step spreads NaN."),)
     phases = frozenset({"after_backward", "eval"})
     memory = 0
-
-    def screen(self, block):
-        return not_finite(block.scalar("loss")) | any_value(block, "terms", not_finite)
 
     def check(self, record: StepRecord, state: DetectorState, live: LiveView | None) -> Sequence[HealthEvent]:
         loss = record.loss
@@ -62,6 +65,10 @@ class NonFiniteLoss(Detector):
                 evidence={"loss": loss}))
         return out
 
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        return not_finite(block.scalar("loss")) | any_value(block, "terms", not_finite)
+
 
 class ZeroLoss(Detector):
     """The total is 0 (|loss| <= eps) while some weight is > 0 (``loss.zero``, error).
@@ -72,12 +79,13 @@ class ZeroLoss(Detector):
     weights in the record, fires only when the total is 0 while some term is not.
     """
 
-    codes = ("loss.zero",)
+    codes = (Code("loss.zero", Severity.ERROR,
+                  meaning="The back-propagated total is zero (or below the threshold) while some "
+                          "weight is > 0.",
+                  fix="A weight that multiplies the main term is 0, a term is detached or never "
+                      "added: print each term and its weight at step 0."),)
     phases = frozenset({"after_backward"})
     memory = 0
-
-    def screen(self, block):
-        return np.abs(block.scalar("loss")) <= self.eps
 
     def __init__(self, eps: float = 0.0) -> None:
         self.eps = check_float("eps", eps, lo=0.0)
@@ -101,6 +109,10 @@ class ZeroLoss(Detector):
                     "weighted terms never reached the back-propagated value."),
             evidence={"loss": loss, "positive_weights": len(positive),
                       "nonzero_terms": len(nonzero_terms)}),)
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
+    def screen(self, block):
+        return np.abs(block.scalar("loss")) <= self.eps
 
 
 @dataclass
@@ -128,8 +140,13 @@ class ConstantLoss(Detector):
     repeated value from firing.
     """
 
-    codes = ("loss.constant",)
+    codes = (Code("loss.constant", Severity.WARNING,
+                  meaning="The training loss has not changed (relative 1e-7) for a window of "
+                          "steps.",
+                  fix="The loss no longer depends on the parameters or the data: check that steps "
+                      "are applied, the learning rate is > 0 and the batch actually changes."),)
     phases = frozenset({"after_step"})
+
     def __init__(self, window: int = 20, rtol: float = 1e-7) -> None:
         self.window = check_int("window", window, 2)
         self.rtol = check_float("rtol", rtol, lo=0.0)
@@ -146,6 +163,23 @@ class ConstantLoss(Detector):
             return NO_EVENTS
         return (self._event(record, state, loss),)
 
+    def _one_step(self, state: _ConstantState, loss: float) -> _ConstantState | None:
+        """Advance by one finite loss; the state to report if the window is full."""
+        if state.count and abs(loss - state.ref) <= self.rtol * abs(state.ref):
+            state.count += 1
+        else:
+            state.ref, state.count = loss, 1
+        return _ConstantState(state.ref, state.count) if state.count >= self.window else None
+
+    def _event(self, record: StepRecord, state: _ConstantState, loss: float) -> HealthEvent:
+        return self.event(
+            "loss.constant", record, where="total",
+            title=f"training loss stuck at {fmt(loss)} for {state.count} steps",
+            detail=(f"The loss stayed within rtol={self.rtol:g} of {state.ref!r} for {state.count} "
+                    "consecutive steps although every step sees a different batch."),
+            evidence={"loss": loss, "steps": state.count})
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
     def check_block(self, block, rows, state: _ConstantState):
         """The same comparisons over the block's loss column, stepping through only the
         rows whose outcome depends on the state.
@@ -185,133 +219,6 @@ class ConstantLoss(Detector):
             _known_outcome(state, losses[-1])
         return out
 
-    def _one_step(self, state: _ConstantState, loss: float) -> _ConstantState | None:
-        """Advance by one finite loss; the state to report if the window is full."""
-        if state.count and abs(loss - state.ref) <= self.rtol * abs(state.ref):
-            state.count += 1
-        else:
-            state.ref, state.count = loss, 1
-        return _ConstantState(state.ref, state.count) if state.count >= self.window else None
-
-    def _event(self, record: StepRecord, state: _ConstantState, loss: float) -> HealthEvent:
-        return self.event(
-            "loss.constant", record, where="total",
-            title=f"training loss stuck at {fmt(loss)} for {state.count} steps",
-            detail=(f"The loss stayed within rtol={self.rtol:g} of {state.ref!r} for {state.count} "
-                    "consecutive steps although every step sees a different batch."),
-            evidence={"loss": loss, "steps": state.count})
-
-
-class DeadTerm(Detector):
-    """A term with weight > 0 is exactly 0 for ``patience`` steps (``loss.dead_term``).
-
-    Exactly 0, not small: a hinge or a masked term may legitimately hit 0 on a few batches,
-    hence 10 consecutive steps before firing. Terms without a recorded weight are skipped.
-    """
-
-    codes = ("loss.dead_term",)
-    phases = frozenset({"after_backward"})
-    memory = 1
-
-    def screen(self, block):
-        return any_value(block, "terms", lambda t: t == 0.0)
-
-    def __init__(self, patience: int = 10) -> None:
-        self.patience = check_int("patience", patience, 1)
-
-    def new_state(self) -> Streaks:
-        return Streaks()
-
-    def check(self, record: StepRecord, state: Streaks, live: LiveView | None) -> Sequence[HealthEvent]:
-        out = []
-        for name, value in record.terms.items():
-            w = record.weights.get(name)
-            n = state.bump(name, w is not None and finite(w) and w > 0 and value == 0.0)
-            if n >= self.patience:
-                out.append(self.event(
-                    "loss.dead_term", record, where=name,
-                    title=f"loss term {name!r} is exactly 0 for {n} steps (weight {fmt(w)})",
-                    detail=(f"Term {name!r} has weight {w!r} but contributed exactly 0.0 to the "
-                            f"loss on each of the last {n} steps: it carries no gradient."),
-                    evidence={"weight": w, "steps": n}))
-        return out or NO_EVENTS
-
-
-@dataclass
-class _ShareState:
-    count: int = 0
-
-
-class PrimaryShare(Detector):
-    """The primary term's weighted share is below ``min_share`` (``loss.primary_share``).
-
-    share = w_p·|t_p| / Σ w_i·|t_i| over terms with a weight. A zero-loss post-mortem expected the
-    primary term to be 80-90 % of the total; 10 % is a floor far below any healthy mix,
-    and 10 consecutive steps keep one odd batch from firing. Skipped when the primary
-    weight is <= 0 (``weights.primary_zero`` reports that, critically).
-    """
-
-    codes = ("loss.primary_share",)
-    phases = frozenset({"after_backward"})
-    memory = 1
-
-    def screen(self, block):
-        # Rows that leave the count alone (no primary weight or term, nothing to share)
-        # are flagged too: only a row that resets the count may be passed over.
-        same, p = same_primary(block)
-        t_names, terms = block.mapping("terms")
-        w_names, weights = block.mapping("weights")
-        if not same or p is None or p not in terms or p not in weights:
-            return None
-        wp = weights[p]
-        total = np.zeros(block.n)
-        for k in t_names:
-            if k in weights:
-                part = weights[k] * np.abs(terms[k])
-                total += np.where(np.isfinite(terms[k]) & np.isfinite(weights[k]), part, 0.0)
-        own = wp * np.abs(terms[p])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            share = own / total
-        judged = np.isfinite(wp) & (wp > 0)
-        return judged & ~(np.isfinite(own) & (total > 0) & (share >= self.min_share * (1 + 1e-9)))
-
-    def __init__(self, min_share: float = 0.1, patience: int = 10) -> None:
-        self.min_share = check_float("min_share", min_share, lo=0.0, hi=1.0)
-        self.patience = check_int("patience", patience, 1)
-
-    def new_state(self) -> _ShareState:
-        return _ShareState()
-
-    def check(self, record: StepRecord, state: _ShareState, live: LiveView | None) -> Sequence[HealthEvent]:
-        p = record.primary
-        if p is None or p not in record.terms or p not in record.weights:
-            return NO_EVENTS
-        wp = record.weights[p]
-        if not finite(wp) or wp <= 0:
-            state.count = 0
-            return NO_EVENTS
-        parts = {}
-        weights, isfinite = record.weights, math.isfinite  # a loop, not a comprehension: every step
-        for k, v in record.terms.items():
-            if k in weights and v is not None and isfinite(v):
-                w = weights[k]
-                if w is not None and isfinite(w):
-                    parts[k] = w * abs(v)
-        total = sum(parts.values())
-        if total <= 0 or p not in parts:
-            return NO_EVENTS
-        share = parts[p] / total
-        state.count = state.count + 1 if share < self.min_share else 0
-        if state.count < self.patience:
-            return NO_EVENTS
-        top = max(parts, key=parts.get)
-        return (self.event(
-            "loss.primary_share", record, where=p,
-            title=f"primary term {p!r} is only {share:.1%} of the weighted loss",
-            detail=(f"Weighted shares: " + ", ".join(f"{k}={v / total:.1%}" for k, v in parts.items())
-                    + f". The largest is {top!r}; below {self.min_share:.0%} for {state.count} steps."),
-            evidence={"share": share, "weight": wp, "term": record.terms[p], "steps": state.count}),)
-
 
 @dataclass
 class _DivergeState:
@@ -333,7 +240,10 @@ class Divergence(Detector):
     <= 0 (log-likelihoods) make the ratio meaningless: the check then stays silent.
     """
 
-    codes = ("loss.diverging",)
+    codes = (Code("loss.diverging", Severity.ERROR,
+                  meaning="The smoothed training loss rose far above its best value so far.",
+                  fix="Learning rate too high for this stage, or unstable numerics: lower the "
+                      "learning rate, add warm-up or gradient clipping."),)
     phases = frozenset({"after_step"})
 
     def __init__(self, factor: float = 10.0, warmup: int = 20, patience: int = 3,
@@ -358,6 +268,30 @@ class Divergence(Detector):
             return NO_EVENTS
         return (self._event(record, state, loss, ref),)
 
+    def _advance(self, state: _DivergeState, loss: float) -> float:
+        """One finite step loss into the state; returns the reference it was judged by."""
+        state.n += 1
+        if state.n == 1:
+            state.ema = state.first = loss
+        else:
+            state.ema = self.beta * state.ema + (1.0 - self.beta) * loss
+        ref = max(state.best, self.floor * state.first)
+        diverging = (state.n > self.warmup and ref > 0 and state.first > 0
+                     and state.ema > self.factor * ref)
+        state.best = min(state.best, state.ema)
+        state.count = state.count + 1 if diverging else 0
+        return ref
+
+    def _event(self, record: StepRecord, state: _DivergeState, loss: float, ref: float) -> HealthEvent:
+        return self.event(
+            "loss.diverging", record, where="total",
+            title=f"loss diverging: smoothed {fmt(state.ema)} vs best {fmt(ref)}",
+            detail=(f"The smoothed training loss {state.ema!r} has been above {self.factor:g}x its "
+                    f"best value {ref!r} for {state.count} steps (latest batch loss {loss!r})."),
+            evidence={"loss": loss, "smoothed": state.ema, "best": ref,
+                      "ratio": state.ema / ref, "steps": state.count})
+
+    # -- bulk path: judging a file block at once (healthcheck.blocks) --
     def check_block(self, block, rows, state: _DivergeState):
         """A block whose smoothed loss stays clear of the threshold only moves the average
         and the best value: advanced in numpy (the EMA agrees with the per-record path to
@@ -399,26 +333,3 @@ class Divergence(Detector):
         state.best = float(min(best_before[-1], ema[-1]))
         state.count = 0
         return True
-
-    def _advance(self, state: _DivergeState, loss: float) -> float:
-        """One finite step loss into the state; returns the reference it was judged by."""
-        state.n += 1
-        if state.n == 1:
-            state.ema = state.first = loss
-        else:
-            state.ema = self.beta * state.ema + (1.0 - self.beta) * loss
-        ref = max(state.best, self.floor * state.first)
-        diverging = (state.n > self.warmup and ref > 0 and state.first > 0
-                     and state.ema > self.factor * ref)
-        state.best = min(state.best, state.ema)
-        state.count = state.count + 1 if diverging else 0
-        return ref
-
-    def _event(self, record: StepRecord, state: _DivergeState, loss: float, ref: float) -> HealthEvent:
-        return self.event(
-            "loss.diverging", record, where="total",
-            title=f"loss diverging: smoothed {fmt(state.ema)} vs best {fmt(ref)}",
-            detail=(f"The smoothed training loss {state.ema!r} has been above {self.factor:g}x its "
-                    f"best value {ref!r} for {state.count} steps (latest batch loss {loss!r})."),
-            evidence={"loss": loss, "smoothed": state.ema, "best": ref,
-                      "ratio": state.ema / ref, "steps": state.count})

@@ -1,0 +1,221 @@
+"""What the training process adds to a step: the model, the optimizer, measured in torch.
+
+`LiveView` hands the model and optimizer to the few checks that need them (which parameter
+has ``.grad is None``, which one the optimizer does not hold); `ModuleNorms` and `measure`
+turn gradients and updates into the per-module norms a `StepRecord` carries.
+
+Measuring costs host syncs, and a sync per detector per step would make monitoring slower
+than training; so every tensor reduction here is batched (``torch._foreach_norm``) and
+read back with a single ``.tolist()``, and `LiveView` computes its per-parameter gradient
+statistics lazily, once per phase, for all detectors to share.
+
+torch is imported inside the functions that need it: reading metrics files must not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+from .record import ROOT, TOTAL
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+def top_module(name: str) -> str:
+    """``"encoder.layers.0.weight"`` → ``"encoder"``; a parameter of the root model → ``"_root"``."""
+    head, dot, _ = name.partition(".")
+    return head if dot else ROOT
+
+
+def owner_module(name: str) -> str:
+    """``"head.0.weight"`` → ``"head.0"``: the submodule that owns a parameter."""
+    owner, dot, _ = name.rpartition(".")
+    return owner if dot else ROOT
+
+
+@dataclass(frozen=True)
+class GradStats:
+    """Per trainable parameter, in `LiveView.named_params` order."""
+
+    names: tuple[str, ...]
+    has_grad: tuple[bool, ...]  # False where .grad is None
+    norms: tuple[float, ...]  # L2 norm of .grad (float32); NaN where .grad is None
+
+
+class LiveView:
+    """Model and optimizer as in-process detectors may see them, plus shared lazy statistics.
+
+    The monitor calls `begin` at every phase; statistics computed in one phase are reused by
+    every detector of that phase and dropped at the next. Detectors must treat the model and
+    optimizer as read-only.
+    """
+
+    def __init__(self, model: "torch.nn.Module", optimizer: "torch.optim.Optimizer | None" = None) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-list the trainable parameters (after adding modules or unfreezing some)."""
+        self.named_params: tuple[tuple[str, "torch.nn.Parameter"], ...] = tuple(
+            (n, p) for n, p in self.model.named_parameters() if p.requires_grad)
+        self.names = tuple(n for n, _ in self.named_params)
+        self.owners = tuple(owner_module(n) for n, _ in self.named_params)
+        self._stats: GradStats | None = None
+        self._offered: Sequence[float] | None = None
+        self._stamp: tuple[str, int] | None = None
+
+    def begin(self, phase: str, step: int) -> None:
+        if (phase, step) != self._stamp:
+            self._stamp = (phase, step)
+            self._stats = None
+            self._offered = None
+
+    def offer_grad_norms(self, phase: str, step: int, norms: Sequence[float]) -> None:
+        """Per-parameter gradient norms the training loop already measured in this phase
+        (float32, in `names` order; any value where ``.grad`` is None), so that
+        `param_grad_stats` does not reduce every gradient a second time: on CPU that
+        reduction cost more than all the other per-step work of the monitor together."""
+        if len(norms) != len(self.named_params):
+            raise ValueError(f"norms must have one value per trainable parameter "
+                             f"({len(self.named_params)}), but got {len(norms)=}")
+        self.begin(phase, step)
+        if self._stats is None:
+            self._offered = norms
+
+    def optimizer_param_ids(self) -> frozenset[int]:
+        if self.optimizer is None:
+            return frozenset()
+        return frozenset(id(p) for g in self.optimizer.param_groups for p in g["params"])
+
+    def param_grad_stats(self) -> GradStats:
+        """Gradient presence and norm of every trainable parameter: one host sync, cached."""
+        if self._stats is None:
+            params = [p for _, p in self.named_params]
+            has = tuple(p.grad is not None for p in params)
+            if self._offered is not None:
+                values = self._offered
+                self._offered = None
+                self._stats = GradStats(names=self.names, has_grad=has,
+                                        norms=tuple(v if h else math.nan for v, h in zip(values, has)))
+                return self._stats
+            norms = iter(per_tensor_norms([p.grad for p in params if p.grad is not None]))
+            self._stats = GradStats(
+                names=self.names, has_grad=has,
+                norms=tuple(next(norms) if h else math.nan for h in has))
+        return self._stats
+
+
+# ---------------------------------------------------------------------------------------
+# Fused measurement
+
+
+def _norm_tensors(tensors: Sequence["torch.Tensor"]) -> list["torch.Tensor"]:
+    """float32 L2 norms as 0-d tensors on each input's device; no host sync."""
+    import torch
+
+    if not tensors:
+        return []
+    dense = [t.detach() for t in tensors]
+    try:
+        return list(torch._foreach_norm(dense, 2, dtype=torch.float32))
+    except (RuntimeError, NotImplementedError, TypeError):  # sparse grads, exotic layouts
+        return [torch.linalg.vector_norm(t.to_dense() if t.is_sparse else t, dtype=torch.float32)
+                for t in dense]
+
+
+def _to_host(values: Sequence["torch.Tensor"]) -> list[float]:
+    """One .tolist() for a list of 0-d tensors (moved to the first one's device first)."""
+    import torch
+
+    if not values:
+        return []
+    dev = values[0].device
+    return torch.stack([v.to(dev, non_blocking=True) for v in values]).tolist()
+
+
+def per_tensor_norms(tensors: Sequence["torch.Tensor"]) -> list[float]:
+    """L2 norm of each tensor, computed fused and read back with a single host sync."""
+    return _to_host(_norm_tensors(tensors))
+
+
+class ModuleNorms:
+    """Per-top-level-module norms of gradients, updates and parameters for the plain-PyTorch
+    helper. Each call costs one host sync; update norms cost one copy of the trainable
+    parameters (kept between steps, so no allocation per step), off with track_updates=False.
+
+    Call `grad_norms` after backward, `snapshot` before ``optimizer.step()`` and
+    `after_step` after it.
+    """
+
+    def __init__(self, model: "torch.nn.Module", *, track_updates: bool = True) -> None:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = tuple(n for n, _ in named)  # same order as LiveView.named_params
+        self.modules = tuple(dict.fromkeys(top_module(n) for n in self.names))
+        index = {m: i for i, m in enumerate(self.modules)}
+        self._params = [p for _, p in named]
+        self._module_of = [index[top_module(n)] for n in self.names]
+        self.track_updates = track_updates
+        self._before: list["torch.Tensor"] | None = None
+        self._have_snapshot = False
+
+    def _per_module(self, norms: Sequence[float], *, total: bool = False) -> dict[str, float]:
+        sq = [0.0] * len(self.modules)
+        for n, i in zip(norms, self._module_of):
+            sq[i] += n * n
+        out = {m: math.sqrt(s) for m, s in zip(self.modules, sq)}
+        if total:
+            out[TOTAL] = math.sqrt(sum(sq))
+        return out
+
+    def grad_norms(self, per_param: Sequence[float] | None = None) -> dict[str, float]:
+        """{module: ‖grad‖, "_total": global norm}; a module without any gradient reads 0.
+
+        ``per_param``: norms already computed in `names` order (NaN where .grad is None),
+        e.g. ``LiveView.param_grad_stats().norms``, so gradients are not reduced twice.
+        """
+        if per_param is None or len(per_param) != len(self._params):
+            grads = [p.grad for p in self._params]
+            read = iter(per_tensor_norms([g for g in grads if g is not None]))
+            per_param = [math.nan if g is None else next(read) for g in grads]
+        # NaN stands for "no gradient" here (contributes 0); a NaN gradient has a .grad
+        return self._per_module([0.0 if p.grad is None else n for n, p in zip(per_param, self._params)],
+                                total=True)
+
+    def snapshot(self) -> None:
+        """Remember the parameters as they are before the optimizer step."""
+        if not self.track_updates or not self._params:
+            return
+        import torch
+
+        with torch.no_grad():
+            if self._before is None:
+                self._before = [p.detach().clone() for p in self._params]
+            else:
+                torch._foreach_copy_(self._before, [p.detach() for p in self._params])
+        self._have_snapshot = True
+
+    def after_step(self) -> tuple[dict[str, float], dict[str, float]]:
+        """(update norms, parameter norms) per module; update norms are empty without a
+        snapshot taken since the previous call."""
+        import torch
+
+        current = [p.detach() for p in self._params]
+        have_update = self._have_snapshot and self._before is not None
+        if have_update:
+            with torch.no_grad():
+                torch._foreach_sub_(self._before, current)  # before - after, in place
+        values = _to_host(_norm_tensors(current + (self._before if have_update else [])))
+        self._have_snapshot = False
+        n = len(self._params)
+        params = self._per_module(values[:n])
+        updates = self._per_module(values[n:]) if have_update else {}
+        return updates, params
+
+
+def measure(model: "torch.nn.Module") -> dict[str, float]:
+    """Per-top-level-module gradient norms of ``model`` right now (one host sync)."""
+    return ModuleNorms(model, track_updates=False).grad_norms()
