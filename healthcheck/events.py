@@ -1,7 +1,7 @@
 """Health events: what a detector found, how bad it is, and the stable code that names it.
 
 Every finding is a `HealthEvent` carrying a code from `CODES`. Codes are the public
-vocabulary of the harness: a user silences or re-grades a finding by its code, the README
+vocabulary of the harness: a user silences or re-grades a finding by its code, docs/events.md
 documents each one, and health.jsonl stores them, so a code, once published, never changes
 its meaning. The registry holds, per code, its default severity, what it means and the
 usual fix, so the message a user sees and the table in the docs come from one place.
@@ -286,7 +286,7 @@ CODES: Mapping[str, CodeInfo] = MappingProxyType(_CODES)
 
 
 def codes_table_markdown() -> str:
-    """The README's table of event codes, generated from the registry."""
+    """The table of event codes in docs/events.md, generated from the registry."""
     rows = ["| code | default severity | meaning | usual fix |", "| --- | --- | --- | --- |"]
     for code in sorted(CODES):
         info = CODES[code]

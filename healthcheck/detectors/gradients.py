@@ -1,7 +1,7 @@
 """Checks on gradients, per module and per parameter, before the optimizer step.
 
 Gradients are where a broken graph shows: a NaN from an eigh backward appears in one
-module's gradient while the loss is still finite (catalogue row 5), a detached head has
+module's gradient while the loss is still finite (docs/failure-catalogue.md row 5), a detached head has
 ``.grad is None`` (row 9), a clamp zeroes a head's gradient (row 12). Module-level norms
 come from ``record.grad_norm`` and so also work offline; parameter-level findings need
 the live model (``LiveView.param_grad_stats``, one host sync shared by all detectors).
