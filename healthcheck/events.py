@@ -2,7 +2,7 @@
 
 Every finding is a `HealthEvent` carrying a stable code; what each code means, its default
 severity and its usual fix live in the registry (`healthcheck.codes`), so the message a
-user sees and the table in the docs come from one place.
+user sees and the table in docs/events.md come from one place.
 """
 
 from __future__ import annotations

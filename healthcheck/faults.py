@@ -68,7 +68,7 @@ class Fault:
         start_step: the first step (0-based batch index) at which the fault changes
             anything; detection latency is measured from here, and error-level events
             before it are not credited to the fault.
-        catalogue_rows: rows of the failure catalogue this fault reproduces, if any.
+        catalogue_rows: rows of docs/failure-catalogue.md this fault reproduces, if any.
     """
 
     name: str

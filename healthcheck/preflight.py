@@ -1,6 +1,6 @@
 """Checks before training: can this model, loss and optimizer learn at all?
 
-Most failures in the catalogue (docs: failure-catalogue.md) are visible before the first
+Most failures in the failure catalogue (docs/failure-catalogue.md) are visible before the first
 epoch: a loss weight that is 0, a loss that is not 0 at the target, a parameter that no
 gradient reaches, a parameter the optimizer does not hold, a learning rate of 0 at step 0.
 Each check here looks for one such signal on one batch and returns a `Check`: a verdict,

@@ -1,6 +1,6 @@
 """How `watch` shows a run: a rich panel on a terminal, plain lines anywhere else.
 
-The panel answers, at a glance, the questions the failure catalogue says went unasked:
+The panel answers, at a glance, the questions docs/failure-catalogue.md says went unasked:
 is it stepping (step, rate), is the loss moving (value and sparkline), is every term
 pulling its weight (weighted shares), are gradients reaching every module, is the LR
 non-zero, and what has been flagged (with the hint that says what to do).

@@ -1,6 +1,6 @@
 """The classical baselines next to the physical limit, on freshly simulated scenes.
 
-Every learned result is reported against three references (physics.md, Metrics):
+Every learned result is reported against three references (docs/physics.md, Metrics):
 MUSIC on the exact R (the ceiling: what a perfect covariance estimate would give),
 MUSIC on R_ls (the classical baseline that learning must beat) and the CRB. R_bp and
 MVDR are there to show that the baseline is not a weak choice among the classical ones.

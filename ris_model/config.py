@@ -1,7 +1,7 @@
 """One typed, frozen config tree, and where each of its values came from.
 
 The origin pipeline read settings with ``getattr(cfg, "KEY", default)``: a typo fell
-back to the default and nobody noticed (failure catalogue row 8). Here every key is
+back to the default and nobody noticed (docs/failure-catalogue.md row 8). Here every key is
 declared once, with its type, its allowed range and a one-line reason; an unknown key
 is an error naming the closest valid one, and every value remembers its source
 (``default`` < ``preset:NAME`` < ``file:PATH`` < ``cli`` < ``hpo:…`` < ``schedule:…``).
@@ -46,7 +46,7 @@ def _spec(default: Any, *, lo: float | None = None, hi: float | None = None,
 # --------------------------------------------------------------------------- system
 @dataclass(frozen=True)
 class SystemConfig:
-    """The physical scene: RIS, BS, sources and the snapshot model of physics.md."""
+    """The physical scene: RIS, BS, sources and the snapshot model of docs/physics.md."""
 
     preset: Literal["tiny", "small", "paper"] = _spec("small", doc="the preset these values started from")
     nx: int = _spec(8, lo=1, hi=64, doc="RIS elements along x")

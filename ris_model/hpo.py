@@ -111,7 +111,7 @@ class ReportToTrial(Callback):
 
     The objective is the validation value of the primary term, UNWEIGHTED: the weighted
     total changes scale with the very loss weights the study searches, so ranking trials
-    on it would compare incomparable numbers (failure catalogue row 11).
+    on it would compare incomparable numbers (docs/failure-catalogue.md row 11).
     """
 
     def __init__(self, trial: Any, primary: str = LossWeights.PRIMARY) -> None:

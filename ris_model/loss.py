@@ -5,7 +5,7 @@ term that carries no signal (weight 0, or a term stuck at 0) instead of only the
 There are no weight defaults here: the seed report's bug was a constructor default
 overwritten with 0 somewhere else. ``HybridLoss(weights)`` is the only way in.
 
-Every term is 0 at a perfect prediction (catalogue row 7: a loss that is not 0 at the
+Every term is 0 at a perfect prediction (docs/failure-catalogue.md row 7: a loss that is not 0 at the
 target plateaus above it), and none uses ``eigh`` in its backward pass (row 5: eigh's
 gradient divides by eigenvalue gaps, which are exactly 0 for F Fᴴ + σ²I).
 """

@@ -1,6 +1,6 @@
 """The covariance network: from a physics-informed estimate to a low-rank factor F.
 
-The input is the back-projected covariance R_bp (physics.md): cheap, biased, but already
+The input is the back-projected covariance R_bp (docs/physics.md): cheap, biased, but already
 in the aperture's coordinates, so the network learns a correction rather than the
 measurement model. The output is a factor F ∈ C^{N×K_max}; R̂ = N·FFᴴ/tr(FFᴴ) is then
 Hermitian, PSD and rank ≤ K_max by construction, and MUSIC can use span(F) directly.

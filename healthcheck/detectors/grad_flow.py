@@ -1,7 +1,7 @@
 """Does a gradient reach every parameter? Checks before the optimizer step.
 
 A broken graph shows in where gradients go: a detached head has ``.grad is None``
-(catalogue row 9), a clamp zeroes a head's gradient (row 12), dead ReLUs leave a layer's
+(docs/failure-catalogue.md row 9), a clamp zeroes a head's gradient (row 12), dead ReLUs leave a layer's
 units without a gradient. Parameter-level findings need the live model
 (``LiveView.param_grad_stats``, one host sync shared by all detectors); ``grad.zero`` also
 judges offline, per module, from ``record.grad_norm``.

@@ -1,7 +1,7 @@
 """How large are the gradients? Checks on module gradient norms before the optimizer step.
 
 A NaN from an eigh backward appears in one module's gradient while the loss is still
-finite (catalogue row 5); norms that fall toward 0 or blow up mean a learning signal that
+finite (docs/failure-catalogue.md row 5); norms that fall toward 0 or blow up mean a learning signal that
 does not reach the first layers, or one that will throw the weights off. Module-level norms
 come from ``record.grad_norm`` and so also work offline.
 

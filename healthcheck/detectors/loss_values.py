@@ -74,7 +74,7 @@ class ZeroLoss(Detector):
     """The total is 0 (|loss| <= eps) while some weight is > 0 (``loss.zero``, error).
 
     eps defaults to 0.0, i.e. exactly zero: a float32 loss that is exactly 0 while a term
-    has a positive weight almost always means the terms were never added (catalogue row 1);
+    has a positive weight almost always means the terms were never added (docs/failure-catalogue.md row 1);
     a loss that is merely tiny can be a perfect fit, so a positive eps is opt-in. Without
     weights in the record, fires only when the total is 0 while some term is not.
     """

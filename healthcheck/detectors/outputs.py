@@ -32,7 +32,7 @@ class ChanceLevel(Detector):
 
     Cross-entropy of a uniform guess over K classes is ln K (TheDeepChecker's and
     Karpathy's "loss at init" check); staying there for epochs means the head learns
-    nothing (catalogue row 10). ``term`` names the loss term to judge (default: the total).
+    nothing (docs/failure-catalogue.md row 10). ``term`` names the loss term to judge (default: the total).
     Within relative ``rtol`` (5 %) below ln K counts as "at chance".
     """
 

@@ -30,7 +30,7 @@ class _SeenState:
 class NotInOptimizer(Detector):
     """A trainable parameter is in no optimizer param group (``param.not_in_optimizer``).
 
-    Judged at the first record (before the first step: catalogue row 13, an optimizer built
+    Judged at the first record (before the first step: docs/failure-catalogue.md row 13, an optimizer built
     before some parameters existed) and again whenever the number of trainable parameters
     changes. Events are grouped by owning submodule.
     """

@@ -1,7 +1,7 @@
 """Checks on the learning rate of every optimizer param group, before each step.
 
 A schedule is a formula nobody looks at after writing it: warm-ups that start at exactly
-0, start factors applied to an already small base rate (catalogue row 2), decays below
+0, start factors applied to an already small base rate (docs/failure-catalogue.md row 2), decays below
 any useful value. The learning rate actually in the optimizer, per group and per step,
 is recorded in ``record.lr``; these checks judge it before the step uses it.
 """

@@ -1,7 +1,7 @@
 """Checks that optimizer steps are actually applied: step counters and the AMP scaler.
 
 A loop can see every batch and apply no step: a gate that vetoes steps until every module
-has a gradient (catalogue row 3), an AMP scaler that keeps finding inf and skipping
+has a gradient (docs/failure-catalogue.md row 3), an AMP scaler that keeps finding inf and skipping
 (row 4). Nothing crashes; the loss just stays where it was. The signal is the difference
 between batches seen and steps applied, and the scaler's own state.
 """

@@ -1,6 +1,6 @@
 """Checks on the validation loss across evaluations.
 
-A validation loss identical to six decimals across epochs (catalogue row 3) says the model
+A validation loss identical to six decimals across epochs (docs/failure-catalogue.md row 3) says the model
 did not change between evaluations; one that stops improving early (row 7) says the loss
 or the optimisation cannot get lower. Both only show across evaluations, so these checks
 run on ``eval`` records.

@@ -27,7 +27,7 @@ class PrimaryWeightZero(Detector):
     """The primary term's weight is <= 0, non-finite or missing (``weights.primary_zero``).
 
     Critical and without patience: with a zero primary weight every step optimises the
-    auxiliary terms only, so the first step is already damage (catalogue row 1). Silent
+    auxiliary terms only, so the first step is already damage (docs/failure-catalogue.md row 1). Silent
     when the record names no primary term or carries no weights at all.
     """
 

@@ -1,7 +1,7 @@
 """The ris_model subject: the one place where `healthcheck` reaches `ris_model`.
 
 ``trainer_callback`` watches the ris_model Trainer, ``gate_subject`` runs the preflight gate
-on a ris_model config, ``faults`` injects the failure catalogue into a Trainer,
+on a ris_model config, ``faults`` injects the failures of docs/failure-catalogue.md into a Trainer,
 ``overfit`` builds monitored overfit runs, and ``detection`` measures how well the detectors
 catch those faults. The rest of `healthcheck` imports these modules lazily, so importing
 `healthcheck` never imports `ris_model` (or torch).

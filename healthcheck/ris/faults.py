@@ -1,4 +1,4 @@
-"""Faults for the ``ris_model`` Trainer: every row of the failure catalogue, and more.
+"""Faults for the ``ris_model`` Trainer: every row of docs/failure-catalogue.md, and more.
 
 Each `Fault` here breaks a built ``ris_model.training.train.Trainer`` (before ``fit``) the way a
 real bug would: the catalogue row it reproduces is in ``catalogue_rows``, the others are

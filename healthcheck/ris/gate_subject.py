@@ -12,7 +12,7 @@ Expected loss at initialisation (``term_ranges``), from the definitions in
 * ``cov`` = ‖R̂ − R‖²_F / ‖R‖²_F with R̂ and R PSD and both of trace N. Expanding,
   cov = 1 + (‖R̂‖² − 2 tr(R̂R)) / ‖R‖² ≤ 1 + ‖R̂‖² / ‖R‖² ≤ 1 + N²/N = 1 + N
   (tr(R̂R) ≥ 0 for PSD pairs, ‖R̂‖² ≤ tr(R̂)² = N², ‖R‖² ≥ tr(R)²/N = N). Above 1 + N the
-  matrices are not on the same scale (catalogue row 6). An untrained network's R̂ is
+  matrices are not on the same scale (docs/failure-catalogue.md row 6). An untrained network's R̂ is
   unrelated to R, so cov is O(1) (about 1.6 measured on tiny and small); below 0.1 it
   would already be within ~30 % of every target, which an untrained model is not.
 * ``subspace``, ``peak``, ``ortho`` are shares in [0, 1] by construction.

@@ -40,7 +40,7 @@ def term_ranges(n_elements: int) -> dict[str, tuple[float, float]]:
     ``healthcheck.ris.gate_subject``: ‖R̂‖² <= N², ‖R‖² >= N, tr(R̂R) >= 0); ``subspace``,
     ``peak`` and ``ortho`` are shares in [0, 1] by construction. These are the gate's
     ``init_ranges`` without its initialisation-only lower bound on ``cov``: a trained
-    model may bring cov near 0. A value outside is a scale or unit bug (catalogue row 6),
+    model may bring cov near 0. A value outside is a scale or unit bug (docs/failure-catalogue.md row 6),
     not a hard batch.
     """
     if isinstance(n_elements, bool) or not isinstance(n_elements, int) or n_elements < 1:

@@ -1,4 +1,4 @@
-"""Classical estimates of the aperture covariance R from the BS snapshots (physics.md).
+"""Classical estimates of the aperture covariance R from the BS snapshots (docs/physics.md).
 
 Every snapshot observes the aperture through its own measurement matrix
 Phi_l = H diag(c_l) (M x N, M < N), so no single snapshot sees R. Two estimates:

@@ -37,7 +37,7 @@ def steering_and_jacobian(x: torch.Tensor, positions: torch.Tensor, k0: float
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """a(phi, theta, rho) and da/d(phi, theta, rho) for x (P, 3) real: (P, N) and (P, N, 3).
 
-    The exact spherical wave of physics.md, a_n = exp(-j k0 (d_n - r)) / sqrt(N), written
+    The exact spherical wave of docs/physics.md, a_n = exp(-j k0 (d_n - r)) / sqrt(N), written
     in rho = 1/r so that rho = 0 is the far field without a special case:
     d_n - r = (rho |q|^2 - 2 u.q) / (1 + s_n), s_n = |u - rho q_n| = d_n / r.
     """

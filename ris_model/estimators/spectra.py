@@ -4,7 +4,7 @@ Two routes to the MUSIC signal subspace:
 
 * :func:`signal_basis_eigh` — the K dominant eigenvectors of R. For estimates (R_ls,
   R_bp, the exact R); not for training: eigh's backward divides by eigenvalue gaps,
-  which are exactly zero for a low-rank-plus-identity R (failure catalogue row 5).
+  which are exactly zero for a low-rank-plus-identity R (docs/failure-catalogue.md row 5).
 * :func:`signal_basis_qr` — Q = orth(F) of a factor F with R ~ F F^H, by QR. Its
   backward has no eigenvalue gaps, so it stays finite where eigh's is NaN: the route for
   losses. Cheaper too: O(N K^2) instead of O(N^3).

@@ -16,7 +16,7 @@ from ris_model.config import SystemConfig
 from ris_model.physics.geometry import system_positions, wavenumber
 from ris_model.physics.steering import ris_steering, ula_steering
 
-# LoS directions when physics.md leaves them open: the BS sees the RIS within +-60 deg of
+# LoS directions when docs/physics.md leaves them open: the BS sees the RIS within +-60 deg of
 # its broadside; the RIS sees the BS within +-60 deg azimuth and +-30 deg elevation.
 BS_ANGLE_MAX = math.radians(60.0)
 RIS_LOS_AZIMUTH_MAX = math.radians(60.0)

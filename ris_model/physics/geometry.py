@@ -1,6 +1,6 @@
 """Where the RIS elements are, and the unit direction of a source.
 
-The aperture is centred on the origin (physics.md): a corner origin would make the
+The aperture is centred on the origin (docs/physics.md): a corner origin would make the
 per-coordinate CRB depend on an arbitrary choice.
 """
 

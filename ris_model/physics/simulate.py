@@ -1,4 +1,4 @@
-"""simulate(): batches of RIS scenes under the snapshot model of physics.md.
+"""simulate(): batches of RIS scenes under the snapshot model of docs/physics.md.
 
 For each scene and snapshot l: s_l ~ CN(0, diag(p)), x_l = A s_l at the aperture,
 y_l = H diag(c_l) x_l + n_l at the BS, n_l ~ CN(0, sigma^2 I_M). The noise level is set

@@ -2,7 +2,7 @@
 
 The trainer reports, per top-level module, the gradient norm (before clipping), the
 parameter norm and the norm of the change the optimizer step made. These are the
-signals behind catalogue rows 2, 3, 5, 9, 12 and 14: a module whose update norm is 0 has
+signals behind docs/failure-catalogue.md rows 2, 3, 5, 9, 12 and 14: a module whose update norm is 0 has
 stopped learning whatever the loss says.
 """
 

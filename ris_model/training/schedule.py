@@ -10,7 +10,7 @@ def warmup_cosine(warmup_steps: int, total_steps: int, start: float, floor: floa
     """LR multiplier for step ``s``: ``start`` → 1 over the warm-up, then cosine to ``floor``.
 
     ``start`` must be > 0: the origin pipeline's warm-up began at exactly 0, and its
-    first epoch moved no parameter at all (failure catalogue row 2).
+    first epoch moved no parameter at all (docs/failure-catalogue.md row 2).
     """
     if not 0 < start <= 1:
         raise ValueError(f"warm-up start factor must be in (0, 1], but got {start=}")

@@ -1,6 +1,6 @@
 """The preflight gate on ris_model: passes a healthy config, fails each injected fault.
 
-Every fault is a catalogue row put into a real Trainer (through ``subject_hook``, after
+Every fault is a row of docs/failure-catalogue.md put into a real Trainer (through ``subject_hook``, after
 the Trainer is built, as the origin pipeline's bugs happened at run time) or into the
 config; the test asserts that the gate fails and that the failed checks are the ones
 that name the fault, not merely that "something" failed.

@@ -1,4 +1,4 @@
-"""Every row of the failure catalogue (shared/design/failure-catalogue.md) has a code whose
+"""Every row of the failure catalogue (docs/failure-catalogue.md) has a code whose
 detector reads that row's signal. The detectors' own tests show each code fires; this
 keeps the mapping honest when codes or detectors change."""
 

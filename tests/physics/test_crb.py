@@ -110,7 +110,7 @@ def test_far_field_has_no_range_and_more_snr_tightens_the_bound():
 
 
 def test_bound_is_near_the_reference_implementation():
-    """physics.md: tiny, K=1, 10 dB: median sqrt(CRB) 0.55 / 0.45 deg (sampling noise +-30%)."""
+    """docs/physics.md: tiny, K=1, 10 dB: median sqrt(CRB) 0.55 / 0.45 deg (sampling noise +-30%)."""
     system = load_config("tiny").system
     res = crb(system, simulate(system, 64, seed=3, k=1, snr_db=10.0))
     phi_deg = math.degrees(res.phi[:, 0].median().item())

@@ -27,7 +27,7 @@ def step_line(i: int, fault: str | None = None, *, n_terms: int = 2) -> dict:
         terms = {"cov": 0.7, "subspace": 0.7}
     loss = sum(weights[k] * terms[k] for k in terms)
     if fault == "zero":
-        loss = 0.0  # the catalogue's row 1: the primary weight never reached the loss
+        loss = 0.0  # docs/failure-catalogue.md row 1: the primary weight never reached the loss
     return {
         "schema": 1, "kind": "step", "step": i, "epoch": i // 50, "time": 1.7e9 + 0.1 * i,
         "rank": 0, "loss": loss, "terms": terms, "weights": weights, "primary": "cov",
