@@ -12,6 +12,8 @@ from .optimizer import WeightDecay
 from .parameters import BlockedUpdate, FrozenParams, NotInOptimizer, UpdateRatio
 from .schedule import InvalidLR, TinyLR, ZeroLR
 from .steps import AmpOverflow, AmpScaleCollapse, SkippedSteps
+from .relations import LossSumMismatch
+from .trends import DecayErosion, GradGrowth, ProgressStall
 from .validation import ValConstant, ValPlateau, ValTrainGap
 from .weights import PrimaryWeightZero, UnplannedWeightChange, WeightChanged
 
@@ -25,18 +27,18 @@ def default_detectors() -> list[Detector]:
     return [
         # before the optimizer step: what must stop a step comes first
         NonFiniteLoss(), PrimaryWeightZero(), InvalidLR(), NonFiniteGrad(),
-        ZeroLoss(), DeadTerm(), PrimaryShare(), WeightChanged(), UnplannedWeightChange(),
-        NoneGrad(), ZeroGrad(), DeadUnits(), VanishingGrad(), ExplodingGrad(), NotInOptimizer(),
+        ZeroLoss(), LossSumMismatch(), DeadTerm(), PrimaryShare(), WeightChanged(), UnplannedWeightChange(),
+        NoneGrad(), ZeroGrad(), DeadUnits(), VanishingGrad(), ExplodingGrad(), GradGrowth(), NotInOptimizer(),
         ZeroLR(), TinyLR(), WeightDecay(),
         # after the step
         ConstantLoss(), Divergence(), FrozenParams(), UpdateRatio(), BlockedUpdate(), SkippedSteps(),
-        AmpOverflow(), AmpScaleCollapse(), SaturatedOutputs(),
+        AmpOverflow(), AmpScaleCollapse(), SaturatedOutputs(), ProgressStall(), DecayErosion(),
         # epochs and evaluations
         ValConstant(), ValPlateau(), ValTrainGap(), CollapsedPredictions(),
     ]
 
 __all__ = [
-    "AmpOverflow", "AmpScaleCollapse", "BlockedUpdate", "ChanceLevel", "CollapsedPredictions", "ConstantLoss",
+    "AmpOverflow", "DecayErosion", "GradGrowth", "LossSumMismatch", "ProgressStall", "AmpScaleCollapse", "BlockedUpdate", "ChanceLevel", "CollapsedPredictions", "ConstantLoss",
     "DeadTerm", "DeadUnits", "Detector", "DetectorState", "Divergence", "ExpectedRange", "ExplodingGrad",
     "FrozenParams", "InvalidLR", "NO_EVENTS", "NoneGrad", "NonFiniteGrad", "NonFiniteLoss", "NotInOptimizer",
     "PHASES", "PrimaryShare", "PrimaryWeightZero", "SaturatedOutputs", "SkippedSteps",
