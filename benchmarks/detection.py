@@ -14,8 +14,8 @@ each faulted trainer before its fit; a failed check counts as an error event
 ``preflight.<check>`` at step 0 (``--no-preflight`` scores the monitor alone; the summary
 reports the monitor alone either way). ``--faults-from`` adds the ``FAULTS`` list of a
 Python file (see ``healthcheck.faults``); ``--detectors-from`` adds the ``DETECTORS`` list
-of a Python file to the default detectors, to measure a candidate detector. Goals: recall >= 95 %, no false alarm, median
-latency <= 1 step for faults that act from step 0, the whole default run <= 15 min.
+of a Python file to the default detectors, to measure a candidate detector. Goals: recall
+>= 95 %, no false alarm, median latency <= 1 step for faults that act from step 0, the whole default run <= 15 min.
 
 ``--json OUT`` writes ``{"summary": {recall, recall_by_family, false_alarm_rate,
 warning_rate_healthy, median_latency_steps, max_latency_steps, wall_s, monitor_only_recall,
@@ -32,8 +32,8 @@ import json
 import os
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -45,23 +45,37 @@ _STYLE = {"critical": "bold white on red", "error": "bold red", "warning": "yell
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from ris_model.config import PRESETS
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="ris_model preset (default tiny)")
     p.add_argument("--steps", type=int, default=24, help="optimizer steps per run, over 3 epochs (default 24)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per fault (default 3)")
     p.add_argument("--faults", nargs="+", metavar="NAME", help="only these faults (default: all)")
     p.add_argument("--healthy", type=int, default=10, help="healthy runs on HPO-space configs (default 10)")
-    p.add_argument("--faults-from", nargs="+", action="extend", default=[], metavar="FILE.py",
-                   help="add the FAULTS list of these Python files")
-    p.add_argument("--detectors-from", nargs="+", action="extend", default=[], metavar="FILE.py",
-                   help="add the DETECTORS list of these Python files to the default detectors")
+    p.add_argument(
+        "--faults-from",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE.py",
+        help="add the FAULTS list of these Python files",
+    )
+    p.add_argument(
+        "--detectors-from",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE.py",
+        help="add the DETECTORS list of these Python files to the default detectors",
+    )
     p.add_argument("--json", metavar="OUT", help="write the summary and every run as JSON")
     p.add_argument("--keep-runs", metavar="DIR", help="keep each run directory (metrics, health.jsonl) here")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
-    p.add_argument("--no-preflight", action="store_true",
-                   help="score the monitor alone: no preflight checks before each fit")
+    p.add_argument(
+        "--no-preflight", action="store_true", help="score the monitor alone: no preflight checks before each fit"
+    )
     p.add_argument("--list", action="store_true", help="list the faults and exit")
     args = p.parse_args(argv)
     for name in ("steps", "seeds", "healthy", "threads"):
@@ -114,24 +128,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         if console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=console, transient=True) as bar:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            ) as bar:
                 bar_id = bar.add_task("detection", total=total)
 
                 def on_run(r, done, n):
                     bar.update(bar_id, completed=done, description=f"{r.fault or 'healthy'} s{r.seed}")
 
-                bench = run_benchmark(faults, seeds=args.seeds, healthy=args.healthy, preset=args.preset,
-                                      steps=args.steps, device=args.device, keep_dir=args.keep_runs,
-                                      detectors=detectors, on_run=on_run, preflight=not args.no_preflight)
+                bench = run_benchmark(
+                    faults,
+                    seeds=args.seeds,
+                    healthy=args.healthy,
+                    preset=args.preset,
+                    steps=args.steps,
+                    device=args.device,
+                    keep_dir=args.keep_runs,
+                    detectors=detectors,
+                    on_run=on_run,
+                    preflight=not args.no_preflight,
+                )
         else:
+
             def on_run(r, done, n):
-                verdict = (f"error at step {r.first_step} ({r.first_error_code})" if r.detected else "no error")
+                verdict = f"error at step {r.first_step} ({r.first_error_code})" if r.detected else "no error"
                 print(f"[{done}/{n}] {r.fault or 'healthy'} seed {r.seed}: {verdict}, {r.wall_s:.1f}s", flush=True)
 
-            bench = run_benchmark(faults, seeds=args.seeds, healthy=args.healthy, preset=args.preset,
-                                  steps=args.steps, device=args.device, keep_dir=args.keep_runs,
-                                  detectors=detectors, on_run=on_run, preflight=not args.no_preflight)
+            bench = run_benchmark(
+                faults,
+                seeds=args.seeds,
+                healthy=args.healthy,
+                preset=args.preset,
+                steps=args.steps,
+                device=args.device,
+                keep_dir=args.keep_runs,
+                detectors=detectors,
+                on_run=on_run,
+                preflight=not args.no_preflight,
+            )
     except ValueError as err:
         console.print(f"[bold red]error:[/] {err}")
         return 2
@@ -164,8 +203,14 @@ def show_faults(console, faults) -> None:
     for col in ("fault", "family", "row", "from step", "expected codes", "what"):
         table.add_column(col)
     for f in faults:
-        table.add_row(f.name, f.family, ",".join(map(str, f.catalogue_rows)) or "-", str(f.start_step),
-                      " ".join(f.expected_codes), f.description)
+        table.add_row(
+            f.name,
+            f.family,
+            ",".join(map(str, f.catalogue_rows)) or "-",
+            str(f.start_step),
+            " ".join(f.expected_codes),
+            f.description,
+        )
     console.print(table)
 
 
@@ -175,11 +220,17 @@ def show_results(console, faults, bench) -> None:
     by_fault: dict[str, list] = {}
     for r in bench.runs:
         by_fault.setdefault(r.fault, []).append(r)
-    table = Table(title="detection per fault (error level and up, from the fault's start step)",
-                  title_justify="left")
-    for col, kw in (("fault", {}), ("family", {}), ("row", {}), ("detected", {"justify": "right"}),
-                    ("first step", {"justify": "right"}), ("latency", {"justify": "right"}),
-                    ("codes fired (max severity)", {}), ("note", {})):
+    table = Table(title="detection per fault (error level and up, from the fault's start step)", title_justify="left")
+    for col, kw in (
+        ("fault", {}),
+        ("family", {}),
+        ("row", {}),
+        ("detected", {"justify": "right"}),
+        ("first step", {"justify": "right"}),
+        ("latency", {"justify": "right"}),
+        ("codes fired (max severity)", {}),
+        ("note", {}),
+    ):
         table.add_column(col, **kw)
     for f in faults:
         runs = by_fault.get(f.name, [])
@@ -191,12 +242,22 @@ def show_results(console, faults, bench) -> None:
         lat = "-" if not lats else (str(lats[0]) if min(lats) == max(lats) else f"{min(lats)}-{max(lats)}")
         notes = []
         if any(r.crashed for r in runs):
-            notes.append("crashed " + ("after detection" if all(r.detected for r in runs if r.crashed) else "UNDETECTED"))
+            notes.append(
+                "crashed " + ("after detection" if all(r.detected for r in runs if r.crashed) else "UNDETECTED")
+            )
         if any(r.early for r in runs):
             notes.append("error before start: " + ",".join(sorted({c for r in runs for c in r.early})))
         style = "green" if hits == len(runs) else ("red" if hits == 0 else "yellow")
-        table.add_row(f.name, f.family, ",".join(map(str, f.catalogue_rows)) or "-",
-                      f"[{style}]{hits}/{len(runs)}[/]", firsts, lat, _codes_markup(runs), "; ".join(notes))
+        table.add_row(
+            f.name,
+            f.family,
+            ",".join(map(str, f.catalogue_rows)) or "-",
+            f"[{style}]{hits}/{len(runs)}[/]",
+            firsts,
+            lat,
+            _codes_markup(runs),
+            "; ".join(notes),
+        )
     console.print(table)
 
     healthy = by_fault.get(None, [])
@@ -208,15 +269,23 @@ def show_results(console, faults, bench) -> None:
             c = r.config
             errors = [x for x in r.codes if r.severity[x] in ("error", "critical")]
             others = [x for x in r.codes if x not in errors]
-            ht.add_row(str(r.seed), f"{c.get('lr', 0):.2e}", f"{c.get('weight_decay', 0):.1e}", str(c.get("width")),
-                       f"{c.get('w_subspace', 0):.3g}, {c.get('w_peak', 0):.3g}, {c.get('w_ortho', 0):.2g}",
-                       f"[bold red]{' '.join(errors)}[/]" if errors else "[green]none[/]",
-                       " ".join(others) or "-")
+            ht.add_row(
+                str(r.seed),
+                f"{c.get('lr', 0):.2e}",
+                f"{c.get('weight_decay', 0):.1e}",
+                str(c.get("width")),
+                f"{c.get('w_subspace', 0):.3g}, {c.get('w_peak', 0):.3g}, {c.get('w_ortho', 0):.2g}",
+                f"[bold red]{' '.join(errors)}[/]" if errors else "[green]none[/]",
+                " ".join(others) or "-",
+            )
         console.print(ht)
 
     s = bench.summary
     step0 = [r.latency for r in bench.runs if r.fault is not None and r.start_step == 0 and r.detected]
-    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
     st = Table(title="summary", title_justify="left", show_header=False)
     st.add_column("what")
     st.add_column("value")
@@ -230,8 +299,10 @@ def show_results(console, faults, bench) -> None:
     st.add_row("latency of faults from step 0 (median)", str(statistics.median(step0)) if step0 else "n/a")
     st.add_row("monitor alone: recall", pct(s["monitor_only_recall"]))
     st.add_row("monitor alone: false-alarm rate", pct(s["monitor_only_false_alarm_rate"]))
-    st.add_row("monitor alone: latency (median; faults from step 0)",
-               f"{s['monitor_only_median_latency_steps']}; {s['monitor_only_step0_median_latency_steps']}")
+    st.add_row(
+        "monitor alone: latency (median; faults from step 0)",
+        f"{s['monitor_only_median_latency_steps']}; {s['monitor_only_step0_median_latency_steps']}",
+    )
     st.add_row("wall time", f"{s['wall_s']:.1f} s")
     console.print(st)
 

@@ -48,12 +48,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .detectors import Detector, default_detectors
     from .codes import CODES, codes_table_markdown, register_code
+    from .detectors import Detector, default_detectors
     from .events import HealthEvent, HealthLogWriter, Severity, read_events
     from .integrations.torch_loop import HealthStop, TrainingHealth
-    from .monitor import Monitor, judge_records
     from .live import LiveView, ModuleNorms, measure
-    from .record import MetricsWriter, StepRecord, read_records
+    from .monitor import Monitor, judge_records
     from .policy import Policy, PolicyError
+    from .record import MetricsWriter, StepRecord, read_records
     from .sinks import ConsoleSink, JsonlSink, OptunaSink, WandbSink

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 def dumps(obj: Mapping[str, Any]) -> str:
@@ -71,7 +72,7 @@ class AppendWriter:
             os.fsync(self._fh.fileno())
             self._fh.close()
 
-    def __enter__(self) -> "AppendWriter":
+    def __enter__(self) -> AppendWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -23,9 +23,9 @@ import argparse
 import importlib
 import re
 import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 from .events import Severity
 
@@ -67,8 +67,8 @@ class Code(str):
     repeats: bool
     raised_to: tuple[Severity, ...]
 
-    def __new__(cls, code: str, severity: "str | Severity", *raised_to: "str | Severity",
-                meaning: str, fix: str, repeats: bool = False) -> "Code":
+    def __new__(cls, code: str, severity: str | Severity, *raised_to: str | Severity,
+                meaning: str, fix: str, repeats: bool = False) -> Code:
         _check_name(code)
         if not meaning or not fix:
             raise ValueError(f"code {code!r} needs both a meaning and a fix text")
@@ -115,7 +115,7 @@ def declare(*codes: Code) -> tuple[Code, ...]:
     return codes
 
 
-def register_code(code: str, severity: "str | Severity", meaning: str, fix: str, *,
+def register_code(code: str, severity: str | Severity, meaning: str, fix: str, *,
                   repeats: bool = False) -> None:
     """Add a code for a user-written detector, so policies can name it.
 

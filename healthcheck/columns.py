@@ -16,9 +16,10 @@ record-by-record path would judge them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import repeat
 from operator import itemgetter
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +86,7 @@ class MetricBlock:
         return np.flatnonzero(self.irregular).tolist()
 
     # -- rows --------------------------------------------------------------------------
-    def take(self, rows: np.ndarray) -> "MetricBlock":
+    def take(self, rows: np.ndarray) -> MetricBlock:
         """The block of ``rows`` only (ascending), for a detector that judges only those:
         its screen then compares a row with the row it judged before and counts windows in
         its own rows, not in lines of other kinds or steps it skips. Columns already built
@@ -99,7 +100,7 @@ class MetricBlock:
         sub._ticks = {k: v[rows] for k, v in self._ticks.items()}
         return sub
 
-    def select(self, rows: np.ndarray) -> "MetricBlock":
+    def select(self, rows: np.ndarray) -> MetricBlock:
         """A fresh block of ``rows`` (ascending): nothing built yet, judged on its own."""
         return MetricBlock([self.lines[i] for i in rows.tolist()], self.kind[rows])
 

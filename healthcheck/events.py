@@ -12,8 +12,9 @@ import math
 import os
 import time as _time
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 from ._jsonl import AppendWriter, dumps, read_jsonl
 
@@ -32,7 +33,7 @@ class Severity(enum.IntEnum):
         return self.name.lower()
 
     @classmethod
-    def parse(cls, value: "str | Severity") -> "Severity":
+    def parse(cls, value: str | Severity) -> Severity:
         """``"warning"``, ``"WARNING"`` or ``Severity.WARNING`` → ``Severity.WARNING``."""
         if isinstance(value, cls):
             return value
@@ -87,7 +88,7 @@ class HealthEvent:
         if self.count < 1:
             raise ValueError(f"count must be >= 1, but got {self.count=}")
 
-    def with_(self, **changes: Any) -> "HealthEvent":
+    def with_(self, **changes: Any) -> HealthEvent:
         """A copy with some fields changed (``event.with_(count=3)``)."""
         return replace(self, **changes)
 
@@ -98,7 +99,7 @@ class HealthEvent:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "HealthEvent":
+    def from_dict(cls, data: Mapping[str, Any]) -> HealthEvent:
         """Inverse of `to_dict`. Unknown keys (a newer schema) are ignored, not fatal."""
         names = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
@@ -140,7 +141,7 @@ class HealthLogWriter:
     def close(self) -> None:
         self._out.close()
 
-    def __enter__(self) -> "HealthLogWriter":
+    def __enter__(self) -> HealthLogWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -37,9 +37,10 @@ import importlib.util
 import math
 import re
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .codes import CODES
 
@@ -93,7 +94,9 @@ class Fault:
         for code in self.expected_codes:
             if code not in CODES:
                 close = difflib.get_close_matches(str(code), list(CODES), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else " (register it with healthcheck.register_code first)"
+                hint = (
+                    f"; did you mean {close[0]!r}?" if close else " (register it with healthcheck.register_code first)"
+                )
                 raise ValueError(f"fault {self.name!r} expects unknown event code {code!r}{hint}")
         if isinstance(self.start_step, bool) or not isinstance(self.start_step, int) or self.start_step < 0:
             raise ValueError(f"start_step must be an integer >= 0, but got start_step={self.start_step!r}")
@@ -106,8 +109,15 @@ class Fault:
         self.inject(trainer)
 
 
-def fault(name: str, family: str, *, expected_codes: Sequence[str] = (), description: str = "",
-          start_step: int = 0, catalogue_rows: Sequence[int] = ()) -> Callable[[Callable[[Any], None]], Fault]:
+def fault(
+    name: str,
+    family: str,
+    *,
+    expected_codes: Sequence[str] = (),
+    description: str = "",
+    start_step: int = 0,
+    catalogue_rows: Sequence[int] = (),
+) -> Callable[[Callable[[Any], None]], Fault]:
     """Decorator: turn ``inject(trainer)`` into a `Fault`; the docstring is the default description."""
 
     def wrap(fn: Callable[[Any], None]) -> Fault:
@@ -170,8 +180,9 @@ def select_faults(faults: Sequence[Fault], names: Iterable[str]) -> list[Fault]:
 # Helpers: generic ways to break PyTorch objects.
 
 
-def scale_lr(optimizer: "torch.optim.Optimizer", factor: float, *, groups: Sequence[int] | None = None,
-             scheduler: Any = None) -> None:
+def scale_lr(
+    optimizer: torch.optim.Optimizer, factor: float, *, groups: Sequence[int] | None = None, scheduler: Any = None
+) -> None:
     """Multiply the learning rate of some (default: all) param groups by ``factor``.
 
     A scheduler derives each step's rate from its ``base_lrs`` (and the group's
@@ -204,7 +215,7 @@ def make_noop(obj: Any, name: str) -> Callable[..., Any]:
     return replace_method(obj, name, lambda *args, **kwargs: None)
 
 
-def detach_input(module: "torch.nn.Module") -> Any:
+def detach_input(module: torch.nn.Module) -> Any:
     """Cut the graph at ``module``'s input: it still learns, everything before it gets no
     gradient (the blend-weight-of-1 bug). Returns the hook handle."""
 
@@ -214,7 +225,7 @@ def detach_input(module: "torch.nn.Module") -> Any:
     return module.register_forward_pre_hook(hook)
 
 
-def clamp_output(module: "torch.nn.Module", low: float, high: float) -> Any:
+def clamp_output(module: torch.nn.Module, low: float, high: float) -> Any:
     """Clamp ``module``'s tensor output to [low, high]; outside it the gradient is 0.
     Returns the hook handle."""
     if not low < high:
@@ -226,7 +237,7 @@ def clamp_output(module: "torch.nn.Module", low: float, high: float) -> Any:
     return module.register_forward_hook(hook)
 
 
-def poison_gradient(param: "torch.Tensor", value: float, when: Callable[[], bool] = lambda: True) -> Any:
+def poison_gradient(param: torch.Tensor, value: float, when: Callable[[], bool] = lambda: True) -> Any:
     """Fill ``param``'s gradient with ``value`` (NaN, inf) whenever ``when()`` is true, while
     the loss stays finite (an unstable backward, e.g. eigh at repeated eigenvalues).
     Returns the hook handle."""
@@ -238,6 +249,16 @@ def poison_gradient(param: "torch.Tensor", value: float, when: Callable[[], bool
 
 
 __all__ = [
-    "FAMILIES", "Fault", "check_faults", "clamp_output", "detach_input", "fault", "load_faults",
-    "make_noop", "poison_gradient", "replace_method", "scale_lr", "select_faults",
+    "FAMILIES",
+    "Fault",
+    "check_faults",
+    "clamp_output",
+    "detach_input",
+    "fault",
+    "load_faults",
+    "make_noop",
+    "poison_gradient",
+    "replace_method",
+    "scale_lr",
+    "select_faults",
 ]

@@ -15,8 +15,9 @@ torch is imported inside the functions that need it: reading metrics files must 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from .record import ROOT, TOTAL
 
@@ -53,14 +54,14 @@ class LiveView:
     optimizer as read-only.
     """
 
-    def __init__(self, model: "torch.nn.Module", optimizer: "torch.optim.Optimizer | None" = None) -> None:
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         self.model = model
         self.optimizer = optimizer
         self.refresh()
 
     def refresh(self) -> None:
         """Re-list the trainable parameters (after adding modules or unfreezing some)."""
-        self.named_params: tuple[tuple[str, "torch.nn.Parameter"], ...] = tuple(
+        self.named_params: tuple[tuple[str, torch.nn.Parameter], ...] = tuple(
             (n, p) for n, p in self.model.named_parameters() if p.requires_grad)
         self.names = tuple(n for n, _ in self.named_params)
         self.owners = tuple(owner_module(n) for n, _ in self.named_params)
@@ -113,7 +114,7 @@ class LiveView:
 # Fused measurement
 
 
-def _norm_tensors(tensors: Sequence["torch.Tensor"]) -> list["torch.Tensor"]:
+def _norm_tensors(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """float32 L2 norms as 0-d tensors on each input's device; no host sync."""
     import torch
 
@@ -127,7 +128,7 @@ def _norm_tensors(tensors: Sequence["torch.Tensor"]) -> list["torch.Tensor"]:
                 for t in dense]
 
 
-def _to_host(values: Sequence["torch.Tensor"]) -> list[float]:
+def _to_host(values: Sequence[torch.Tensor]) -> list[float]:
     """One .tolist() for a list of 0-d tensors (moved to the first one's device first)."""
     import torch
 
@@ -137,7 +138,7 @@ def _to_host(values: Sequence["torch.Tensor"]) -> list[float]:
     return torch.stack([v.to(dev, non_blocking=True) for v in values]).tolist()
 
 
-def per_tensor_norms(tensors: Sequence["torch.Tensor"]) -> list[float]:
+def per_tensor_norms(tensors: Sequence[torch.Tensor]) -> list[float]:
     """L2 norm of each tensor, computed fused and read back with a single host sync."""
     return _to_host(_norm_tensors(tensors))
 
@@ -151,7 +152,7 @@ class ModuleNorms:
     `after_step` after it.
     """
 
-    def __init__(self, model: "torch.nn.Module", *, track_updates: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, *, track_updates: bool = True) -> None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = tuple(n for n, _ in named)  # same order as LiveView.named_params
         self.modules = tuple(dict.fromkeys(top_module(n) for n in self.names))
@@ -159,7 +160,7 @@ class ModuleNorms:
         self._params = [p for _, p in named]
         self._module_of = [index[top_module(n)] for n in self.names]
         self.track_updates = track_updates
-        self._before: list["torch.Tensor"] | None = None
+        self._before: list[torch.Tensor] | None = None
         self._have_snapshot = False
 
     def _per_module(self, norms: Sequence[float], *, total: bool = False) -> dict[str, float]:
@@ -216,6 +217,6 @@ class ModuleNorms:
         return updates, params
 
 
-def measure(model: "torch.nn.Module") -> dict[str, float]:
+def measure(model: torch.nn.Module) -> dict[str, float]:
     """Per-top-level-module gradient norms of ``model`` right now (one host sync)."""
     return ModuleNorms(model, track_updates=False).grad_norms()

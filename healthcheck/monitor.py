@@ -33,18 +33,19 @@ import difflib
 import traceback
 import warnings
 from collections import Counter, deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from .codes import CODES, Code, declare
 from .columns import KIND_CODES, KIND_NAMES, MetricBlock
 from .detectors import PHASES, Detector, default_detectors
-from .codes import CODES, Code, declare
 from .events import HealthEvent, Severity
 from .live import LiveView
-from .record import StepRecord, as_record
 from .policy import CONTEXTS, Policy
+from .record import StepRecord, as_record
 
 _PHASES_OF_KIND = {"step": ("after_backward", "after_step"), "epoch": ("epoch",), "eval": ("eval",)}
 _KIND_CODE_OF_PHASE = {"after_backward": KIND_CODES["step"], "after_step": KIND_CODES["step"],
@@ -165,7 +166,7 @@ class Monitor:
         # each slot's place in each phase: the order of events found on one row
         self._ranks = {p: {id(run[0]): r for r, run in enumerate(runs)} for p, runs in self._runs.items()}
 
-    def observe(self, record: "StepRecord | Mapping[str, Any]", phase: str,
+    def observe(self, record: StepRecord | Mapping[str, Any], phase: str,
                 live: LiveView | None = None) -> Sequence[HealthEvent]:
         """Run the detectors of ``phase`` on ``record``; returns the events emitted now."""
         if phase not in self._runs:
@@ -202,7 +203,7 @@ class Monitor:
                     emitted.append(out)
         return emitted if emitted is not None else ()
 
-    def observe_record(self, record: "StepRecord | Mapping[str, Any]",
+    def observe_record(self, record: StepRecord | Mapping[str, Any],
                        live: LiveView | None = None) -> list[HealthEvent]:
         """Run every phase the record's kind implies (step: after_backward, after_step)."""
         if not isinstance(record, StepRecord):
@@ -216,7 +217,7 @@ class Monitor:
             return [*first, *second] if first or second else []
         return list(self._run(record, phases[0], live))
 
-    def observe_block(self, block: "MetricBlock") -> list[HealthEvent]:
+    def observe_block(self, block: MetricBlock) -> list[HealthEvent]:
         """Judge consecutive metrics lines at once (offline: no live view).
 
         The same events in the same order as `observe_record` on each line, but a
@@ -273,7 +274,7 @@ class Monitor:
                 emitted.append(out)
         return emitted
 
-    def _judge_rows(self, slot: _Slot, check: Any, state: Any, block: "MetricBlock",
+    def _judge_rows(self, slot: _Slot, check: Any, state: Any, block: MetricBlock,
                     idx: np.ndarray) -> list[tuple[int, HealthEvent]]:
         det = slot.detector
         try:
@@ -293,7 +294,7 @@ class Monitor:
                 out.extend((row, e) for e in events)
         return out
 
-    def _failed_on_block(self, slot: _Slot, block: "MetricBlock", row: int,
+    def _failed_on_block(self, slot: _Slot, block: MetricBlock, row: int,
                          err: Exception) -> list[tuple[int, HealthEvent]]:
         slot.enabled = False
         self._plan()  # observe_block goes on over the old plan; this detector's rows are done
@@ -354,7 +355,7 @@ class Monitor:
                 if i not in self._failed_sinks:
                     self._failed_sinks.add(i)
                     warnings.warn(f"health sink {type(sink).__name__} failed: {err!r}; "
-                                  "further failures of this sink are not reported", RuntimeWarning)
+                                  "further failures of this sink are not reported", RuntimeWarning, stacklevel=2)
 
     def _detector_failed(self, det: Detector, record: StepRecord, err: Exception) -> HealthEvent:
         tb = "".join(traceback.format_exception_only(type(err), err)).strip()
@@ -416,10 +417,12 @@ class Monitor:
             try:
                 sink.close()
             except Exception as err:
-                warnings.warn(f"health sink {type(sink).__name__} failed to close: {err!r}", RuntimeWarning)
+                warnings.warn(
+                    f"health sink {type(sink).__name__} failed to close: {err!r}", RuntimeWarning, stacklevel=2
+                )
         return summary
 
-    def __enter__(self) -> "Monitor":
+    def __enter__(self) -> Monitor:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -450,9 +453,12 @@ def _intervals(every: int | Mapping[str, int], detectors: Sequence[Detector]) ->
     return out
 
 
-def judge_records(records: Iterable["StepRecord | Mapping[str, Any]"],
-                  detectors: Iterable[Detector] | None = None, policy: Policy | None = None,
-                  context: str = "train") -> list[HealthEvent]:
+def judge_records(
+    records: Iterable[StepRecord | Mapping[str, Any]],
+    detectors: Iterable[Detector] | None = None,
+    policy: Policy | None = None,
+    context: str = "train",
+) -> list[HealthEvent]:
     """Judge finished records (e.g. a metrics.jsonl) with the detectors that need no live
     model; returns one event per finding with its final count (source "watch")."""
     chosen = [d for d in (default_detectors() if detectors is None else detectors) if not d.needs_live]
@@ -466,7 +472,7 @@ def _ordered_phases(phases: frozenset[str]) -> tuple[str, ...]:
     return tuple(p for p in PHASES if p in phases)
 
 
-def rows_to_check(detector: Detector, block: "MetricBlock", idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def rows_to_check(detector: Detector, block: MetricBlock, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The rows of ``idx`` (ascending) on which ``detector.check`` must run so that it
     emits what it would emit on all of them, and leaves the same state behind; and which
     of them are flagged (their events count; the others only rebuild the state).

@@ -18,9 +18,10 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .codes import CODES
 from .events import HealthEvent, Severity
@@ -158,7 +159,7 @@ class Policy:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Policy":
+    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
         """From ``{"actions": …, "severity": …, "regrade": …, "silence": […]}``."""
         if not isinstance(data, Mapping):
             raise PolicyError(f"a policy is a mapping, but got {type(data).__name__}")
@@ -170,7 +171,7 @@ class Policy:
                    regrade=data.get("regrade"), silence=data.get("silence") or ())
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "Policy":
+    def from_file(cls, path: str | os.PathLike) -> Policy:
         """From a .toml, .yaml/.yml or .json file with the keys of `from_dict`."""
         path = os.fspath(path)
         ext = os.path.splitext(path)[1].lower()
@@ -195,7 +196,7 @@ class Policy:
             raise PolicyError(f"{path}: {err}") from None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, base: "Policy | None" = None) -> "Policy":
+    def from_env(cls, environ: Mapping[str, str] | None = None, base: Policy | None = None) -> Policy:
         """``base`` (or the file named by HEALTHCHECK_POLICY, or the defaults) with
         HEALTHCHECK_SILENCE=code,… and HEALTHCHECK_REGRADE=code=severity,… layered on top."""
         env = os.environ if environ is None else environ
@@ -218,7 +219,7 @@ class Policy:
         except (PolicyError, ValueError) as err:
             raise PolicyError(f"from {ENV_SILENCE}/{ENV_REGRADE}: {err}") from None
 
-    def merged(self, other: "Policy") -> "Policy":
+    def merged(self, other: Policy) -> Policy:
         """This policy with ``other``'s rules added on top (other wins on conflicts)."""
         sev = {str(s): dict(c) for s, c in self.severity_actions.items()}
         for s, c in other.severity_actions.items():

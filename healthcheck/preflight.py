@@ -39,8 +39,9 @@ import copy
 import functools
 import math
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from .codes import Code, declare
 from .events import Severity
@@ -140,7 +141,7 @@ class LossParts:
     weights: Mapping[str, float]
 
     @classmethod
-    def of(cls, value: Any) -> "LossParts":
+    def of(cls, value: Any) -> LossParts:
         if isinstance(value, LossParts):
             return value
         if isinstance(value, tuple) and len(value) == 3:

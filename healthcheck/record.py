@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import time as _time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ._jsonl import AppendWriter, read_jsonl
 
@@ -83,7 +84,7 @@ class StepRecord:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, but got {self.kind=}")
 
     @classmethod
-    def from_metrics_line(cls, line: Mapping[str, Any]) -> "StepRecord":
+    def from_metrics_line(cls, line: Mapping[str, Any]) -> StepRecord:
         """Build from a metrics.jsonl object; tolerant of missing optional fields, of a
         scalar ``lr``, and of keys it does not know (kept in ``extra``)."""
         if cls is StepRecord and type(line) is dict:
@@ -214,7 +215,7 @@ def _record_from_dict(line: dict[str, Any]) -> StepRecord:
     return r
 
 
-def as_record(obj: "StepRecord | Mapping[str, Any]") -> StepRecord:
+def as_record(obj: StepRecord | Mapping[str, Any]) -> StepRecord:
     return obj if isinstance(obj, StepRecord) else StepRecord.from_metrics_line(obj)
 
 
@@ -226,13 +227,13 @@ class MetricsWriter:
         self._out = AppendWriter(path, fsync=False)
         self.path = self._out.path
 
-    def write(self, record: "StepRecord | Mapping[str, Any]") -> None:
+    def write(self, record: StepRecord | Mapping[str, Any]) -> None:
         self._out.write(record.to_metrics_line() if isinstance(record, StepRecord) else record)
 
     def close(self) -> None:
         self._out.close()
 
-    def __enter__(self) -> "MetricsWriter":
+    def __enter__(self) -> MetricsWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -244,6 +245,6 @@ def read_records(path: str | os.PathLike) -> list[StepRecord]:
     return [StepRecord.from_metrics_line(obj) for obj in read_jsonl(path).objects]
 
 
-def iter_records(objs: Iterable["StepRecord | Mapping[str, Any]"]) -> Iterable[StepRecord]:
+def iter_records(objs: Iterable[StepRecord | Mapping[str, Any]]) -> Iterable[StepRecord]:
     for obj in objs:
         yield as_record(obj)

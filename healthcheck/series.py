@@ -10,8 +10,9 @@ budget): a NaN is the one point a plot must not lose.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .watchstate import term_shares
 
@@ -42,7 +43,7 @@ class Columns:
             if col is None:
                 col = self.cols[name] = [NAN] * n
             col.append(v)
-        for name, col in self.cols.items():
+        for col in self.cols.values():
             if len(col) == n:
                 col.append(NAN)
 

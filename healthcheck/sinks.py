@@ -118,7 +118,7 @@ class WandbSink:
 
     COLUMNS = ["step", "epoch", "severity", "code", "where", "title", "count", "action"]
 
-    def __init__(self, run: Any = None, *, alert_at: "Severity | str" = Severity.ERROR,
+    def __init__(self, run: Any = None, *, alert_at: Severity | str = Severity.ERROR,
                  alert_wait_s: float = 300.0) -> None:
         self._guard = _Guarded("W&B")
         self.alert_at = Severity.parse(alert_at)

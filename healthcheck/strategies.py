@@ -32,7 +32,8 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from typing import Any, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 from hypothesis import note
 from hypothesis import strategies as st
@@ -176,14 +177,22 @@ def _dist_fields(name: str, dist: Any) -> dict[str, Any]:
         elif "Float" in cls or "Uniform" in cls:
             kind = "float"
         else:
-            kind = "int" if all(isinstance(v, int) and not isinstance(v, bool) for v in (dist.low, dist.high)) else "float"
+            integral = all(isinstance(v, int) and not isinstance(v, bool) for v in (dist.low, dist.high))
+            kind = "int" if integral else "float"
         step = getattr(dist, "step", None)
         if step is None:
             step = getattr(dist, "q", None)  # optuna's older discrete distributions
-        return {"type": kind, "low": dist.low, "high": dist.high, "step": step,
-                "log": bool(getattr(dist, "log", False) or "LogUniform" in cls)}
-    raise InvalidArgument(f"{where}={dist!r} is neither a distribution (low/high or choices) nor a dict "
-                          f"like {{'type': 'float', 'low': 0.1, 'high': 1.0, 'log': True}}")
+        return {
+            "type": kind,
+            "low": dist.low,
+            "high": dist.high,
+            "step": step,
+            "log": bool(getattr(dist, "log", False) or "LogUniform" in cls),
+        }
+    raise InvalidArgument(
+        f"{where}={dist!r} is neither a distribution (low/high or choices) nor a dict "
+        f"like {{'type': 'float', 'low': 0.1, 'high': 1.0, 'log': True}}"
+    )
 
 
 def _distribution(name: str, dist: Any) -> SearchStrategy[Any]:
@@ -251,13 +260,21 @@ def hpo_samples(space: Mapping[str, Any]) -> SearchStrategy[dict[str, Any]]:
         raise InvalidArgument(f"space must be a mapping of parameter name to distribution, but got space={space!r}")
     names = list(space)
     return st.fixed_dictionaries({name: _distribution(name, dist) for name, dist in space.items()}).map(
-        lambda p: {name: p[name] for name in names})
+        lambda p: {name: p[name] for name in names}
+    )
 
 
 # -------------------------------------------------------------------- schedules
-def schedules(*, terms: Sequence[str], primary: str | None = None, min_phases: int = 0, max_phases: int = 3,
-              max_epoch: int = 100, min_weight: float = 0.0,
-              max_weight: float = 10.0) -> SearchStrategy[list[dict[str, Any]]]:
+def schedules(
+    *,
+    terms: Sequence[str],
+    primary: str | None = None,
+    min_phases: int = 0,
+    max_phases: int = 3,
+    max_epoch: int = 100,
+    min_weight: float = 0.0,
+    max_weight: float = 10.0,
+) -> SearchStrategy[list[dict[str, Any]]]:
     """Weight schedules: lists of ``{"start_epoch": int, "weights": {term: value}}``.
 
     Phases come sorted by strictly increasing ``start_epoch`` in [0, max_epoch]; each names
@@ -281,15 +298,23 @@ def schedules(*, terms: Sequence[str], primary: str | None = None, min_phases: i
     values = loss_weights(terms=terms, primary=primary, min_weight=min_weight, max_weight=max_weight)
     named = st.lists(st.sampled_from(terms), min_size=1, unique=True)
     phase_weights = st.tuples(values, named).map(lambda vn: {t: vn[0][t] for t in terms if t in vn[1]})
-    phases = st.lists(st.tuples(st.integers(0, max_epoch), phase_weights), min_size=min_phases,
-                      max_size=min(max_phases, max_epoch + 1), unique_by=lambda p: p[0])
+    phases = st.lists(
+        st.tuples(st.integers(0, max_epoch), phase_weights),
+        min_size=min_phases,
+        max_size=min(max_phases, max_epoch + 1),
+        unique_by=lambda p: p[0],
+    )
     return phases.map(lambda ps: [{"start_epoch": e, "weights": w} for e, w in sorted(ps, key=lambda p: p[0])])
 
 
 # ---------------------------------------------------------------------- configs
-def configs(*, weights: SearchStrategy | None = None, hpo: SearchStrategy | Mapping[str, Any] | None = None,
-            schedule: SearchStrategy | None = None,
-            overrides: SearchStrategy | None = None) -> SearchStrategy[dict[str, Any]]:
+def configs(
+    *,
+    weights: SearchStrategy | None = None,
+    hpo: SearchStrategy | Mapping[str, Any] | None = None,
+    schedule: SearchStrategy | None = None,
+    overrides: SearchStrategy | None = None,
+) -> SearchStrategy[dict[str, Any]]:
     """One dict with a key per part you pass: ``{"weights", "hpo", "schedule", "overrides"}``.
 
     Each part is a strategy (``hpo`` may also be a search space, which goes through
@@ -321,15 +346,16 @@ def configs(*, weights: SearchStrategy | None = None, hpo: SearchStrategy | Mapp
 # --------------------------------------------------------------- invalid weights
 def _typo_names(terms: tuple[str, ...]) -> SearchStrategy[str]:
     """Names that are not terms: near-misses of real ones first (what a person types)."""
-    near = sorted({v for t in terms for v in (t + "s", t[:-1], t.upper(), "lam_" + t, t + "_weight")
-                   if v and v not in terms})
+    near = sorted(
+        {v for t in terms for v in (t + "s", t[:-1], t.upper(), "lam_" + t, t + "_weight") if v and v not in terms}
+    )
     anything = st.from_regex(r"[a-z][a-z0-9_]{0,11}", fullmatch=True)
     return (st.sampled_from(near) | anything).filter(lambda s: s not in terms)
 
 
-def invalid_loss_weights(*, terms: Sequence[str], primary: str | None,
-                         kinds: Collection[str] | None = None,
-                         max_weight: float = 10.0) -> SearchStrategy[dict[str, float]]:
+def invalid_loss_weights(
+    *, terms: Sequence[str], primary: str | None, kinds: Collection[str] | None = None, max_weight: float = 10.0
+) -> SearchStrategy[dict[str, float]]:
     """Weight dicts with exactly one defect, which a correct loss or config must refuse.
 
     The defects (``kinds``, default all that apply): ``negative`` (a weight < 0),
@@ -363,10 +389,12 @@ def invalid_loss_weights(*, terms: Sequence[str], primary: str | None,
     negative = st.floats(max_value=0.0, exclude_max=True, allow_nan=False, allow_infinity=False).filter(lambda v: v < 0)
     defects: dict[str, Callable[[Any, dict[str, float]], None]] = {
         "negative": lambda draw, w: w.__setitem__(draw(st.sampled_from(terms)), draw(negative)),
-        "non_finite": lambda draw, w: w.__setitem__(draw(st.sampled_from(terms)),
-                                                    draw(st.sampled_from((math.nan, math.inf, -math.inf)))),
-        "unknown_term": lambda draw, w: w.__setitem__(draw(_typo_names(terms)),
-                                                      draw(_weight_values(0.0, max_weight, positive=False))),
+        "non_finite": lambda draw, w: w.__setitem__(
+            draw(st.sampled_from(terms)), draw(st.sampled_from((math.nan, math.inf, -math.inf)))
+        ),
+        "unknown_term": lambda draw, w: w.__setitem__(
+            draw(_typo_names(terms)), draw(_weight_values(0.0, max_weight, positive=False))
+        ),
         "missing_primary": lambda draw, w: w.pop(primary),
         "zero_primary": lambda draw, w: w.__setitem__(primary, draw(st.sampled_from((0.0, -0.0)))),
     }

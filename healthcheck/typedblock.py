@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from operator import attrgetter, itemgetter
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -126,7 +126,7 @@ class StructBlock(MetricBlock):
         return self._merge([[g.shape.kind] * len(g.rows) for g in self._groups])
 
     # -- rows --------------------------------------------------------------------------
-    def _shape_block(self, c: int) -> "StructBlock":
+    def _shape_block(self, c: int) -> StructBlock:
         block = self._by_shape.get(c)
         if block is None:
             g = self._groups[c]
@@ -161,14 +161,14 @@ class StructBlock(MetricBlock):
                 self.irregular[g.idx[odd]] = True
         return np.flatnonzero(self.irregular).tolist()
 
-    def take(self, rows: np.ndarray) -> "MetricBlock":
+    def take(self, rows: np.ndarray) -> MetricBlock:
         if self._inverse is not None:
             for c, g in enumerate(self._groups):
                 if g.idx.size == rows.size and np.array_equal(g.idx, rows):
                     return self._shape_block(c)
         return super().take(rows)
 
-    def select(self, rows: np.ndarray) -> "StructBlock":
+    def select(self, rows: np.ndarray) -> StructBlock:
         picked = rows.tolist()
         return StructBlock([self.rows[i] for i in picked], self.shapes, SomeLines(self.lines, picked))
 

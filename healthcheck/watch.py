@@ -18,18 +18,19 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .columns import MetricBlock
 from .codes import CODES, Code, declare
+from .columns import MetricBlock
 from .events import HealthEvent, Severity
 from .monitor import Monitor
-from .record import StepRecord
 from .policy import Policy
-from .runlog import (BadLine, KeyMap, RunLogError, detect_format, open_health, open_metrics)
+from .record import StepRecord
+from .runlog import BadLine, KeyMap, RunLogError, detect_format, open_health, open_metrics
 from .runlog._layout import LineLayout, StructRows
 from .runlog._tail import NumberedItems, numbered_batches
 from .typedblock import StructBlock
@@ -512,7 +513,10 @@ def run_watch(run_dir: str, opts: WatchOptions, *, out=None, err=None,
     out = out or sys.stdout
     err = err or sys.stderr
     is_tty = out.isatty() if is_tty is None else is_tty
-    say = (lambda msg: print(msg, file=err, flush=True))
+
+    def say(msg: str) -> None:
+        print(msg, file=err, flush=True)
+
     if opts.follow:
         _wait_for_dir(run_dir, opts, say)
     else:

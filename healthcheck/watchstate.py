@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import time as _time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 _RATE_WINDOW = 50  # step lines the rate is averaged over: smooth, yet follows a slowdown
 

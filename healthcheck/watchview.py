@@ -9,7 +9,8 @@ non-zero, and what has been flagged (with the hint that says what to do).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from .watchstate import RunState, term_shares
 

@@ -10,7 +10,8 @@ K is the oracle count throughout, so the numbers measure localisation, not detec
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch

@@ -30,14 +30,14 @@ class TrainingScenes:
     def __len__(self) -> int:
         return self.rbp.shape[0]
 
-    def take(self, index: torch.Tensor | slice) -> "TrainingScenes":
+    def take(self, index: torch.Tensor | slice) -> TrainingScenes:
         return TrainingScenes(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
-    def to(self, device: torch.device | str) -> "TrainingScenes":
+    def to(self, device: torch.device | str) -> TrainingScenes:
         return TrainingScenes(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     @classmethod
-    def from_scenes(cls, system: SystemConfig, scenes: SceneBatch) -> "TrainingScenes":
+    def from_scenes(cls, system: SystemConfig, scenes: SceneBatch) -> TrainingScenes:
         rbp = r_bp(scenes.y, scenes.codes, scenes.H).to(torch.complex64)
         return cls(rbp=rbp, snr_db=scenes.snr_db.float(), R=scenes.R.to(torch.complex64),
                    phi=scenes.phi.float(), theta=scenes.theta.float(), r=scenes.r.float(),

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import os
+import sys
 
 # OpenMP threads that spin while waiting steal the CPU from each other on small, shared
 # machines (a 10x slowdown measured on 2 loaded cores); must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 

@@ -19,9 +19,10 @@ import hashlib
 import json
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 SPEED_OF_LIGHT = 299_792_458.0
 
@@ -103,8 +104,9 @@ class ModelConfig:
     residual_span: int = _spec(0, lo=0, hi=4096,
                                doc="residual: 0 lets the head correct F anywhere; m > 0 only within the span "
                                    "of R_bp's m dominant eigenvectors (an m x K_max mixing)")
-    residual_scale: float = _spec(0.05, lo=0.0, hi=10.0,
-                                  doc="fixed scale of the head's correction (residual): small Adam steps next to the base")
+    residual_scale: float = _spec(
+        0.05, lo=0.0, hi=10.0, doc="fixed scale of the head's correction (residual): small Adam steps next to the base"
+    )
 
 
 # ----------------------------------------------------------------------------- loss
@@ -143,7 +145,7 @@ class LossWeights:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, float]) -> "LossWeights":
+    def from_mapping(cls, values: Mapping[str, float]) -> LossWeights:
         """Weights from a dict that must name every term; a missing primary is called out."""
         unknown = [k for k in values if k not in cls.terms()]
         if unknown:
@@ -152,11 +154,15 @@ class LossWeights:
             raise ConfigError(f"unknown loss term {unknown[0]!r}{hint}")
         missing = [t for t in cls.terms() if t not in values]
         if cls.PRIMARY in missing:
-            raise ConfigError(f"no weight given for the primary loss term {cls.PRIMARY!r}; "
-                              f"pass {cls.PRIMARY}=<value > 0> explicitly (every term needs a weight)")
+            raise ConfigError(
+                f"no weight given for the primary loss term {cls.PRIMARY!r}; "
+                f"pass {cls.PRIMARY}=<value > 0> explicitly (every term needs a weight)"
+            )
         if missing:
-            raise ConfigError(f"no weight given for loss term(s) {', '.join(map(repr, missing))}; "
-                              f"pass every term explicitly (0 switches an auxiliary term off)")
+            raise ConfigError(
+                f"no weight given for loss term(s) {', '.join(map(repr, missing))}; "
+                f"pass every term explicitly (0 switches an auxiliary term off)"
+            )
         return cls(**{k: float(v) for k, v in values.items()})
 
     def as_dict(self) -> dict[str, float]:
@@ -180,12 +186,14 @@ class WeightPhase:
     weights: Mapping[str, float]
 
     @classmethod
-    def parse(cls, key: str, raw: Any) -> "WeightPhase":
+    def parse(cls, key: str, raw: Any) -> WeightPhase:
         if isinstance(raw, WeightPhase):
             return raw
         if not isinstance(raw, Mapping) or set(raw) != {"start_epoch", "weights"}:
-            raise ConfigError(f"{key} must be a table with start_epoch and weights, "
-                              f"e.g. {{start_epoch = 10, weights = {{peak = 0.5}}}}, but got {raw!r}")
+            raise ConfigError(
+                f"{key} must be a table with start_epoch and weights, "
+                f"e.g. {{start_epoch = 10, weights = {{peak = 0.5}}}}, but got {raw!r}"
+            )
         start = raw["start_epoch"]
         if isinstance(start, bool) or not isinstance(start, int) or start < 0:
             raise ConfigError(f"{key}.start_epoch must be an integer >= 0, but got {start!r}")
@@ -208,8 +216,10 @@ def _parse_schedule(key: str, raw: Any) -> tuple[WeightPhase, ...]:
         try:
             raw = json.loads(raw) if raw.strip() else []
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{key} must be JSON on the command line, e.g. "
-                              f"'[{{\"start_epoch\": 10, \"weights\": {{\"peak\": 0.5}}}}]' ({exc.msg})") from None
+            raise ConfigError(
+                f"{key} must be JSON on the command line, e.g. "
+                f'\'[{{"start_epoch": 10, "weights": {{"peak": 0.5}}}}]\' ({exc.msg})'
+            ) from None
     if not isinstance(raw, (list, tuple)):
         raise ConfigError(f"{key} must be a list of phases, but got {raw!r}")
     phases = tuple(WeightPhase.parse(f"{key}[{i}]", item) for i, item in enumerate(raw))
@@ -222,15 +232,19 @@ def _parse_schedule(key: str, raw: Any) -> tuple[WeightPhase, ...]:
 @dataclass(frozen=True)
 class LossConfig:
     weights: LossWeights = field(default_factory=lambda: DEFAULT_LOSS_WEIGHTS)
-    schedule: tuple[WeightPhase, ...] = field(default=(), metadata={
-        "doc": "weight phases: [{start_epoch, weights: {term: value}}]; absolute values, later phases win"})
-    ablation_zero_primary: bool = _spec(
-        False, doc="allow loss.weights.cov = 0; only for deliberate ablations")
-    peak_offset_deg: float = _spec(3.0, lo=0.0, lo_open=True, hi=30.0,
-                                   doc="distance of the neighbourhood probes of the peak term")
+    schedule: tuple[WeightPhase, ...] = field(
+        default=(),
+        metadata={"doc": "weight phases: [{start_epoch, weights: {term: value}}]; absolute values, later phases win"},
+    )
+    ablation_zero_primary: bool = _spec(False, doc="allow loss.weights.cov = 0; only for deliberate ablations")
+    peak_offset_deg: float = _spec(
+        3.0, lo=0.0, lo_open=True, hi=30.0, doc="distance of the neighbourhood probes of the peak term"
+    )
     signal_columns: Literal["all", "count"] = _spec(
-        "all", doc="columns of F whose span the subspace and peak terms score: all K_max, or the "
-                   "first K (the scene's source count, the subspace oracle-K MUSIC searches)")
+        "all",
+        doc="columns of F whose span the subspace and peak terms score: all K_max, or the "
+        "first K (the scene's source count, the subspace oracle-K MUSIC searches)",
+    )
 
 
 # ---------------------------------------------------------------------------- train
@@ -244,8 +258,9 @@ class TrainConfig:
     lr: float = _spec(1e-3, lo=0.0, lo_open=True, hi=10.0, doc="peak AdamW learning rate")
     weight_decay: float = _spec(1e-4, lo=0.0, hi=10.0, doc="AdamW decoupled weight decay")
     warmup_steps: int = _spec(50, lo=0, doc="linear warm-up length in optimizer steps")
-    warmup_start: float = _spec(0.1, lo=0.0, lo_open=True, hi=1.0,
-                                doc="warm-up starts at this fraction of lr; never 0 (catalogue row 2)")
+    warmup_start: float = _spec(
+        0.1, lo=0.0, lo_open=True, hi=1.0, doc="warm-up starts at this fraction of lr; never 0 (catalogue row 2)"
+    )
     min_lr_ratio: float = _spec(0.05, lo=0.0, hi=1.0, doc="cosine decays to this fraction of lr")
     grad_clip: float = _spec(1.0, lo=0.0, doc="max global grad norm; 0 disables clipping")
     amp: Literal["off", "bf16", "fp16"] = _spec("off", doc="autocast dtype; fp16 uses a GradScaler")
@@ -261,10 +276,12 @@ class HPOConfig:
     epochs: int = _spec(10, lo=1, doc="epochs per trial")
     lr_min: float = _spec(1e-4, lo=0.0, lo_open=True, doc="log-uniform learning-rate range")
     lr_max: float = _spec(3e-3, lo=0.0, lo_open=True, doc="log-uniform learning-rate range")
-    weight_scale_min: float = _spec(0.25, lo=0.0, lo_open=True,
-                                    doc="an HPO trial MULTIPLIES each base loss weight by a factor in this range")
-    weight_scale_max: float = _spec(4.0, lo=0.0, lo_open=True,
-                                    doc="an HPO trial MULTIPLIES each base loss weight by a factor in this range")
+    weight_scale_min: float = _spec(
+        0.25, lo=0.0, lo_open=True, doc="an HPO trial MULTIPLIES each base loss weight by a factor in this range"
+    )
+    weight_scale_max: float = _spec(
+        4.0, lo=0.0, lo_open=True, doc="an HPO trial MULTIPLIES each base loss weight by a factor in this range"
+    )
 
 
 # ----------------------------------------------------------------------------- eval
@@ -274,15 +291,26 @@ class EvalConfig:
     hash: changing how a run is evaluated leaves gate verdicts and overfit baselines valid."""
 
     refine: Literal["ml", "none"] = _spec(
-        "ml", doc="after MUSIC on R_hat, fit the sources it finds to the snapshots by local "
-                  "maximum likelihood and report MUSIC on the fitted covariance; none reports MUSIC on R_hat")
+        "ml",
+        doc="after MUSIC on R_hat, fit the sources it finds to the snapshots by local "
+        "maximum likelihood and report MUSIC on the fitted covariance; none reports MUSIC on R_hat",
+    )
     refine_steps: int = _spec(150, lo=1, hi=100_000, doc="Adam steps of that fit (about 0.2 deg each at most)")
-    refine_radius_deg: float = _spec(10.0, lo=0.0, lo_open=True, hi=180.0,
-                                     doc="that fit keeps each source within this angle of where MUSIC (or a move) put it")
-    refine_moves: int = _spec(2, lo=0, hi=100,
-                              doc="rounds of global moves after that fit: each moves a scene's least useful source "
-                                  "to where the snapshots most want one and keeps the move only if the fit improves; "
-                                  "0 keeps the fit local")
+    refine_radius_deg: float = _spec(
+        10.0,
+        lo=0.0,
+        lo_open=True,
+        hi=180.0,
+        doc="that fit keeps each source within this angle of where MUSIC (or a move) put it",
+    )
+    refine_moves: int = _spec(
+        2,
+        lo=0,
+        hi=100,
+        doc="rounds of global moves after that fit: each moves a scene's least useful source "
+        "to where the snapshots most want one and keeps the move only if the fit improves; "
+        "0 keeps the fit local",
+    )
 
 
 @dataclass(frozen=True)
@@ -299,8 +327,7 @@ class Config:
     # -- views ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The values only, as plain JSON types."""
-        return {f.name: _to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if f.name != "sources"}
+        return {f.name: _to_plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "sources"}
 
     def source_of(self, key: str) -> str:
         _leaf_spec(key)  # raises on an unknown key
@@ -323,18 +350,25 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": 1, "config": self.to_dict(),
-                "sources": {k: self.source_of(k) for k in leaf_keys()}, "config_hash": self.hash}
+        return {
+            "schema": 1,
+            "config": self.to_dict(),
+            "sources": {k: self.source_of(k) for k in leaf_keys()},
+            "config_hash": self.hash,
+        }
 
     @classmethod
-    def from_json(cls, blob: Mapping[str, Any]) -> "Config":
+    def from_json(cls, blob: Mapping[str, Any]) -> Config:
         tree = _without_retired(blob["config"])
         cfg = _build(Config, tree, "config")
-        sources = {RENAMED_KEYS.get(k, k): v for k, v in blob.get("sources", {}).items()
-                   if v != "default" and k not in RETIRED_KEYS}
+        sources = {
+            RENAMED_KEYS.get(k, k): v
+            for k, v in blob.get("sources", {}).items()
+            if v != "default" and k not in RETIRED_KEYS
+        }
         return dataclasses.replace(cfg, sources=sources)
 
-    def with_values(self, values: Mapping[str, Any], source: str) -> "Config":
+    def with_values(self, values: Mapping[str, Any], source: str) -> Config:
         """A copy with ``values`` (dotted key -> value) applied and recorded as ``source``."""
         return apply_overrides(self, values, source)
 
@@ -349,8 +383,9 @@ RETIRED_KEYS: dict[str, Any] = {"model.input": "rbp"}
 
 # Keys that moved, old -> new. Older run directories and config files are read with the
 # value under its new key; a ``--set`` of an old key is refused with the new one named.
-RENAMED_KEYS: dict[str, str] = {f"model.{f.name}": f"{EVALUATION_SECTION}.{f.name}"
-                                for f in dataclasses.fields(EvalConfig)}
+RENAMED_KEYS: dict[str, str] = {
+    f"model.{f.name}": f"{EVALUATION_SECTION}.{f.name}" for f in dataclasses.fields(EvalConfig)
+}
 
 
 def _without_retired(tree: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -358,8 +393,10 @@ def _without_retired(tree: Mapping[str, Any]) -> Mapping[str, Any]:
     flat = _flatten(tree)
     for key, value in RETIRED_KEYS.items():
         if key in flat and flat[key] != value:
-            raise ConfigError(f"{key}={flat[key]!r} is no longer a setting (only {value!r} ever took effect); "
-                              f"remove it from the config")
+            raise ConfigError(
+                f"{key}={flat[key]!r} is no longer a setting (only {value!r} ever took effect); "
+                f"remove it from the config"
+            )
     for old, new in RENAMED_KEYS.items():
         if old in flat and new in flat:
             raise ConfigError(f"{old} is now {new}, and the config sets both; keep only {new}")
@@ -397,20 +434,39 @@ def _drop_key(tree: dict[str, Any], key: str) -> None:
 # ------------------------------------------------------------------------ presets
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "system": dict(preset="tiny", nx=4, ny=4, bs_antennas=4, snapshots=32, k_max=2,
-                       field="far", range_planes=1),
+        "system": dict(preset="tiny", nx=4, ny=4, bs_antennas=4, snapshots=32, k_max=2, field="far", range_planes=1),
         "model": dict(width=256, depth=3),  # 0.21 M parameters (0.23 M with factor=residual; budget 0.3 M)
         "train": dict(batch_size=32, train_scenes=2048, val_scenes=256, epochs=20, lr=3e-3),
     },
     "small": {
-        "system": dict(preset="small", nx=8, ny=8, bs_antennas=8, snapshots=64, k_max=3,
-                       field="near", r_min=1.0, r_max=10.0, range_planes=8),
+        "system": dict(
+            preset="small",
+            nx=8,
+            ny=8,
+            bs_antennas=8,
+            snapshots=64,
+            k_max=3,
+            field="near",
+            r_min=1.0,
+            r_max=10.0,
+            range_planes=8,
+        ),
         "model": dict(width=256, depth=3),  # 1.3 M parameters (1.4 M with factor=residual; budget 2 M)
         "train": dict(batch_size=64, train_scenes=4096, val_scenes=512, epochs=20),
     },
     "paper": {
-        "system": dict(preset="paper", nx=12, ny=12, bs_antennas=16, snapshots=16, k_max=5,
-                       field="near", r_min=0.5, r_max=10.0, range_planes=24),
+        "system": dict(
+            preset="paper",
+            nx=12,
+            ny=12,
+            bs_antennas=16,
+            snapshots=16,
+            k_max=5,
+            field="near",
+            r_min=0.5,
+            r_max=10.0,
+            range_planes=24,
+        ),
         "model": dict(width=768, depth=4),  # 18.8 M parameters (budget 20 M)
         "train": dict(batch_size=64, train_scenes=32768, val_scenes=2048, epochs=50),
     },
@@ -419,8 +475,11 @@ DEFAULT_PRESET = "small"
 
 
 # ------------------------------------------------------------------ construction
-def load_config(preset: str | None = None, file: str | Path | None = None,
-                overrides: Mapping[str, Any] | list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    preset: str | None = None,
+    file: str | Path | None = None,
+    overrides: Mapping[str, Any] | list[str] | tuple[str, ...] = (),
+) -> Config:
     """Resolve preset < file < ``--set`` overrides into one validated Config."""
     if file is not None:
         file_values = read_config_file(file)
@@ -452,6 +511,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             data = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
             import yaml
+
             data = yaml.safe_load(text) or {}
         elif path.suffix == ".json":
             data = json.loads(text)
@@ -513,26 +573,33 @@ def validate(cfg: Config) -> None:
     if cfg.hpo.lr_min > cfg.hpo.lr_max:
         raise ConfigError(f"hpo.lr_min={cfg.hpo.lr_min} is larger than hpo.lr_max={cfg.hpo.lr_max}")
     if cfg.hpo.weight_scale_min > cfg.hpo.weight_scale_max:
-        raise ConfigError(f"hpo.weight_scale_min={cfg.hpo.weight_scale_min} is larger than "
-                          f"hpo.weight_scale_max={cfg.hpo.weight_scale_max}")
+        raise ConfigError(
+            f"hpo.weight_scale_min={cfg.hpo.weight_scale_min} is larger than "
+            f"hpo.weight_scale_max={cfg.hpo.weight_scale_max}"
+        )
     primary = LossWeights.PRIMARY
     value = getattr(cfg.loss.weights, primary)
     if 0 < value < MIN_PRIMARY_WEIGHT:
         raise ConfigError(
             f"loss.weights.{primary}={value!r} is so small that the primary term vanishes in float32 "
-            f"arithmetic; use a weight >= {MIN_PRIMARY_WEIGHT:g} (or 0 with loss.ablation_zero_primary=true)")
+            f"arithmetic; use a weight >= {MIN_PRIMARY_WEIGHT:g} (or 0 with loss.ablation_zero_primary=true)"
+        )
     if value == 0 and not cfg.loss.ablation_zero_primary:
         raise ConfigError(
             f"loss.weights.{primary}=0 switches off the primary loss term and nothing would be learned; "
-            f"set it > 0, or set loss.ablation_zero_primary=true for a deliberate ablation")
+            f"set it > 0, or set loss.ablation_zero_primary=true for a deliberate ablation"
+        )
     for i, phase in enumerate(cfg.loss.schedule):
         if 0 < phase.weights.get(primary, 1.0) < MIN_PRIMARY_WEIGHT:
-            raise ConfigError(f"loss.schedule[{i}] sets the primary weight {primary!r} below {MIN_PRIMARY_WEIGHT:g}, "
-                              f"where it vanishes in float32 arithmetic; keep it >= {MIN_PRIMARY_WEIGHT:g}")
+            raise ConfigError(
+                f"loss.schedule[{i}] sets the primary weight {primary!r} below {MIN_PRIMARY_WEIGHT:g}, "
+                f"where it vanishes in float32 arithmetic; keep it >= {MIN_PRIMARY_WEIGHT:g}"
+            )
         if phase.weights.get(primary, 1.0) == 0 and not cfg.loss.ablation_zero_primary:
             raise ConfigError(
                 f"loss.schedule[{i}] sets the primary weight {primary!r} to 0 from epoch {phase.start_epoch}, "
-                f"so training would stop learning there; keep it > 0 (or set loss.ablation_zero_primary=true)")
+                f"so training would stop learning there; keep it > 0 (or set loss.ablation_zero_primary=true)"
+            )
 
 
 # ------------------------------------------------------------------- internals
@@ -570,15 +637,21 @@ def _leaf_spec(key: str) -> tuple[dataclasses.Field, type]:
             prefix = ".".join(parts[:i])
             valid = [k for k in leaf_keys() if k.startswith(prefix)] if prefix else leaf_keys()
             guess = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-            hint = f"; did you mean {guess[0]!r}?" if guess else f"; valid keys start with {', '.join(sorted({k.split('.')[0] for k in leaf_keys()}))}"
+            hint = (
+                f"; did you mean {guess[0]!r}?"
+                if guess
+                else f"; valid keys start with {', '.join(sorted({k.split('.')[0] for k in leaf_keys()}))}"
+            )
             raise ConfigError(f"unknown config key {key!r}{hint}")
         t = _hints(owner)[part]
         if i == len(parts) - 1:
             if dataclasses.is_dataclass(t):
-                raise ConfigError(f"{key!r} is a section, not a value; set one of its keys, e.g. {leaf_keys(t, key + '.')[0]!r}")
+                raise ConfigError(
+                    f"{key!r} is a section, not a value; set one of its keys, e.g. {leaf_keys(t, key + '.')[0]!r}"
+                )
             return fields[part], owner
         if not dataclasses.is_dataclass(t):
-            raise ConfigError(f"unknown config key {key!r}; {'.'.join(parts[:i + 1])!r} is a value, not a section")
+            raise ConfigError(f"unknown config key {key!r}; {'.'.join(parts[: i + 1])!r} is a value, not a section")
         owner = t
     raise AssertionError("unreachable")
 
@@ -601,7 +674,9 @@ def _coerce(key: str, raw: Any, spec: tuple[dataclasses.Field, type]) -> Any:
     if t in (int, float):
         lo, hi, lo_open = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("lo_open")
         if not math.isfinite(value):
-            raise ConfigError(f"{key}={raw!r} is not finite; give a finite number (allowed{_range_text(lo, hi, lo_open) or ': any'})")
+            raise ConfigError(
+                f"{key}={raw!r} is not finite; give a finite number (allowed{_range_text(lo, hi, lo_open) or ': any'})"
+            )
         if (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi):
             raise ConfigError(f"{key}={raw!r} is out of range; allowed{_range_text(lo, hi, lo_open)}")
     return value
@@ -702,7 +777,28 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 __all__ = [
-    "Config", "ConfigError", "DEFAULT_LOSS_WEIGHTS", "EVALUATION_KEYS", "EVALUATION_SECTION", "EvalConfig", "HPOConfig", "MIN_PRIMARY_WEIGHT", "LossConfig", "LossWeights", "ModelConfig", "PRESETS",
-    "RENAMED_KEYS", "SOURCE_ORDER", "SystemConfig", "TrainConfig", "WeightPhase", "apply_overrides", "describe_keys", "leaf_keys",
-    "load_config", "parse_set_args", "read_config_file", "validate",
+    "Config",
+    "ConfigError",
+    "DEFAULT_LOSS_WEIGHTS",
+    "EVALUATION_KEYS",
+    "EVALUATION_SECTION",
+    "EvalConfig",
+    "HPOConfig",
+    "MIN_PRIMARY_WEIGHT",
+    "LossConfig",
+    "LossWeights",
+    "ModelConfig",
+    "PRESETS",
+    "RENAMED_KEYS",
+    "SOURCE_ORDER",
+    "SystemConfig",
+    "TrainConfig",
+    "WeightPhase",
+    "apply_overrides",
+    "describe_keys",
+    "leaf_keys",
+    "load_config",
+    "parse_set_args",
+    "read_config_file",
+    "validate",
 ]

@@ -14,8 +14,9 @@ import datetime
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
@@ -106,7 +107,7 @@ class SimulatedDataset(Dataset):
             raise ValueError(f"dataset tensors hold {len(self.tensors['y'])} scenes but {n=}")
 
     @classmethod
-    def from_tensors(cls, system: SystemConfig, seed: int, tensors: dict[str, torch.Tensor]) -> "SimulatedDataset":
+    def from_tensors(cls, system: SystemConfig, seed: int, tensors: dict[str, torch.Tensor]) -> SimulatedDataset:
         missing = set(STORED_FIELDS) - tensors.keys()
         if missing:
             raise ValueError(f"dataset tensors lack fields {sorted(missing)}")

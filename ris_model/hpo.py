@@ -21,10 +21,11 @@ import math
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ris_model.config import Config, ConfigError, LossWeights
 from ris_model.training.callbacks import Callback
@@ -93,7 +94,10 @@ def gate_status(study_dir: Path, cfg: Config) -> tuple[bool, str]:
                        f"run the gate again on this config")
     if not verdict.get("passed"):
         failed = [c.get("name") for c in verdict.get("checks", []) if c.get("passed") is False]
-        return False, f"the gate failed for this config ({', '.join(map(str, failed)) or 'see gate.json'}); fix it first"
+        return (
+            False,
+            f"the gate failed for this config ({', '.join(map(str, failed)) or 'see gate.json'}); fix it first",
+        )
     return True, f"gate passed for config {cfg.hash}"
 
 
@@ -125,8 +129,10 @@ class ReportToTrial(Callback):
         self.best = min(self.best, value)
         self.trial.report(value, metrics["epoch"])
         if self.trial.should_prune():
-            trainer.request_stop(f"pruned by the median pruner after epoch {metrics['epoch']} "
-                                 f"(val {self.primary} {value:.4g})", StopReason.PRUNED)
+            trainer.request_stop(
+                f"pruned by the median pruner after epoch {metrics['epoch']} (val {self.primary} {value:.4g})",
+                StopReason.PRUNED,
+            )
 
 
 def health_counts(run_dir: Path) -> dict[str, int]:
@@ -167,9 +173,12 @@ def make_storage(url: str):
     import optuna
 
     if url.startswith(("sqlite", "postgresql", "mysql")):
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                          engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
-                                          else {})
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
+        )
     return url
 
 
@@ -185,9 +194,13 @@ def _open_study(settings: StudySettings, attempts: int = 5) -> Any:
     for attempt in range(attempts):
         try:
             return optuna.create_study(
-                study_name=settings.study_name, storage=make_storage(storage_url(settings)),
-                direction="minimize", sampler=optuna.samplers.TPESampler(seed=settings.seed),
-                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1), load_if_exists=True)
+                study_name=settings.study_name,
+                storage=make_storage(storage_url(settings)),
+                direction="minimize",
+                sampler=optuna.samplers.TPESampler(seed=settings.seed),
+                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+                load_if_exists=True,
+            )
         except (IntegrityError, OperationalError):
             if attempt == attempts - 1:
                 raise
@@ -227,8 +240,7 @@ def run_study(base: Config, settings: StudySettings, log: Callable[[str], None] 
         callbacks.append(reporter)
         if settings.extra_callbacks is not None:
             callbacks.extend(settings.extra_callbacks(trial))
-        trainer = Trainer(cfg, run_dir, device=settings.device, callbacks=callbacks,
-                          train_scenes=train, val_scenes=val)
+        trainer = Trainer(cfg, run_dir, device=settings.device, callbacks=callbacks, train_scenes=train, val_scenes=val)
         t0 = time.perf_counter()
         result = trainer.fit()
         counts = health_counts(run_dir)
@@ -246,19 +258,27 @@ def run_study(base: Config, settings: StudySettings, log: Callable[[str], None] 
     done_states = (TrialState.COMPLETE, TrialState.PRUNED)
     remaining = settings.trials - len(study.get_trials(deepcopy=False, states=done_states))
     if remaining > 0:
-        log(f"study {settings.study_name!r}: {remaining} of {settings.trials} trials to go "
-            f"(storage {storage_url(settings)})")
-        study.optimize(objective, callbacks=[MaxTrialsCallback(settings.trials, states=done_states)],
-                       catch=())
+        log(
+            f"study {settings.study_name!r}: {remaining} of {settings.trials} trials to go "
+            f"(storage {storage_url(settings)})"
+        )
+        study.optimize(objective, callbacks=[MaxTrialsCallback(settings.trials, states=done_states)], catch=())
     return study
 
 
 def study_rows(study: Any) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value,
-                     "health": t.user_attrs.get("health", {}), "reason": t.user_attrs.get("prune_reason"),
-                     "params": t.params})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "health": t.user_attrs.get("health", {}),
+                "reason": t.user_attrs.get("prune_reason"),
+                "params": t.params,
+            }
+        )
     return rows
 
 
@@ -268,8 +288,11 @@ def render_study(study: Any):
     rows = study_rows(study)
     complete = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
     best = min(complete, key=lambda r: r["value"]) if complete else None
-    title = (f"study {study.study_name}: best trial {best['number']}, val {LossWeights.PRIMARY} {best['value']:.4g}"
-             if best else f"study {study.study_name}: no complete trial")
+    title = (
+        f"study {study.study_name}: best trial {best['number']}, val {LossWeights.PRIMARY} {best['value']:.4g}"
+        if best
+        else f"study {study.study_name}: no complete trial"
+    )
     table = Table(title=title)
     objective = f"val {LossWeights.PRIMARY}"
     for col in ("trial", "state", objective, "health", "why it ended / params"):
@@ -277,6 +300,5 @@ def render_study(study: Any):
     for r in rows:
         health = ", ".join(f"{v} {k}" for k, v in sorted(r["health"].items())) or "clean"
         detail = r["reason"] or ", ".join(f"{k.split('.')[-1]}={v:.3g}" for k, v in r["params"].items())
-        table.add_row(str(r["number"]), r["state"], "—" if r["value"] is None else f"{r['value']:.4g}",
-                      health, detail)
+        table.add_row(str(r["number"]), r["state"], "—" if r["value"] is None else f"{r['value']:.4g}", health, detail)
     return table

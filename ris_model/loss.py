@@ -13,8 +13,8 @@ gradient divides by eigenvalue gaps, which are exactly 0 for F Fᴴ + σ²I).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ class CovPrediction:
         return trace_normalise(self.factor @ self.factor.mH)  # (B, N, N)
 
     @classmethod
-    def from_covariance(cls, R: torch.Tensor, rank: int) -> "CovPrediction":
+    def from_covariance(cls, R: torch.Tensor, rank: int) -> CovPrediction:
         """The eigen-factor U_K·diag(√λ_K) of R: the prediction a perfect model makes.
 
         Its columns are orthogonal, so it is also the optimum of the ``ortho`` term. Used

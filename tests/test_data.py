@@ -9,8 +9,16 @@ from torch.utils.data import DataLoader
 
 from ris_model.config import load_config
 from ris_model.data import (
-    FreshScenes, SimulatedDataset, StaleDatasetError, collate_scenes, fresh_batches, load_dataset,
-    load_or_write_dataset, system_hash, write_dataset)
+    FreshScenes,
+    SimulatedDataset,
+    StaleDatasetError,
+    collate_scenes,
+    fresh_batches,
+    load_dataset,
+    load_or_write_dataset,
+    system_hash,
+    write_dataset,
+)
 from ris_model.physics import SceneBatch
 
 TINY = load_config("tiny").system

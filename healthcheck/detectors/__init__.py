@@ -7,12 +7,12 @@ from .grad_flow import DeadUnits, NoneGrad, ZeroGrad
 from .grad_magnitude import ExplodingGrad, NonFiniteGrad, VanishingGrad
 from .loss_terms import DeadTerm, PrimaryShare
 from .loss_values import ConstantLoss, Divergence, NonFiniteLoss, ZeroLoss
-from .outputs import ChanceLevel, CollapsedPredictions, ExpectedRange, SaturatedOutputs
 from .optimizer import WeightDecay
+from .outputs import ChanceLevel, CollapsedPredictions, ExpectedRange, SaturatedOutputs
 from .parameters import BlockedUpdate, FrozenParams, NotInOptimizer, UpdateRatio
+from .relations import LossSumMismatch
 from .schedule import InvalidLR, TinyLR, ZeroLR
 from .steps import AmpOverflow, AmpScaleCollapse, SkippedSteps
-from .relations import LossSumMismatch
 from .trends import DecayErosion, GradGrowth, ProgressStall
 from .validation import ValConstant, ValPlateau, ValTrainGap
 from .weights import PrimaryWeightZero, UnplannedWeightChange, WeightChanged
@@ -38,10 +38,11 @@ def default_detectors() -> list[Detector]:
     ]
 
 __all__ = [
-    "AmpOverflow", "DecayErosion", "GradGrowth", "LossSumMismatch", "ProgressStall", "AmpScaleCollapse", "BlockedUpdate", "ChanceLevel", "CollapsedPredictions", "ConstantLoss",
-    "DeadTerm", "DeadUnits", "Detector", "DetectorState", "Divergence", "ExpectedRange", "ExplodingGrad",
-    "FrozenParams", "InvalidLR", "NO_EVENTS", "NoneGrad", "NonFiniteGrad", "NonFiniteLoss", "NotInOptimizer",
-    "PHASES", "PrimaryShare", "PrimaryWeightZero", "SaturatedOutputs", "SkippedSteps",
-    "TinyLR", "UnplannedWeightChange", "UpdateRatio", "ValConstant", "ValPlateau", "ValTrainGap",
-    "VanishingGrad", "WeightChanged", "WeightDecay", "ZeroGrad", "ZeroLR", "ZeroLoss", "default_detectors",
+    "AmpOverflow", "AmpScaleCollapse", "BlockedUpdate", "ChanceLevel", "CollapsedPredictions", "ConstantLoss",
+    "DeadTerm", "DeadUnits", "DecayErosion", "default_detectors", "Detector", "DetectorState", "Divergence",
+    "ExpectedRange", "ExplodingGrad", "FrozenParams", "GradGrowth", "InvalidLR", "LossSumMismatch", "NO_EVENTS",
+    "NoneGrad", "NonFiniteGrad", "NonFiniteLoss", "NotInOptimizer", "PHASES", "PrimaryShare",
+    "PrimaryWeightZero", "ProgressStall", "SaturatedOutputs", "SkippedSteps", "TinyLR", "UnplannedWeightChange",
+    "UpdateRatio", "ValConstant", "ValPlateau", "ValTrainGap", "VanishingGrad", "WeightChanged", "WeightDecay",
+    "ZeroGrad", "ZeroLoss", "ZeroLR",
 ]

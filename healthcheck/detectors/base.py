@@ -40,7 +40,8 @@ the equivalence tests run every screen against the record-by-record path.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..codes import CODES, Code, declare
 from ..events import HealthEvent, Severity
@@ -104,21 +105,21 @@ class Detector:
     def new_state(self) -> Any:
         return DetectorState()
 
-    def check(self, record: "StepRecord", state: Any, live: "LiveView | None") -> Sequence[HealthEvent]:
+    def check(self, record: StepRecord, state: Any, live: LiveView | None) -> Sequence[HealthEvent]:
         raise NotImplementedError
 
-    def screen(self, block: "MetricBlock") -> "np.ndarray | None":
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         """Rows of ``block`` this detector must see (see the module doc); None: all."""
         return None
 
-    def check_block(self, block: "MetricBlock", rows: "np.ndarray", state: Any) -> "list | None":
+    def check_block(self, block: MetricBlock, rows: np.ndarray, state: Any) -> list | None:
         """Judge ``rows`` of ``block`` in bulk: [(row, event), ...], or None to let the
         monitor run ``check`` row by row."""
         return None
 
-    def event(self, code: str, record: "StepRecord", *, title: str, detail: str = "",
+    def event(self, code: str, record: StepRecord, *, title: str, detail: str = "",
               evidence: Mapping[str, float] | None = None, where: str | None = None,
-              severity: "Severity | str | None" = None) -> HealthEvent:
+              severity: Severity | str | None = None) -> HealthEvent:
         """An event stamped with the record's step, epoch, time and rank and the code's
         default severity and fix text."""
         info = CODES[code]

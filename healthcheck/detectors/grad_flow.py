@@ -9,8 +9,9 @@ judges offline, per module, from ``record.grad_norm``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from ..codes import Code
 from ..events import HealthEvent, Severity

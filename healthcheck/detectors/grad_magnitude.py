@@ -13,7 +13,7 @@ reports it, the share itself (``output.saturated`` in outputs.py).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,8 +21,19 @@ from ..codes import Code
 from ..events import HealthEvent, Severity
 from ..live import LiveView, top_module
 from ..record import StepRecord
-from .base import (NO_EVENTS, Detector, DetectorState, Streaks, check_float, check_int, finite,
-                   finite_module_items, fmt, group_names, name_list)
+from .base import (
+    NO_EVENTS,
+    Detector,
+    DetectorState,
+    Streaks,
+    check_float,
+    check_int,
+    finite,
+    finite_module_items,
+    fmt,
+    group_names,
+    name_list,
+)
 from .screens import any_value, module_extremes, not_finite
 from .smoothing import ema_series
 

@@ -8,8 +8,8 @@ with its weight (``record.terms``, ``record.weights``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -115,7 +115,7 @@ class PrimaryShare(Detector):
         return (self.event(
             "loss.primary_share", record, where=p,
             title=f"primary term {p!r} is only {share:.1%} of the weighted loss",
-            detail=(f"Weighted shares: " + ", ".join(f"{k}={v / total:.1%}" for k, v in parts.items())
+            detail=("Weighted shares: " + ", ".join(f"{k}={v / total:.1%}" for k, v in parts.items())
                     + f". The largest is {top!r}; below {self.min_share:.0%} for {state.count} steps."),
             evidence={"share": share, "weight": wp, "term": record.terms[p], "steps": state.count}),)
 

@@ -9,8 +9,8 @@ are not, a total that never changes, one that climbs far above its best.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

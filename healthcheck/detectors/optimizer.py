@@ -8,7 +8,7 @@ optimizer.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..codes import Code
 from ..events import HealthEvent, Severity

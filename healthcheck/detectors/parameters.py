@@ -8,8 +8,8 @@ well as live; only the optimizer-membership check needs the live optimizer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -17,9 +17,19 @@ from ..codes import Code
 from ..events import HealthEvent, Severity
 from ..live import LiveView
 from ..record import StepRecord
+from .base import (
+    NO_EVENTS,
+    Detector,
+    Streaks,
+    check_float,
+    check_int,
+    finite,
+    fmt,
+    group_names,
+    module_items,
+    name_list,
+)
 from .screens import any_value
-from .base import (NO_EVENTS, Detector, Streaks, check_float, check_int, finite, fmt,
-                   group_names, module_items, name_list)
 
 
 @dataclass

@@ -10,8 +10,8 @@ break only the relation between them.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..codes import Code
 from ..events import HealthEvent, Severity

@@ -9,8 +9,8 @@ is recorded in ``record.lr``; these checks judge it before the step uses it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 

@@ -6,7 +6,8 @@ a screen may flag rows the detector then finds healthy, never the other way roun
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 Test = Callable[[np.ndarray], np.ndarray]
 
 
-def any_value(block: "MetricBlock", field: str, test: Test, *, skip_total: bool = False) -> np.ndarray:
+def any_value(block: MetricBlock, field: str, test: Test, *, skip_total: bool = False) -> np.ndarray:
     """Rows where some value of the mapping ``field`` passes ``test``."""
     names, cols = block.mapping(field)
     out = np.zeros(block.n, dtype=bool)
@@ -30,7 +31,7 @@ def not_finite(x: np.ndarray) -> np.ndarray:
     return ~np.isfinite(x)
 
 
-def changed(block: "MetricBlock", field: str) -> np.ndarray:
+def changed(block: MetricBlock, field: str) -> np.ndarray:
     """Rows whose mapping ``field`` differs from the row before, or holds NaN (never equal
     to itself), or follows a row of another kind or an irregular row (whose extra names
     no column holds); the first row always."""
@@ -46,14 +47,14 @@ def changed(block: "MetricBlock", field: str) -> np.ndarray:
     return out
 
 
-def same_primary(block: "MetricBlock") -> tuple[bool, str | None]:
+def same_primary(block: MetricBlock) -> tuple[bool, str | None]:
     """(True, name) when every row names the same primary term."""
     primaries = block.field("primary")
     first = primaries[0]
     return primaries.count(first) == len(primaries), first
 
 
-def module_extremes(block: "MetricBlock", field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def module_extremes(block: MetricBlock, field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row: smallest and largest finite module value (``_total`` left out), and how
     many finite ones there are."""
     names, cols = block.mapping(field)

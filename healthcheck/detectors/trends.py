@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from ..codes import Code
 from ..events import HealthEvent, Severity

@@ -9,11 +9,11 @@ run on ``eval`` records.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-from ..columns import KIND_NAMES
 from ..codes import Code
+from ..columns import KIND_NAMES
 from ..events import HealthEvent, Severity
 from ..live import LiveView
 from ..record import StepRecord

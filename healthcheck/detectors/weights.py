@@ -10,8 +10,8 @@ optimizer step, and every change is recorded with its step and its source.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

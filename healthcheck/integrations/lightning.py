@@ -142,4 +142,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["HealthCallback"]
+__all__ = ["HealthCallback"]  # noqa: F822 (made on first use by __getattr__)

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..events import HealthEvent
-from ..monitor import Monitor
 from ..live import LiveView, ModuleNorms
+from ..monitor import Monitor
 from ..record import MetricsWriter, StepRecord
 from ..sinks import default_sinks
 
@@ -82,9 +83,9 @@ class TrainingHealth:
         raise_on_stop: raise `HealthStop` instead of only setting ``should_stop``.
     """
 
-    def __init__(self, model: "torch.nn.Module", optimizer: "torch.optim.Optimizer",
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  run_dir: str | os.PathLike | None = None, *,
-                 detectors: "Iterable[Detector] | None" = None, policy: "Policy | None" = None,
+                 detectors: Iterable[Detector] | None = None, policy: Policy | None = None,
                  context: str = "train", every: int | Mapping[str, int] = 1,
                  sinks: Iterable[Any] | None = None, extra_sinks: Iterable[Any] = (),
                  console: bool = True, primary: str | None = None, scaler: Any = None,
@@ -236,7 +237,7 @@ class TrainingHealth:
             self.metrics.close()
         return summary
 
-    def __enter__(self) -> "TrainingHealth":
+    def __enter__(self) -> TrainingHealth:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -26,9 +26,10 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -338,17 +339,20 @@ def run_benchmark(faults: Sequence[Fault], *, seeds: int = 3, healthy: int = 10,
                   on_run: Callable[[RunResult, int, int], None] | None = None,
                   preflight: bool = True) -> Benchmark:
     """Every fault × ``seeds`` seeds on the preset's config, then ``healthy`` runs on configs
-    drawn from the HPO space (``overrides`` applies to both). ``detectors`` replaces the monitor's default set (e.g. to try
-    a candidate detector against every fault); ``on_run(result, done, total)`` reports
-    progress; ``preflight=False`` scores the monitor alone (no gate checks before the fit)."""
+    drawn from the HPO space (``overrides`` applies to both). ``detectors`` replaces the
+    monitor's default set (e.g. to try a candidate detector against every fault);
+    ``on_run(result, done, total)`` reports progress; ``preflight=False`` scores the
+    monitor alone (no gate checks before the fit)."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
         raise ValueError(f"seeds must be an integer >= 0, but got {seeds=}")
     if isinstance(healthy, bool) or not isinstance(healthy, int) or healthy < 0:
         raise ValueError(f"healthy must be an integer >= 0, but got {healthy=}")
     late = [f.name for f in faults if f.start_step >= steps - 1]
     if late:
-        raise ValueError(f"faults {late} start at or after the last of {steps=} steps, so they would "
-                         f"never be seen acting; raise --steps")
+        raise ValueError(
+            f"faults {late} start at or after the last of {steps=} steps, so they would "
+            f"never be seen acting; raise --steps"
+        )
     plan: list[tuple[Config, Fault | None]] = []
     for fault in faults:
         for seed in range(seeds):
@@ -358,8 +362,7 @@ def run_benchmark(faults: Sequence[Fault], *, seeds: int = 3, healthy: int = 10,
     t0 = time.perf_counter()
     runs: list[RunResult] = []
     for cfg, fault in plan:
-        runs.append(run_one(cfg, fault, device=device, keep_dir=keep_dir, detectors=detectors,
-                            preflight=preflight))
+        runs.append(run_one(cfg, fault, device=device, keep_dir=keep_dir, detectors=detectors, preflight=preflight))
         if on_run is not None:
             on_run(runs[-1], len(runs), len(plan))
     return Benchmark(runs, summarise(runs, time.perf_counter() - t0))
@@ -384,6 +387,20 @@ def load_detectors(path: str | Path) -> list[Detector]:
     return list(found)
 
 
-__all__ = ["BATCH_SIZE", "Benchmark", "EPOCHS", "PREFLIGHT_PREFIX", "RECORD_ALL", "RunResult", "base_config",
-           "default_detectors", "healthy_config", "judge", "load_detectors", "preflight_events", "run_benchmark",
-           "run_one", "summarise"]
+__all__ = [
+    "BATCH_SIZE",
+    "Benchmark",
+    "EPOCHS",
+    "PREFLIGHT_PREFIX",
+    "RECORD_ALL",
+    "RunResult",
+    "base_config",
+    "default_detectors",
+    "healthy_config",
+    "judge",
+    "load_detectors",
+    "preflight_events",
+    "run_benchmark",
+    "run_one",
+    "summarise",
+]

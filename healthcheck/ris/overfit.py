@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -97,7 +98,7 @@ class OverfitRun:
             raise AttributeError(name)
         return getattr(self.trainer, name)
 
-    def fit(self) -> "OverfitRun":
+    def fit(self) -> OverfitRun:
         """Measure the loss before training, then fit; ``val_curve`` starts at that loss."""
         if self.initial is None:
             self.initial = self.mean_loss()

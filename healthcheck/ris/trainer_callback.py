@@ -17,17 +17,18 @@ can take (`term_ranges`), judged on every step and every evaluation
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ris_model.training.callbacks import Callback
 from ris_model.training.stop import StopReason
 
 from ..detectors import ExpectedRange
-from ..monitor import Monitor
 from ..live import LiveView
-from ..record import as_record
+from ..monitor import Monitor
 from ..policy import Policy
+from ..record import as_record
 from ..sinks import ConsoleSink, JsonlSink, OptunaSink, WandbSink
 
 HEALTH_FILE = "health.jsonl"
@@ -66,7 +67,7 @@ class RisTrainerHealth(Callback):
     @classmethod
     def build(cls, run_dir: str | Path | None, *, policy: Policy | None = None, context: str = "train",
               rank: int = 0, console: Any = None, wandb_run: Any = None, extra_sinks: tuple = (),
-              every: int | Mapping[str, int] = 1) -> "RisTrainerHealth":
+              every: int | Mapping[str, int] = 1) -> RisTrainerHealth:
         sinks: list[Any] = []
         if run_dir is not None:
             sinks.append(JsonlSink(Path(run_dir) / HEALTH_FILE))

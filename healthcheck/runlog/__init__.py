@@ -2,8 +2,7 @@
 
 from ._csv import CsvMetricsTail
 from ._keys import KeyMap
-from ._source import (FORMATS, HEALTH_FILE, METRICS_FILE, RunLogError, detect_format,
-                      open_health, open_metrics)
+from ._source import FORMATS, HEALTH_FILE, METRICS_FILE, RunLogError, detect_format, open_health, open_metrics
 from ._tail import BadLine, FileStatus, JsonLinesTail, LineTail
 from ._tfevents import TensorBoardTail, parse_event
 

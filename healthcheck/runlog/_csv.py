@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from ._keys import KeyMap
 from ._tail import BadLine, LineTail

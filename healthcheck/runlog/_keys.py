@@ -8,8 +8,8 @@ gives win; otherwise the first known spelling present is used.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 # Spellings seen in Lightning's CSVLogger / self.log(...) and in SummaryWriter scripts, most
 # specific first: `train_loss_step` is the per-batch value when on_epoch=True is also logged.

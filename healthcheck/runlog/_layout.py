@@ -25,8 +25,9 @@ then from its own line's bytes (`RawLines`): exactly the dict the line parses to
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Iterable, Mapping, Union
+from typing import Annotated, Any, Union
 
 import numpy as np
 
@@ -42,7 +43,7 @@ except ImportError:  # pragma: no cover
 # An int is held as it is, within int64 (what a column's arithmetic is exact on): a larger
 # one sends its read the dict way, where the record path decides what it means.
 Int64 = Annotated[int, msgspec.Meta(ge=-(2 ** 63), le=2 ** 63 - 1)] if msgspec else Any
-Number = Union[Int64, float] if msgspec else Any
+Number = Union[Int64, float] if msgspec else Any  # noqa: UP007 (a runtime value for msgspec, not an annotation)
 # Counters a record reads as ints: typed as ints when the shape's line has them so, so a
 # typed row's counters need no checking (a float there sends the read the dict way).
 COUNTERS = frozenset({"step", "epoch", "rank", "schema", "steps_taken", "batches_seen"})
@@ -156,11 +157,11 @@ class StructRows(list):
         return [raw.first_line + i for raw, first, count in self.segments
                 for i in range(first, first + count)]
 
-    def extend_rows(self, other: "StructRows") -> None:
+    def extend_rows(self, other: StructRows) -> None:
         self.extend(other)
         self.segments = self.segments + other.segments
 
-    def split(self, n: int) -> tuple["StructRows", "StructRows"]:
+    def split(self, n: int) -> tuple[StructRows, StructRows]:
         """The first ``n`` rows and the rest, each knowing its lines."""
         head: list[Segment] = []
         tail: list[Segment] = []
@@ -214,7 +215,7 @@ class LineLayout:
         if changed:
             self._by_type = {s.struct: s for s in self._by_kind.values()}
             sentinel = msgspec.defstruct("line_sentinel", [], tag_field="kind", tag=_SENTINEL_TAG)
-            self._decoder = msgspec.json.Decoder(Union[tuple([*self._by_type, sentinel])])
+            self._decoder = msgspec.json.Decoder(Union[tuple([*self._by_type, sentinel])])  # noqa: UP007
 
     def decode(self, block: bytes, count: int, first_line: int = 1) -> StructRows | None:
         """The rows of ``block`` (``count`` lines joined by newlines, the first of them

@@ -9,7 +9,8 @@ whose `poll()` yields metrics lines of docs/run-dir.md or `BadLine`s, whatever t
 from __future__ import annotations
 
 import os
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 from ._csv import CsvMetricsTail
 from ._keys import KeyMap

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 if TYPE_CHECKING:
     from ._layout import LineLayout, StructRows
@@ -35,7 +36,7 @@ class BadLine:
         return f"{self.path}:{self.line_no}: {self.reason}: {self.text!r}"
 
 
-Item = Union[dict, BadLine]
+Item = Union[dict, BadLine]  # noqa: UP007 (a runtime alias; X | Y needs 3.10 types at import)
 _scan_once = json.JSONDecoder().scan_once  # what json.loads runs, with the same defaults
 
 try:  # five times faster than the standard parser on a metrics line; optional
@@ -55,11 +56,11 @@ class NumberedItems(list):
         super().__init__(items)
         self.line_nos = line_nos
 
-    def split(self, n: int) -> tuple["NumberedItems", "NumberedItems"]:
+    def split(self, n: int) -> tuple[NumberedItems, NumberedItems]:
         """The first ``n`` items and the rest, each with its lines."""
         return (NumberedItems(self[:n], self.line_nos[:n]), NumberedItems(self[n:], self.line_nos[n:]))
 
-    def extend_rows(self, other: "NumberedItems") -> None:
+    def extend_rows(self, other: NumberedItems) -> None:
         self.extend(other)
         self._numbers().extend(other.line_nos)
 
@@ -193,7 +194,7 @@ class LineTail:
             self.line_no += data.count(b"\n", 0, cut) + 1  # the lines handed out, once read
             yield first, data[:cut]
 
-    def __enter__(self) -> "LineTail":
+    def __enter__(self) -> LineTail:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -273,7 +274,7 @@ class JsonLinesTail:
             tail.line_no = line_no
             yield from self._parse_fast(line_no, raw)
 
-    def poll_many(self, layout: "LineLayout | None" = None) -> Iterator["NumberedItems | StructRows"]:
+    def poll_many(self, layout: LineLayout | None = None) -> Iterator[NumberedItems | StructRows]:
         """`poll` a read (about 1 MiB) at a time, as one list: what a bulk reader wants.
 
         With orjson, a read whose every line is one JSON object is parsed in a single call
@@ -337,7 +338,7 @@ class JsonLinesTail:
     def close(self) -> None:
         self._lines.close()
 
-    def __enter__(self) -> "JsonLinesTail":
+    def __enter__(self) -> JsonLinesTail:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 from ._keys import KeyMap
 from ._tail import BadLine
@@ -86,7 +86,7 @@ _DT_FLOAT, _DT_DOUBLE, _DT_INT32, _DT_INT64 = 1, 2, 3, 9
 def _tensor_scalar(buf: bytes) -> float | None:
     """The value of a one-element numeric TensorProto; None for anything else."""
     dtype, values = 0, []
-    for num, wire, val in _fields(buf):
+    for num, _wire, val in _fields(buf):
         if num == 1:
             dtype = val
         elif num == 4:  # tensor_content: raw little-endian

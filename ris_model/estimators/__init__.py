@@ -10,8 +10,16 @@ from ris_model.estimators.order import estimate_order, mdl_order, threshold_orde
 from ris_model.estimators.refine import PeakResidual, peak_objective, refine_peaks, steering_and_jacobian
 from ris_model.estimators.search import MVDR_STEP_DEG, Estimates, localize, localize_factor
 from ris_model.estimators.spectra import (
-    NULL_FLOOR, music_null_spectrum, music_null_spectrum_eigh, music_spectrum, music_spectrum_factor,
-    mvdr_spectrum, mvdr_whitener, signal_basis_eigh, signal_basis_qr)
+    NULL_FLOOR,
+    music_null_spectrum,
+    music_null_spectrum_eigh,
+    music_spectrum,
+    music_spectrum_factor,
+    mvdr_spectrum,
+    mvdr_whitener,
+    signal_basis_eigh,
+    signal_basis_qr,
+)
 
 __all__ = [
     "DEFAULT_STEP_DEG", "EXACT_MAX_UNKNOWNS", "Estimates", "LSInfo", "MVDR_STEP_DEG", "NULL_FLOOR",

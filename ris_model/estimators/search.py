@@ -59,16 +59,16 @@ class Estimates:
     def __len__(self) -> int:
         return self.phi.shape[0]
 
-    def index(self, idx: slice | torch.Tensor) -> "Estimates":
+    def index(self, idx: slice | torch.Tensor) -> Estimates:
         """The estimates of some scenes."""
         return Estimates(**{f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)})
 
-    def to(self, device: torch.device | str) -> "Estimates":
+    def to(self, device: torch.device | str) -> Estimates:
         """The same estimates on ``device``."""
         return Estimates(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
 
     @classmethod
-    def cat(cls, parts: "list[Estimates]") -> "Estimates":
+    def cat(cls, parts: list[Estimates]) -> Estimates:
         """Concatenate along scenes, padding every part to the widest K."""
         if not parts:
             raise ValueError("cannot concatenate an empty list of Estimates")

@@ -31,7 +31,7 @@ class SceneTotals:
     sources: np.ndarray
 
     @classmethod
-    def of(cls, matching: Matching, mask: torch.Tensor) -> "SceneTotals":
+    def of(cls, matching: Matching, mask: torch.Tensor) -> SceneTotals:
         n = mask.shape[0]
         deg = 180.0 / math.pi
 

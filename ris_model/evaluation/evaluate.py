@@ -8,8 +8,9 @@ table is measured on one set.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -32,10 +33,13 @@ def load_run_config(run_dir: Path, checkpoint: str = "best") -> Config:
     """The config of a finished run, once its ``checkpoints/{best,last}.pt`` is known to exist."""
     cfg_path = run_dir / "config.json"
     if not run_dir.is_dir():
-        raise ConfigError(f"run dir {str(run_dir)!r} does not exist; pass the --run-dir of a finished `ris-model train`")
+        raise ConfigError(
+            f"run dir {str(run_dir)!r} does not exist; pass the --run-dir of a finished `ris-model train`"
+        )
     if not cfg_path.is_file() or not (run_dir / "checkpoints" / f"{checkpoint}.pt").is_file():
-        raise ConfigError(f"{str(run_dir)!r} has no config.json or checkpoints/{checkpoint}.pt; "
-                          f"is it a ris-model run directory?")
+        raise ConfigError(
+            f"{str(run_dir)!r} has no config.json or checkpoints/{checkpoint}.pt; is it a ris-model run directory?"
+        )
     return Config.from_json(json.loads(cfg_path.read_text()))
 
 
@@ -64,8 +68,10 @@ def _chunks(scenes, device: torch.device):
 
 def learned_estimates(cfg: Config, model: CovarianceNet, scenes, device: torch.device) -> Estimates:
     """MUSIC (oracle K) on the learned covariance alone."""
-    parts = [localize(learned_covariance(cfg, model, part, device), cfg.system, part.k, method="music")
-             for part in _chunks(scenes, device)]
+    parts = [
+        localize(learned_covariance(cfg, model, part, device), cfg.system, part.k, method="music")
+        for part in _chunks(scenes, device)
+    ]
     return Estimates.cat(parts)
 
 
@@ -81,14 +87,26 @@ def with_eval_settings(cfg: Config, overrides: Mapping[str, Any]) -> Config:
         cfg.source_of(key)  # an unknown key fails here, with the nearest known one
     fixed = sorted(set(overrides) - set(EVALUATION_KEYS))
     if fixed:
-        raise ConfigError(f"{', '.join(fixed)} cannot change at evaluation (the run was trained with it); "
-                          f"only {', '.join(EVALUATION_KEYS)} can")
+        raise ConfigError(
+            f"{', '.join(fixed)} cannot change at evaluation (the run was trained with it); "
+            f"only {', '.join(EVALUATION_KEYS)} can"
+        )
     return apply_overrides(cfg, overrides, "eval", check=False) if overrides else cfg
 
 
-def evaluate_run(run_dir: Path, *, n: int, snr_db: float, k: int | None = None, seed: int = 12345,
-                 checkpoint: str = "best", device: str = "cpu", refine: str | None = None,
-                 overrides: Mapping[str, Any] | None = None, lead_resamples: int = 0) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path,
+    *,
+    n: int,
+    snr_db: float,
+    k: int | None = None,
+    seed: int = 12345,
+    checkpoint: str = "best",
+    device: str = "cpu",
+    refine: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    lead_resamples: int = 0,
+) -> dict[str, Any]:
     """The ``ris-model baseline`` JSON for these scenes, plus the learned rows.
 
     ``"music_learned"`` is MUSIC on the learned covariance, refined on the snapshots when
@@ -132,22 +150,36 @@ def evaluate_run(run_dir: Path, *, n: int, snr_db: float, k: int | None = None, 
 
 def _learned_lead(estimates: dict[str, Estimates], scenes, resamples: int) -> dict[str, Any]:
     """music_learned's lead over each classical row of ``estimates``, paired over the scenes."""
+
     def totals(est: Estimates) -> SceneTotals:
         est = est.to("cpu")
         matching = match_sources(est.phi, est.theta, est.r, est.mask, scenes.phi, scenes.theta, scenes.r, scenes.mask)
         return SceneTotals.of(matching, scenes.mask)
 
     learned = totals(estimates["music_learned"])
-    return {"resamples": resamples, "level": 0.95,
-            "over": {name: paired_lead(learned, totals(estimates[name]), resamples=resamples)
-                     for name in ("music_ls", "music_ls_refined") if name in estimates}}
+    return {
+        "resamples": resamples,
+        "level": 0.95,
+        "over": {
+            name: paired_lead(learned, totals(estimates[name]), resamples=resamples)
+            for name in ("music_ls", "music_ls_refined")
+            if name in estimates
+        },
+    }
 
 
 def _refined(cfg: Config, coarse: Estimates, scenes, device: torch.device) -> Estimates:
     """The snapshot fit of estimates already made, chunk by chunk, then MUSIC on the fitted covariance."""
     parts = []
     for lo, part in zip(range(0, len(scenes), _CHUNK), _chunks(scenes, device)):
-        parts.append(fit_and_localize(coarse.index(slice(lo, lo + _CHUNK)).to(device), part, cfg.system,
-                                      steps=cfg.eval.refine_steps, radius_deg=cfg.eval.refine_radius_deg,
-                                      moves=cfg.eval.refine_moves))
+        parts.append(
+            fit_and_localize(
+                coarse.index(slice(lo, lo + _CHUNK)).to(device),
+                part,
+                cfg.system,
+                steps=cfg.eval.refine_steps,
+                radius_deg=cfg.eval.refine_radius_deg,
+                moves=cfg.eval.refine_moves,
+            )
+        )
     return Estimates.cat(parts)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -95,13 +95,13 @@ def fisher_information(phi_meas: torch.Tensor, steering_fn: SteeringFn, params: 
         pm = phi_meas[sl].flatten(1, 2)  # (b, L*M, N)
 
         def steer(x: torch.Tensor) -> torch.Tensor:
-            return steering_fn(x) * lv  # (b, K, N)
+            return steering_fn(x) * lv  # (b, K, N)  # noqa: B023 (used within this chunk only)
 
         # Autograd where the model is nonlinear, the steering vectors: one tangent direction
         # for every scene at once (scenes are independent), vmapped over the K*D location
         # directions. Phi is linear, so it is applied to the tangents afterwards.
         a = steer(loc)
-        da = torch.func.vmap(lambda t: torch.func.jvp(steer, (loc,), (t.expand_as(loc),))[1])(loc_basis)
+        da = torch.func.vmap(lambda t: torch.func.jvp(steer, (loc,), (t.expand_as(loc),))[1])(loc_basis)  # noqa: B023
         v = (pm @ a.mT).unflatten(1, (-1, m))  # (b, L, M, K): Phi_l a_k
         dv = (pm @ da.permute(1, 3, 0, 2).reshape(bc, n, n_loc * k)).unflatten(1, (-1, m))  # (b, L, M, KD*K)
 
@@ -120,7 +120,7 @@ def fisher_information(phi_meas: torch.Tensor, steering_fn: SteeringFn, params: 
                            .unsqueeze(1).expand(k, bc, k), p.new_zeros(1, bc, k)])  # (P, b, K)
         tan_s2 = torch.cat([s2.new_zeros(n_loc + k, bc), s2.new_ones(1, bc)])  # (P, b)
         d_white = torch.func.vmap(
-            lambda tv, tp, ts: torch.func.jvp(lambda x, y, z: gram(x, y, z, base), (vw, p, s2), (tv, tp, ts))[1],
+            lambda tv, tp, ts: torch.func.jvp(lambda x, y, z: gram(x, y, z, base), (vw, p, s2), (tv, tp, ts))[1],  # noqa: B023
             in_dims=(3, 0, 0), out_dims=1)(tan_v, tan_p, tan_s2)  # (b, P, L, M, M)
         d_white = d_white.reshape(bc, n_par, -1)
         fims.append((d_white.conj() @ d_white.mT).real)

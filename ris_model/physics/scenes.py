@@ -36,7 +36,7 @@ class Sources:
     mask: torch.Tensor  # True on the first k slots
     k: torch.Tensor  # (B,) long, number of sources
 
-    def to(self, device: torch.device | str) -> "Sources":
+    def to(self, device: torch.device | str) -> Sources:
         return Sources(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -69,13 +70,13 @@ class SceneBatch:
     def __len__(self) -> int:
         return self.y.shape[0]
 
-    def _map(self, fn: Any) -> "SceneBatch":
+    def _map(self, fn: Any) -> SceneBatch:
         return SceneBatch(**{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
-    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> "SceneBatch":
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> SceneBatch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
-    def index(self, idx: int | slice | Sequence[int] | torch.Tensor) -> "SceneBatch":
+    def index(self, idx: int | slice | Sequence[int] | torch.Tensor) -> SceneBatch:
         """A sub-batch; an int keeps the batch dimension (a batch of one scene)."""
         if isinstance(idx, int):
             idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
@@ -93,7 +94,7 @@ class SceneBatch:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, tensors: dict[str, torch.Tensor]) -> "SceneBatch":
+    def from_dict(cls, tensors: dict[str, torch.Tensor]) -> SceneBatch:
         """Rebuild from :meth:`as_dict`; ``R`` may be absent and is then rebuilt from ``R_factor``."""
         tensors = dict(tensors)
         if "R" not in tensors:
@@ -105,7 +106,7 @@ class SceneBatch:
         return cls(**tensors)
 
     @classmethod
-    def cat(cls, batches: Iterable["SceneBatch"]) -> "SceneBatch":
+    def cat(cls, batches: Iterable[SceneBatch]) -> SceneBatch:
         batches = list(batches)
         if not batches:
             raise ValueError("cannot concatenate an empty list of SceneBatch")

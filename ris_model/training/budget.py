@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ris_model.training.callbacks import Callback, Metrics
 from ris_model.training.stop import StopReason
@@ -34,13 +35,13 @@ class CpuBudget(Callback):
         self.start = start
         self._last: float | None = None
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: Trainer) -> None:
         now = self.clock()
         if self.start is None:
             self.start = now
         self._last = now
 
-    def on_validation_end(self, trainer: "Trainer", metrics: Metrics) -> None:
+    def on_validation_end(self, trainer: Trainer, metrics: Metrics) -> None:
         now = self.clock()
         epoch = now - self._last
         self._last = now

@@ -8,7 +8,8 @@ StopReason.X)`` asks for a clean stop (checkpoint + final line) at the next safe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ris_model.training.train import Trainer
@@ -17,29 +18,30 @@ Metrics = dict[str, Any]
 
 
 class Callback:
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: Trainer) -> None:
         """Called once after the model, optimizer and data are built, before the first batch."""
 
-    def on_batch_start(self, trainer: "Trainer", batch_index: int) -> None:
+    def on_batch_start(self, trainer: Trainer, batch_index: int) -> None:
         """Called before the forward pass of every batch."""
 
-    def on_after_backward(self, trainer: "Trainer", metrics: Metrics) -> None:
+    def on_after_backward(self, trainer: Trainer, metrics: Metrics) -> None:
         """Called after loss.backward() (gradients unscaled and present), before clipping and the optimizer step."""
 
-    def on_before_optimizer_step(self, trainer: "Trainer", metrics: Metrics) -> str | None:
+    def on_before_optimizer_step(self, trainer: Trainer, metrics: Metrics) -> str | None:
         """Called right before optimizer.step(); return a reason string to skip this one step."""
         return None
 
-    def on_after_optimizer_step(self, trainer: "Trainer", metrics: Metrics) -> None:
-        """Called after the optimizer and LR scheduler stepped (or the step was skipped), with update norms filled in."""
+    def on_after_optimizer_step(self, trainer: Trainer, metrics: Metrics) -> None:
+        """Called after the optimizer and LR scheduler stepped (or the step was skipped),
+        with update norms filled in."""
 
-    def on_epoch_end(self, trainer: "Trainer", metrics: Metrics) -> None:
+    def on_epoch_end(self, trainer: Trainer, metrics: Metrics) -> None:
         """Called after the last batch of an epoch, with the epoch's mean loss and terms."""
 
-    def on_validation_end(self, trainer: "Trainer", metrics: Metrics) -> None:
+    def on_validation_end(self, trainer: Trainer, metrics: Metrics) -> None:
         """Called after validation, with the validation loss, terms and localisation metrics."""
 
-    def on_fit_end(self, trainer: "Trainer") -> None:
+    def on_fit_end(self, trainer: Trainer) -> None:
         """Called once when fitting ends for any reason (done, stop requested, interrupted)."""
 
 

@@ -23,7 +23,7 @@ class DistContext:
     device: torch.device | None = None  # set for multi-process runs (one device per rank)
 
     @classmethod
-    def from_env(cls, device: str = "auto") -> "DistContext":
+    def from_env(cls, device: str = "auto") -> DistContext:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, start: float, floor: float) -> Callable[[int], float]:

@@ -19,9 +19,10 @@ import dataclasses
 import math
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -103,12 +104,17 @@ class Trainer:
                                   signal_columns=cfg.loss.signal_columns).to(self.device)
         self.net = self.dist.wrap(self.model)
         self.optimizer = build_optimizer(self.model, lr=tc.lr, weight_decay=tc.weight_decay)
-        self.train_data = train_scenes if train_scenes is not None else build_scenes(cfg.system, tc.train_scenes, tc.seed)
-        self.val_data = val_scenes if val_scenes is not None else build_scenes(cfg.system, tc.val_scenes, tc.seed + 10_007)
+        self.train_data = (
+            train_scenes if train_scenes is not None else build_scenes(cfg.system, tc.train_scenes, tc.seed)
+        )
+        self.val_data = (
+            val_scenes if val_scenes is not None else build_scenes(cfg.system, tc.val_scenes, tc.seed + 10_007)
+        )
         self.steps_per_epoch = math.ceil(self.dist.shard_size(len(self.train_data)) / tc.batch_size)
         self.total_steps = self.steps_per_epoch * tc.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(tc.warmup_steps, self.total_steps, tc.warmup_start, tc.min_lr_ratio))
+            self.optimizer, warmup_cosine(tc.warmup_steps, self.total_steps, tc.warmup_start, tc.min_lr_ratio)
+        )
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tc.amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.amp == "fp16")
         self.ema = EMA(self.model, tc.ema) if tc.ema > 0 else None
@@ -142,8 +148,9 @@ class Trainer:
         for term, value in weights.as_dict().items():
             if value != old[term]:
                 where = source.get(term, "runtime") if isinstance(source, dict) else source
-                self.weights_history.append(WeightChange(term, value, where, epoch=self.state.epoch,
-                                                         step=self.state.batches_seen))
+                self.weights_history.append(
+                    WeightChange(term, value, where, epoch=self.state.epoch, step=self.state.batches_seen)
+                )
                 self.weight_sources[term] = where
         self.loss_fn.set_weights(weights)
         self.run.write_config(self.config_blob())
@@ -201,8 +208,9 @@ class Trainer:
         interrupted = False
         previous = signal.getsignal(signal.SIGINT)
         if self.dist.is_main and _can_handle_signals():
-            signal.signal(signal.SIGINT, lambda *_: self.request_stop("the process received SIGINT",
-                                                                          StopReason.INTERRUPTED))
+            signal.signal(
+                signal.SIGINT, lambda *_: self.request_stop("the process received SIGINT", StopReason.INTERRUPTED)
+            )
         try:
             while self.state.epoch < tc.epochs and self._stop is None:
                 self._apply_weight_plan()
@@ -222,15 +230,29 @@ class Trainer:
         if self._stop is not None:
             interrupted = interrupted or self._stop.reason is StopReason.INTERRUPTED
             self._checkpoint("last.pt")
-            self.run.log({"kind": "stop", "step": self.state.batches_seen, "epoch": self.state.epoch,
-                          "time": time.time(), "rank": self.dist.rank, "reason": str(self._stop),
-                          "stop_reason": self._stop.reason.value})
+            self.run.log(
+                {
+                    "kind": "stop",
+                    "step": self.state.batches_seen,
+                    "epoch": self.state.epoch,
+                    "time": time.time(),
+                    "rank": self.dist.rank,
+                    "reason": str(self._stop),
+                    "stop_reason": self._stop.reason.value,
+                }
+            )
         self.callbacks.on_fit_end(self)
         self.run.close()
-        return FitResult(epochs_done=self.state.epoch, steps_taken=self.state.steps_taken,
-                         batches_seen=self.state.batches_seen, best_val_loss=self.state.best_val_loss,
-                         last_val_loss=self.state.last_val_loss, stop_reason=self.stop_reason,
-                         stop_message=self.stop_message, interrupted=interrupted)
+        return FitResult(
+            epochs_done=self.state.epoch,
+            steps_taken=self.state.steps_taken,
+            batches_seen=self.state.batches_seen,
+            best_val_loss=self.state.best_val_loss,
+            last_val_loss=self.state.last_val_loss,
+            stop_reason=self.stop_reason,
+            stop_message=self.stop_message,
+            interrupted=interrupted,
+        )
 
     def _batches(self) -> Iterator[TrainingScenes]:
         """This rank's batches of the current epoch, reproducible from (seed, epoch).
@@ -246,14 +268,15 @@ class Trainer:
         g = torch.Generator().manual_seed(tc.seed * 100_003 + self.state.epoch)
         order = self.dist.shard(torch.randperm(len(data), generator=g))
         for b in range(self.state.batch_in_epoch, self.steps_per_epoch):
-            idx = order[b * tc.batch_size:(b + 1) * tc.batch_size]
+            idx = order[b * tc.batch_size : (b + 1) * tc.batch_size]
             if len(idx) == 0:
                 break
             yield data.take(idx).to(self.device)
 
     def _forward(self, batch: TrainingScenes, net: nn.Module | None = None) -> LossOutput:
-        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        )
         with autocast:
             pred = (net or self.net)(batch.rbp, batch.snr_db)
         return self.loss_fn(pred, batch.R, batch.phi, batch.theta, batch.r, batch.mask)
@@ -302,11 +325,20 @@ class Trainer:
                 break
         if count and self._stop is None:
             means = {k: v / count for k, v in sums.items()}
-            line = {"kind": "epoch", "step": self.state.batches_seen - 1, "epoch": self.state.epoch,
-                    "time": time.time(), "rank": self.dist.rank, "loss": means.pop("loss"), "terms": means,
-                    "weights": self.loss_fn.weights.as_dict(), "primary": self.loss_fn.primary,
-                    "lr": [g["lr"] for g in self.optimizer.param_groups],
-                    "steps_taken": self.state.steps_taken, "batches_seen": self.state.batches_seen}
+            line = {
+                "kind": "epoch",
+                "step": self.state.batches_seen - 1,
+                "epoch": self.state.epoch,
+                "time": time.time(),
+                "rank": self.dist.rank,
+                "loss": means.pop("loss"),
+                "terms": means,
+                "weights": self.loss_fn.weights.as_dict(),
+                "primary": self.loss_fn.primary,
+                "lr": [g["lr"] for g in self.optimizer.param_groups],
+                "steps_taken": self.state.steps_taken,
+                "batches_seen": self.state.batches_seen,
+            }
             self.run.log(line)
             self.callbacks.on_epoch_end(self, line)
 
@@ -321,22 +353,35 @@ class Trainer:
         """Everything known after backward, read back from the device in one sync."""
         names = list(out.terms)
         grad = self.norms.grad_norms()
-        packed = torch.cat([out.total.detach().float().reshape(1),
-                            torch.stack([out.terms[n].detach().float() for n in names]), grad.float()])
+        packed = torch.cat(
+            [
+                out.total.detach().float().reshape(1),
+                torch.stack([out.terms[n].detach().float() for n in names]),
+                grad.float(),
+            ]
+        )
         packed = self.dist.mean(packed)
         n = packed.numel()
         # this rank's per-parameter norms ride along in the same host sync
         values = torch.cat([packed, self.norms.last_grad_norms.to(packed.device)]).tolist()
         self.param_grad_norms = (self.state.batches_seen, self.norms.param_names, values[n:])
-        loss, terms, grads = values[0], values[1:1 + len(names)], values[1 + len(names):n]
+        loss, terms, grads = values[0], values[1 : 1 + len(names)], values[1 + len(names) : n]
         grad_norm = self.norms.as_dict(grads)
         grad_norm["_total"] = math.sqrt(sum(g * g for g in grads))
         metrics: Metrics = {
-            "kind": "step", "step": self.state.batches_seen, "epoch": self.state.epoch, "time": time.time(),
-            "rank": self.dist.rank, "loss": loss, "terms": dict(zip(names, terms)),
-            "weights": dict(out.weights), "weight_sources": dict(self.weight_sources),
-            "primary": self.loss_fn.primary, "lr": [g["lr"] for g in self.optimizer.param_groups],
-            "grad_norm": grad_norm, "steps_taken": self.state.steps_taken,
+            "kind": "step",
+            "step": self.state.batches_seen,
+            "epoch": self.state.epoch,
+            "time": time.time(),
+            "rank": self.dist.rank,
+            "loss": loss,
+            "terms": dict(zip(names, terms)),
+            "weights": dict(out.weights),
+            "weight_sources": dict(self.weight_sources),
+            "primary": self.loss_fn.primary,
+            "lr": [g["lr"] for g in self.optimizer.param_groups],
+            "grad_norm": grad_norm,
+            "steps_taken": self.state.steps_taken,
             "batches_seen": self.state.batches_seen,
         }
         if self.scaler.is_enabled():
@@ -374,9 +419,17 @@ class Trainer:
         means = {k: v / max(count, 1) for k, v in sums.items()}
         val_loss = means.pop("loss")
         self.state.last_val_loss = val_loss
-        line = {"kind": "eval", "step": max(self.state.batches_seen - 1, 0), "epoch": self.state.epoch,
-                "time": time.time(), "rank": self.dist.rank, "loss": val_loss, "terms": means,
-                "weights": self.loss_fn.weights.as_dict(), "metrics": {}}
+        line = {
+            "kind": "eval",
+            "step": max(self.state.batches_seen - 1, 0),
+            "epoch": self.state.epoch,
+            "time": time.time(),
+            "rank": self.dist.rank,
+            "loss": val_loss,
+            "terms": means,
+            "weights": self.loss_fn.weights.as_dict(),
+            "metrics": {},
+        }
         self.run.log(line)
         if math.isfinite(val_loss) and val_loss < self.state.best_val_loss:
             self.state.best_val_loss = val_loss
@@ -403,8 +456,9 @@ def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> torc
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
 
 
 class EMA:
@@ -424,6 +478,7 @@ class EMA:
 
 def _can_handle_signals() -> bool:
     import threading
+
     return threading.current_thread() is threading.main_thread()
 
 

@@ -9,8 +9,9 @@ first failure is reported once and logging is switched off, training goes on.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ris_model.training.callbacks import Callback, Metrics
 
@@ -84,16 +85,25 @@ class WandbLogger(Callback):
     def log_step(self, line: dict[str, Any]) -> None:
         if self.run is None:
             return
-        values = {"train/loss": line["loss"], **flatten("train/term", line.get("terms", {})),
-                  **flatten("train/weight", line.get("weights", {})), **flatten("train/lr", {"group": line.get("lr", [])}),
-                  **flatten("train/grad_norm", line.get("grad_norm", {})), "epoch": line["epoch"]}
+        values = {
+            "train/loss": line["loss"],
+            **flatten("train/term", line.get("terms", {})),
+            **flatten("train/weight", line.get("weights", {})),
+            **flatten("train/lr", {"group": line.get("lr", [])}),
+            **flatten("train/grad_norm", line.get("grad_norm", {})),
+            "epoch": line["epoch"],
+        }
         self.log(values, step=line["step"])
 
     def log_eval(self, line: dict[str, Any]) -> None:
         if self.run is None:
             return
-        values = {"val/loss": line["loss"], **flatten("val/term", line.get("terms", {})),
-                  **flatten("val", line.get("metrics", {})), "epoch": line["epoch"]}
+        values = {
+            "val/loss": line["loss"],
+            **flatten("val/term", line.get("terms", {})),
+            **flatten("val", line.get("metrics", {})),
+            "epoch": line["epoch"],
+        }
         self.log(values, step=line["step"])
 
     def on_after_optimizer_step(self, trainer: Any, metrics: Metrics) -> None:

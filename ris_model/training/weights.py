@@ -21,8 +21,8 @@ writes it to config.json and to every metrics line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from ris_model.config import Config, ConfigError, LossWeights
 

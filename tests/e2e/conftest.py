@@ -8,7 +8,7 @@ with or without the monitor (`--no-health` disables only the monitor's plugin).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 

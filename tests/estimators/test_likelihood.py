@@ -7,7 +7,12 @@ from ris_model.config import load_config
 from ris_model.estimators import Estimates, localize, r_ls
 from ris_model.estimators.snapshot_fit.fit import fit_and_localize
 from ris_model.estimators.snapshot_fit.likelihood import (
-    SnapshotLikelihood, SourceFit, fitted_covariance, refine_sources, snapshot_nll)
+    SnapshotLikelihood,
+    SourceFit,
+    fitted_covariance,
+    refine_sources,
+    snapshot_nll,
+)
 from ris_model.evaluation.metrics import evaluate_estimates
 from ris_model.physics import simulate
 from ris_model.physics.simulate import steering_matrix

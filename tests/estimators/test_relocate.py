@@ -8,7 +8,13 @@ from ris_model.estimators import Estimates, search_grid
 from ris_model.estimators.snapshot_fit.fit import fit_and_localize
 from ris_model.estimators.snapshot_fit.likelihood import SnapshotLikelihood, SourceFit, refine_sources
 from ris_model.estimators.snapshot_fit.relocate import (
-    best_addition, drop_costs, keep_better, propose_moves, relocate_sources, residual_forms)
+    best_addition,
+    drop_costs,
+    keep_better,
+    propose_moves,
+    relocate_sources,
+    residual_forms,
+)
 from ris_model.evaluation.metrics import match_sources
 from ris_model.physics import simulate
 from ris_model.physics.simulate import steering_matrix

@@ -5,8 +5,15 @@ import torch
 
 from ris_model.config import load_config
 from ris_model.estimators import (
-    Estimates, estimate_order, localize, localize_factor, mdl_order, range_planes, search_grid,
-    steering_and_jacobian)
+    Estimates,
+    estimate_order,
+    localize,
+    localize_factor,
+    mdl_order,
+    range_planes,
+    search_grid,
+    steering_and_jacobian,
+)
 from ris_model.physics import angular_distance, ris_steering, simulate, system_positions, wavenumber
 
 # (preset, scenes): the paper grid is large, so few scenes there.

@@ -4,8 +4,13 @@ import pytest
 import torch
 
 from ris_model.estimators import (
-    music_null_spectrum, music_null_spectrum_eigh, music_spectrum_factor, mvdr_spectrum,
-    signal_basis_eigh, signal_basis_qr)
+    music_null_spectrum,
+    music_null_spectrum_eigh,
+    music_spectrum_factor,
+    mvdr_spectrum,
+    signal_basis_eigh,
+    signal_basis_qr,
+)
 
 N, K = 12, 3
 

@@ -18,8 +18,7 @@ import torch
 
 from healthcheck.events import HealthEvent
 from healthcheck.faults import Fault, load_faults, select_faults
-from healthcheck.ris.detection import (RunResult, base_config, healthy_config, judge, run_benchmark,
-                                             summarise)
+from healthcheck.ris.detection import RunResult, base_config, healthy_config, judge, run_benchmark, summarise
 from healthcheck.ris.faults import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,10 +59,16 @@ def _run(fault, family, detected, first, start=0, codes=(), severity=None, **mon
 
 
 def test_summary_rates_and_latencies():
-    runs = [_run("a", "x", True, 3, codes=["grad.zero"]), _run("a", "x", False, None),
-            _run("b", "y", True, 12, start=10, codes=["loss.nonfinite"]), _run("c", "y", True, 0, codes=["lr.zero"]),
-            _run(None, None, False, None, codes=["lr.tiny"], severity={"lr.tiny": "warning"}),
-            _run(None, None, False, None), _run(None, None, True, 5, codes=["grad.none"]), _run(None, None, False, None)]
+    runs = [
+        _run("a", "x", True, 3, codes=["grad.zero"]),
+        _run("a", "x", False, None),
+        _run("b", "y", True, 12, start=10, codes=["loss.nonfinite"]),
+        _run("c", "y", True, 0, codes=["lr.zero"]),
+        _run(None, None, False, None, codes=["lr.tiny"], severity={"lr.tiny": "warning"}),
+        _run(None, None, False, None),
+        _run(None, None, True, 5, codes=["grad.none"]),
+        _run(None, None, False, None),
+    ]
     s = summarise(runs, wall_s=1.234)
     assert set(s) == SUMMARY_KEYS
     assert s["recall"] == pytest.approx(3 / 4)
@@ -78,12 +83,14 @@ def test_summary_rates_and_latencies():
 
 
 def test_summary_keeps_the_monitor_alone_apart_from_preflight_detections():
-    runs = [_run("a", "x", True, 0, codes=["preflight.micro_overfit"], monitor_detected=False, monitor_first_step=None),
-            _run("b", "x", True, 0, codes=["preflight.lr_at_step0", "lr.zero"], monitor_detected=True,
-                 monitor_first_step=1),
-            _run("c", "y", True, 12, start=10, codes=["loss.nonfinite"], monitor_detected=True, monitor_first_step=12),
-            _run(None, None, True, 0, codes=["preflight.micro_overfit"], monitor_detected=False,
-                 monitor_first_step=None)]
+    runs = [
+        _run("a", "x", True, 0, codes=["preflight.micro_overfit"], monitor_detected=False, monitor_first_step=None),
+        _run(
+            "b", "x", True, 0, codes=["preflight.lr_at_step0", "lr.zero"], monitor_detected=True, monitor_first_step=1
+        ),
+        _run("c", "y", True, 12, start=10, codes=["loss.nonfinite"], monitor_detected=True, monitor_first_step=12),
+        _run(None, None, True, 0, codes=["preflight.micro_overfit"], monitor_detected=False, monitor_first_step=None),
+    ]
     s = summarise(runs, wall_s=1.0)
     assert s["recall"] == 1.0 and s["monitor_only_recall"] == pytest.approx(2 / 3)
     assert s["false_alarm_rate"] == 1.0 and s["monitor_only_false_alarm_rate"] == 0.0
@@ -123,8 +130,16 @@ def small_benchmark():
     threads = torch.get_num_threads()  # module scope runs before the per-test one-thread fixture
     torch.set_num_threads(1)
     try:
-        bench = run_benchmark(faults, seeds=1, healthy=2, preset="tiny", steps=STEPS, device="cpu",
-                              overrides=SMALL, on_run=lambda r, done, total: seen.append((r.fault, done, total)))
+        bench = run_benchmark(
+            faults,
+            seeds=1,
+            healthy=2,
+            preset="tiny",
+            steps=STEPS,
+            device="cpu",
+            overrides=SMALL,
+            on_run=lambda r, done, total: seen.append((r.fault, done, total)),
+        )
     finally:
         torch.set_num_threads(threads)
     return bench, seen
@@ -158,8 +173,9 @@ def by_fault(bench):
 
 def test_without_preflight_only_the_monitor_scores():
     faults = select_faults(REGISTRY, ["loss_eps_floor"])
-    bench = run_benchmark(faults, seeds=1, healthy=0, preset="tiny", steps=STEPS, device="cpu", overrides=SMALL,
-                          preflight=False)
+    bench = run_benchmark(
+        faults, seeds=1, healthy=0, preset="tiny", steps=STEPS, device="cpu", overrides=SMALL, preflight=False
+    )
     (r,) = bench.runs
     assert not r.detected and r.preflight_failed == [] and not any(c.startswith("preflight.") for c in r.codes)
     assert bench.summary["recall"] == bench.summary["monitor_only_recall"] == 0.0
@@ -205,8 +221,24 @@ def test_cli_runs_faults_from_a_user_file(tmp_path, capsys):
     path = tmp_path / "my_faults.py"
     path.write_text(USER_FAULTS)
     out = tmp_path / "res" / "det.json"
-    code = load_cli().main(["--faults-from", str(path), "--faults", "user_all_lr_zero", "--seeds", "1",
-                            "--healthy", "1", "--steps", str(STEPS), "--device", "cpu", "--json", str(out)])
+    code = load_cli().main(
+        [
+            "--faults-from",
+            str(path),
+            "--faults",
+            "user_all_lr_zero",
+            "--seeds",
+            "1",
+            "--healthy",
+            "1",
+            "--steps",
+            str(STEPS),
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().out
     blob = json.loads(out.read_text())
     assert set(blob["summary"]) == SUMMARY_KEYS

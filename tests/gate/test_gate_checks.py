@@ -16,8 +16,14 @@ import pytest
 import torch
 
 from healthcheck.gate import GATE_FILE, read_verdict
-from healthcheck.preflight import (Check, GateSubject, check_micro_overfit, check_optimizer_coverage,
-                                  default_checks, run_checks)
+from healthcheck.preflight import (
+    Check,
+    GateSubject,
+    check_micro_overfit,
+    check_optimizer_coverage,
+    default_checks,
+    run_checks,
+)
 from healthcheck.ris.gate_subject import gate_entry, run_ris_gate
 from ris_model.config import load_config
 from ris_model.loss import HybridLoss, trace_normalise

@@ -21,7 +21,7 @@ def test_module_imports_without_lightning_and_explains_when_used(monkeypatch):
     monkeypatch.delitem(sys.modules, "healthcheck.integrations.lightning", raising=False)
     mod = importlib.import_module("healthcheck.integrations.lightning")
     with pytest.raises(ImportError, match="pip install lightning"):
-        mod.HealthCallback
+        _ = mod.HealthCallback
     monkeypatch.delitem(sys.modules, "healthcheck.integrations.lightning")
 
 

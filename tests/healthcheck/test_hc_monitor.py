@@ -3,14 +3,14 @@ from __future__ import annotations
 import math
 
 import pytest
+from hc_fakes import healthy_eval, healthy_step
 
 import healthcheck.detectors as D
 from healthcheck.events import HealthEvent, Severity, read_events
 from healthcheck.monitor import Monitor, judge_records
-from healthcheck.record import MetricsWriter
 from healthcheck.policy import Policy
+from healthcheck.record import MetricsWriter
 from healthcheck.sinks import JsonlSink
-from hc_fakes import healthy_eval, healthy_step
 
 
 class ListSink:

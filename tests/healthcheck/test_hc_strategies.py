@@ -13,41 +13,49 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from healthcheck.strategies import (INVALID_KINDS, configs, hpo_samples, invalid_loss_weights, loss_weights,
-                                    schedules)
+from healthcheck.strategies import INVALID_KINDS, configs, hpo_samples, invalid_loss_weights, loss_weights, schedules
 
 TERMS = ("mse", "kl", "smooth")
 quick = settings(max_examples=60, derandomize=True, deadline=None)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: loss_weights(terms=TERMS, min_weight=2, max_weight=1), "min_weight=2.0 is larger than max_weight=1.0"),
-    (lambda: loss_weights(terms=TERMS, min_weight=-1), "min_weight=-1"),
-    (lambda: loss_weights(terms=TERMS, max_weight=math.inf), "max_weight=inf"),
-    (lambda: loss_weights(terms="mse"), "terms='mse'"),
-    (lambda: loss_weights(terms=()), "terms=()"),
-    (lambda: loss_weights(terms=("a", "a")), "repeats 'a'"),
-    (lambda: loss_weights(terms=TERMS, primary="nll"), "primary='nll'"),
-    (lambda: loss_weights(terms=TERMS, primary="mse", min_primary=5, max_weight=1), "min_primary=5.0 is larger"),
-    (lambda: loss_weights(terms=TERMS, min_primary=0.1), "min_primary=0.1 needs a primary"),
-    (lambda: loss_weights(terms=TERMS, primary="mse", max_weight=0), "max_weight=0.0 leaves no room"),
-    (lambda: loss_weights(terms=TERMS, allow_zero="yes"), "allow_zero='yes'"),
-    (lambda: schedules(terms=TERMS, min_phases=4, max_phases=2), "min_phases=4 is larger than max_phases=2"),
-    (lambda: schedules(terms=TERMS, min_phases=3, max_epoch=1), "min_phases=3 distinct start epochs"),
-    (lambda: schedules(terms=TERMS, max_epoch=-1), "max_epoch=-1"),
-    (lambda: hpo_samples({"lr": {"type": "float", "low": 1.0, "high": 0.1}}), "space['lr'] low=1.0 is larger than high=0.1"),
-    (lambda: hpo_samples({"lr": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}), "log=True needs low > 0"),
-    (lambda: hpo_samples({"lr": {"type": "float", "low": 0.1, "high": 1.0, "step": 0.0}}), "step must be > 0"),
-    (lambda: hpo_samples({"n": {"type": "int", "low": 1, "high": 8, "step": 0}}), "step=0"),
-    (lambda: hpo_samples({"x": {"type": "normal"}}), "type='normal'"),
-    (lambda: hpo_samples({"x": {"type": "float", "lo": 0}}), "unknown field(s) ['lo']"),
-    (lambda: hpo_samples({"opt": {"choices": []}}), "choices=[]"),
-    (lambda: hpo_samples({"x": 3}), "space['x']=3"),
-    (lambda: configs(), "at least one of"),
-    (lambda: configs(weights={"mse": 1.0}), "weights must be a hypothesis strategy"),
-    (lambda: invalid_loss_weights(terms=TERMS, primary=None, kinds=["zero_primary"]), "needs a primary term"),
-    (lambda: invalid_loss_weights(terms=TERMS, primary="mse", kinds=["typo"]), "kinds holds 'typo'"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: loss_weights(terms=TERMS, min_weight=2, max_weight=1), "min_weight=2.0 is larger than max_weight=1.0"),
+        (lambda: loss_weights(terms=TERMS, min_weight=-1), "min_weight=-1"),
+        (lambda: loss_weights(terms=TERMS, max_weight=math.inf), "max_weight=inf"),
+        (lambda: loss_weights(terms="mse"), "terms='mse'"),
+        (lambda: loss_weights(terms=()), "terms=()"),
+        (lambda: loss_weights(terms=("a", "a")), "repeats 'a'"),
+        (lambda: loss_weights(terms=TERMS, primary="nll"), "primary='nll'"),
+        (lambda: loss_weights(terms=TERMS, primary="mse", min_primary=5, max_weight=1), "min_primary=5.0 is larger"),
+        (lambda: loss_weights(terms=TERMS, min_primary=0.1), "min_primary=0.1 needs a primary"),
+        (lambda: loss_weights(terms=TERMS, primary="mse", max_weight=0), "max_weight=0.0 leaves no room"),
+        (lambda: loss_weights(terms=TERMS, allow_zero="yes"), "allow_zero='yes'"),
+        (lambda: schedules(terms=TERMS, min_phases=4, max_phases=2), "min_phases=4 is larger than max_phases=2"),
+        (lambda: schedules(terms=TERMS, min_phases=3, max_epoch=1), "min_phases=3 distinct start epochs"),
+        (lambda: schedules(terms=TERMS, max_epoch=-1), "max_epoch=-1"),
+        (
+            lambda: hpo_samples({"lr": {"type": "float", "low": 1.0, "high": 0.1}}),
+            "space['lr'] low=1.0 is larger than high=0.1",
+        ),
+        (
+            lambda: hpo_samples({"lr": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}),
+            "log=True needs low > 0",
+        ),
+        (lambda: hpo_samples({"lr": {"type": "float", "low": 0.1, "high": 1.0, "step": 0.0}}), "step must be > 0"),
+        (lambda: hpo_samples({"n": {"type": "int", "low": 1, "high": 8, "step": 0}}), "step=0"),
+        (lambda: hpo_samples({"x": {"type": "normal"}}), "type='normal'"),
+        (lambda: hpo_samples({"x": {"type": "float", "lo": 0}}), "unknown field(s) ['lo']"),
+        (lambda: hpo_samples({"opt": {"choices": []}}), "choices=[]"),
+        (lambda: hpo_samples({"x": 3}), "space['x']=3"),
+        (lambda: configs(), "at least one of"),
+        (lambda: configs(weights={"mse": 1.0}), "weights must be a hypothesis strategy"),
+        (lambda: invalid_loss_weights(terms=TERMS, primary=None, kinds=["zero_primary"]), "needs a primary term"),
+        (lambda: invalid_loss_weights(terms=TERMS, primary="mse", kinds=["typo"]), "kinds holds 'typo'"),
+    ],
+)
 def test_bad_arguments_fail_when_the_strategy_is_built(call, message):
     with pytest.raises(InvalidArgument) as err:
         call()  # not drawn from: the check is eager
@@ -98,8 +106,8 @@ def test_hpo_samples_respect_every_distribution(p):
 def test_log_ranges_reach_every_decade():
     lr = hpo_samples({"lr": FloatDistribution(1e-6, 1e-2, log=True)})
     for decade in range(-6, -2):
-        found = find(lr, lambda p: 10.0 ** decade < p["lr"] < 10.0 ** (decade + 1))["lr"]
-        assert 10.0 ** decade < found < 10.0 ** (decade + 1)
+        found = find(lr, lambda p, d=decade: 10.0**d < p["lr"] < 10.0 ** (d + 1))["lr"]
+        assert 10.0**decade < found < 10.0 ** (decade + 1)
 
 
 @quick
@@ -114,8 +122,12 @@ def test_schedules_are_sorted_distinct_and_never_kill_the_primary(phases):
 
 
 def _is_invalid(w, primary):
-    return (any(k not in TERMS for k in w) or primary not in w or w[primary] == 0
-            or any(not math.isfinite(v) or v < 0 for v in w.values()))
+    return (
+        any(k not in TERMS for k in w)
+        or primary not in w
+        or w[primary] == 0
+        or any(not math.isfinite(v) or v < 0 for v in w.values())
+    )
 
 
 @quick
@@ -137,17 +149,24 @@ def test_every_kind_of_defect_is_drawn(kind):
 
 
 @quick
-@given(configs(weights=loss_weights(terms=TERMS, primary="mse"), hpo={"lr": {"type": "float", "low": 0.1, "high": 1}},
-               schedule=schedules(terms=TERMS, primary="mse")))
+@given(
+    configs(
+        weights=loss_weights(terms=TERMS, primary="mse"),
+        hpo={"lr": {"type": "float", "low": 0.1, "high": 1}},
+        schedule=schedules(terms=TERMS, primary="mse"),
+    )
+)
 def test_configs_compose_the_parts_it_is_given(c):
     assert set(c) == {"weights", "hpo", "schedule"}
     assert c["weights"]["mse"] > 0 and 0.1 <= c["hpo"]["lr"] <= 1
 
 
 def test_the_module_imports_neither_torch_nor_the_model():
-    code = ("import sys, healthcheck.strategies; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'ris_model', 'optuna')]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, healthcheck.strategies; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'ris_model', 'optuna')]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
 
 

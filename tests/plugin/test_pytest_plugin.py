@@ -127,7 +127,7 @@ def test_assert_overfits_failure_shows_the_curve(pytester, curve, kwargs, messag
     """)
     result = run(pytester)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([f"*loss did not overfit:*", f"*{message}*", "*loss curve (*points*", "*initial 2*"])
+    result.stdout.fnmatch_lines(["*loss did not overfit:*", f"*{message}*", "*loss curve (*points*", "*initial 2*"])
 
 
 def test_overfit_problems_is_silent_for_a_good_curve_and_checks_its_arguments():

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _prop_configs import POOL
 from hypothesis import HealthCheck as HypothesisHealthCheck
 from hypothesis import settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
-from _prop_configs import POOL
 from ris_model.batches import build_scenes
 from ris_model.config import load_config
 from ris_model.model import CovarianceNet

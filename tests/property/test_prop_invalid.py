@@ -8,10 +8,10 @@ import json
 import math
 
 import pytest
+from _prop_configs import MAX_EPOCH, PRIMARY, TERMS, schedule_arg, set_args
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from _prop_configs import MAX_EPOCH, PRIMARY, TERMS, schedule_arg, set_args
 from healthcheck.strategies import invalid_loss_weights, loss_weights, schedules
 from ris_model.config import MIN_PRIMARY_WEIGHT, ConfigError, LossWeights, load_config
 from ris_model.loss import HybridLoss

@@ -14,10 +14,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from _prop_configs import MAX_EPOCH, POOL, PRIMARY, TERMS, trial_configs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _prop_configs import MAX_EPOCH, POOL, PRIMARY, TERMS, trial_configs
 from ris_model.config import LossWeights
 from ris_model.loss import CovPrediction, HybridLoss
 from ris_model.training.weights import WeightPlan

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from _prop_configs import MAX_EPOCH, PRIMARY, TERMS, partial, schedule_arg, set_args, trial_configs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _prop_configs import MAX_EPOCH, PRIMARY, TERMS, partial, schedule_arg, set_args, trial_configs
 from healthcheck.strategies import configs, loss_weights, schedules
 from ris_model.config import MIN_PRIMARY_WEIGHT, Config, leaf_keys, load_config
 from ris_model.hpo import search_space, trial_config
@@ -78,7 +78,10 @@ def test_the_later_source_wins_and_is_recorded(tmp_path_factory, layer):
     base = {t: _expected_base(t, layer, path, trial) for t in TERMS}
     for term, (value, source) in base.items():
         assert getattr(cfg.loss.weights, term) == value, term
-        assert _same_source(cfg.source_of(f"loss.weights.{term}"), source), (term, cfg.source_of(f"loss.weights.{term}"))
+        assert _same_source(cfg.source_of(f"loss.weights.{term}"), source), (
+            term,
+            cfg.source_of(f"loss.weights.{term}"),
+        )
 
     plan = WeightPlan(cfg)
     for epoch in range(MAX_EPOCH + 2):

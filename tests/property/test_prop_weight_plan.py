@@ -7,10 +7,10 @@ import json
 import math
 
 import pytest
+from _prop_configs import MAX_EPOCH, PRIMARY, TERMS, partial, schedule_arg, set_args, trial_configs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _prop_configs import MAX_EPOCH, PRIMARY, TERMS, partial, schedule_arg, set_args, trial_configs
 from healthcheck.strategies import loss_weights, schedules
 from ris_model.config import MIN_PRIMARY_WEIGHT, ConfigError, load_config
 from ris_model.training.weights import WeightPlan
@@ -40,11 +40,14 @@ def _primary_killers(draw):
     route = draw(st.sampled_from(("cli", "file", "schedule")))
     others = draw(partial(loss_weights(terms=TERMS, primary=PRIMARY, min_weight=MIN_PRIMARY_WEIGHT)))
     others.pop(PRIMARY, None)
-    schedule = draw(schedules(terms=TERMS, primary=PRIMARY, max_phases=2, max_epoch=MAX_EPOCH, min_weight=MIN_PRIMARY_WEIGHT))
+    schedule = draw(
+        schedules(terms=TERMS, primary=PRIMARY, max_phases=2, max_epoch=MAX_EPOCH, min_weight=MIN_PRIMARY_WEIGHT)
+    )
     if route == "schedule":
         start = draw(st.integers(0, MAX_EPOCH).filter(lambda e: e not in {p["start_epoch"] for p in schedule}))
-        schedule = sorted(schedule + [{"start_epoch": start, "weights": {PRIMARY: draw(_ZERO)}}],
-                          key=lambda p: p["start_epoch"])
+        schedule = sorted(
+            schedule + [{"start_epoch": start, "weights": {PRIMARY: draw(_ZERO)}}], key=lambda p: p["start_epoch"]
+        )
         return route, set_args(others) + schedule_arg(schedule), None, start
     zero = {PRIMARY: draw(_ZERO)}
     if route == "cli":

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _prop_configs import PRIMARY, TERMS, set_args
 from hypothesis import example, given
 
-from _prop_configs import PRIMARY, TERMS, set_args
 from healthcheck.strategies import loss_weights
 from ris_model.config import ConfigError, load_config
 from ris_model.loss import HybridLoss

@@ -138,8 +138,12 @@ def test_evaluation_reports_the_learned_rows_lead_with_intervals(trained):
     for name, lead in over.items():
         assert all(lead[key]["low"] <= lead[key]["high"] for key in LEAD_KEYS)
         # the sign convention: positive is music_learned's lead
-        assert lead["rmse_phi_deg"]["lead"] == pytest.approx(rows[name]["rmse_phi_deg"] - rows["music_learned"]["rmse_phi_deg"])
-        assert lead["within_1deg"]["lead"] == pytest.approx(rows["music_learned"]["within_1deg"] - rows[name]["within_1deg"])
+        assert lead["rmse_phi_deg"]["lead"] == pytest.approx(
+            rows[name]["rmse_phi_deg"] - rows["music_learned"]["rmse_phi_deg"]
+        )
+        assert lead["within_1deg"]["lead"] == pytest.approx(
+            rows["music_learned"]["within_1deg"] - rows[name]["within_1deg"]
+        )
     assert "lead" not in evaluate_run(run_dir, n=4, snr_db=20.0, refine="none")
 
 

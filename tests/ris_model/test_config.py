@@ -2,8 +2,17 @@ import json
 
 import pytest
 
-from ris_model.config import (DEFAULT_LOSS_WEIGHTS, EVALUATION_KEYS, PRESETS, Config, ConfigError, LossWeights, describe_keys,
-                              leaf_keys, load_config)
+from ris_model.config import (
+    DEFAULT_LOSS_WEIGHTS,
+    EVALUATION_KEYS,
+    PRESETS,
+    Config,
+    ConfigError,
+    LossWeights,
+    describe_keys,
+    leaf_keys,
+    load_config,
+)
 
 
 def test_sources_follow_precedence(tmp_path):

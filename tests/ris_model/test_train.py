@@ -120,7 +120,11 @@ def test_resume_continues_exactly(cfg, data, tmp_path, stop_at):
     make(cfg, data, full).fit()
     part = tmp_path / "part"
     first = make(cfg, data, part, [StopAfter(stop_at)]).fit()
-    assert first.stop_reason is StopReason.REQUESTED and first.stop_message.startswith("test stop") and first.batches_seen == stop_at
+    assert (
+        first.stop_reason is StopReason.REQUESTED
+        and first.stop_message.startswith("test stop")
+        and first.batches_seen == stop_at
+    )
     resumed = make(cfg, data, part)
     resumed.resume_from(part / "checkpoints" / "last.pt")
     resumed.fit()

@@ -9,8 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from healthcheck.cli import cli
-from healthcheck.runlog import (BadLine, CsvMetricsTail, KeyMap, TensorBoardTail, detect_format,
-                                parse_event)
+from healthcheck.runlog import BadLine, CsvMetricsTail, KeyMap, TensorBoardTail, detect_format, parse_event
 from healthcheck.runlog._tfevents import crc32c, masked_crc32c
 
 # ---------------------------------------------------------------------------------- CSV

@@ -10,8 +10,8 @@ import json
 import math
 
 import pytest
-
 from _runfiles import step_line
+
 from healthcheck.runlog import JsonLinesTail
 from healthcheck.runlog._layout import LineLayout, StructRows
 from healthcheck.typedblock import LineDicts, StructBlock

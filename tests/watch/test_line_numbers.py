@@ -12,8 +12,8 @@ import itertools
 import json
 
 import pytest
-
 from _runfiles import append, step_line
+
 from healthcheck.runlog import JsonLinesTail, _source, _tail
 from healthcheck.watch import RunWatch, _lists
 

@@ -9,9 +9,9 @@ import shutil
 import subprocess
 
 import pytest
+from _runfiles import health_event, write_health
 from click.testing import CliRunner
 
-from _runfiles import health_event, write_health
 from healthcheck.cli import cli
 from healthcheck.report import FIGURES, collect
 

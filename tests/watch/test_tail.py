@@ -164,7 +164,7 @@ def test_line_tail_counts_lines_of_the_current_file(tmp_path):
 
 
 def _peak_bytes(path, n):
-    path.write_text("".join('{"step": %d, "loss": 0.5}\n' % i for i in range(n)))
+    path.write_text("".join(f'{{"step": {i}, "loss": 0.5}}\n' for i in range(n)))
     tail = JsonLinesTail(path, chunk_size=1 << 16)
     tracemalloc.start()
     count = sum(1 for _ in tail.poll())

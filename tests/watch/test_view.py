@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
+from _runfiles import step_line
 from rich.console import Console
 
-from _runfiles import step_line
 from healthcheck.watchstate import RunState, term_shares
 from healthcheck.watchview import SPARK, progress_line, render, sparkline
 

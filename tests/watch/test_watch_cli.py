@@ -7,9 +7,9 @@ import threading
 import time
 
 import pytest
+from _runfiles import append, dumps, health_event, step_line, write_health, write_run
 from click.testing import CliRunner
 
-from _runfiles import append, dumps, health_event, step_line, write_health, write_run
 from healthcheck.cli import cli
 from healthcheck.events import HealthEvent
 from healthcheck.watch import EventBook, RunWatch, WatchOptions, run_watch

@@ -7,7 +7,12 @@ chains the two and returns MUSIC on the fitted covariance.
 
 from ris_model.estimators.snapshot_fit.fit import fit_and_localize
 from ris_model.estimators.snapshot_fit.likelihood import (
-    SnapshotLikelihood, SourceFit, fitted_covariance, refine_sources, snapshot_nll)
+    SnapshotLikelihood,
+    SourceFit,
+    fitted_covariance,
+    refine_sources,
+    snapshot_nll,
+)
 from ris_model.estimators.snapshot_fit.relocate import relocate_sources
 
 __all__ = ["SnapshotLikelihood", "SourceFit", "fit_and_localize", "fitted_covariance", "refine_sources",

@@ -26,6 +26,7 @@ from ris_model.config import SystemConfig
 from ris_model.estimators.search import Estimates
 from ris_model.physics.simulate import SceneBatch, steering_matrix
 
+
 @dataclass(frozen=True)
 class SourceFit:
     """Refined sources per scene (padded like :class:`Estimates`) and their powers and NLL."""
@@ -57,7 +58,7 @@ class SnapshotLikelihood:
         self.noise_var = noise_var.to(y.real.dtype)[:, None]  # (B, 1)
 
     @classmethod
-    def of(cls, scenes: SceneBatch, device: torch.device | str) -> "SnapshotLikelihood":
+    def of(cls, scenes: SceneBatch, device: torch.device | str) -> SnapshotLikelihood:
         """The likelihood of ``scenes``' snapshots on ``device``, in complex128: the fits'
         steps are fractions of a degree, finer than complex64's phases resolve."""
         return cls(scenes.y.to(device, torch.complex128), scenes.codes.to(device, torch.complex128),

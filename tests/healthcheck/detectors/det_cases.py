@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hc_fakes import codes_where, healthy_epoch, healthy_eval, healthy_step, run
 from torch import nn
 
 from healthcheck.codes import CODES
 from healthcheck.live import LiveView
-from hc_fakes import codes_where, healthy_epoch, healthy_eval, healthy_step, run
-
 
 HEALTHY_STEPS = [healthy_step(i) for i in range(200)]
 HEALTHY_EVALS = [healthy_eval(e) for e in range(25)]

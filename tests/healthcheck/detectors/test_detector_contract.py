@@ -7,12 +7,12 @@ from __future__ import annotations
 import inspect
 
 import pytest
+from det_cases import all_faults, steps
+from hc_fakes import run
 
 import healthcheck.detectors as D
 from healthcheck.codes import CODES
 from healthcheck.events import Severity
-from hc_fakes import run
-from det_cases import all_faults, steps
 
 # detectors that need a live model are tested in their family's file with one
 LIVE_ONLY = {"NoneGrad", "NotInOptimizer", "DeadUnits", "WeightDecay"}

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from det_cases import Net, fault_tests, live_steps, steps, with_grad
+from hc_fakes import codes_where, healthy_step
 from torch import nn
 
 import healthcheck.detectors as D
 from healthcheck.live import LiveView
-from hc_fakes import codes_where, healthy_step
-from det_cases import Net, fault_tests, live_steps, steps, with_grad
-
 
 # detector factory, records with the fault, expected (code, where) pairs among the events
 FAULTS = {

@@ -8,12 +8,11 @@ import math
 
 import pytest
 import torch
+from det_cases import Net, fault_tests, steps, with_grad
+from hc_fakes import codes_where, healthy_step, run
 
 import healthcheck.detectors as D
 from healthcheck.live import LiveView
-from hc_fakes import codes_where, healthy_step, run
-from det_cases import Net, fault_tests, steps, with_grad
-
 
 # detector factory, records with the fault, expected (code, where) pairs among the events
 FAULTS = {

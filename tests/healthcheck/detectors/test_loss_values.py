@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import math
 
-import healthcheck.detectors as D
-from hc_fakes import codes_where, healthy_eval, healthy_step, run
 from det_cases import fault_tests, steps
+from hc_fakes import codes_where, healthy_eval, healthy_step, run
 
+import healthcheck.detectors as D
 
 # detector factory, records with the fault, expected (code, where) pairs among the events
 FAULTS = {

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from det_cases import Net
+from hc_fakes import codes_where, healthy_step
 
 import healthcheck.detectors as D
 from healthcheck.live import LiveView
-from hc_fakes import codes_where, healthy_step
-from det_cases import Net
 
 
 def weight_decay_events(optimizer, scheduler=None):

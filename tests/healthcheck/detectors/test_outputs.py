@@ -7,11 +7,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from det_cases import fault_tests, steps
+from hc_fakes import healthy_eval, healthy_step, run
 
 import healthcheck.detectors as D
-from hc_fakes import healthy_eval, healthy_step, run
-from det_cases import fault_tests, steps
-
 
 # detector factory, records with the fault, expected (code, where) pairs among the events
 FAULTS = {
@@ -30,7 +29,9 @@ test_fault_fires_with_code_and_place, test_healthy_run_is_silent = fault_tests(F
 
 def test_expected_range_on_a_metric_and_only_first_steps():
     det = D.ExpectedRange("cov_norm_ratio", 0.1, 10.0)
-    events = run(det, [healthy_step(0, metrics={"cov_norm_ratio": 1.0}), healthy_step(1, metrics={"cov_norm_ratio": 2e-6})])
+    events = run(
+        det, [healthy_step(0, metrics={"cov_norm_ratio": 1.0}), healthy_step(1, metrics={"cov_norm_ratio": 2e-6})]
+    )
     assert [(e.code, e.where, e.step) for e in events] == [("value.out_of_range", "cov_norm_ratio", 1)]
     late = [healthy_step(0), healthy_step(1, loss=1e25)]
     assert run(D.ExpectedRange("loss", high=10.0, first_steps=1), late) == []

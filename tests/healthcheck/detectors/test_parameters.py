@@ -5,12 +5,11 @@ points of each rule hold."""
 from __future__ import annotations
 
 import pytest
+from det_cases import fault_tests, live_steps, steps, with_grad
+from hc_fakes import codes_where, run
 
 import healthcheck.detectors as D
 from healthcheck.events import Severity
-from hc_fakes import codes_where, run
-from det_cases import fault_tests, live_steps, steps, with_grad
-
 
 # detector factory, records with the fault, expected (code, where) pairs among the events
 FAULTS = {

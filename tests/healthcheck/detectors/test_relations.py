@@ -6,11 +6,11 @@ rounding, undeclared weights) stay silent too."""
 from __future__ import annotations
 
 import pytest
+from det_cases import HEALTHY, fault_tests
+from hc_fakes import healthy_step, run
 
 import healthcheck.detectors as D
 from healthcheck.events import Severity
-from hc_fakes import healthy_step, run
-from det_cases import HEALTHY, fault_tests
 
 
 def mutated(n, change):

@@ -4,11 +4,11 @@ points of each rule hold."""
 
 from __future__ import annotations
 
+from det_cases import fault_tests, steps
+from hc_fakes import healthy_step, run
+
 import healthcheck.detectors as D
 from healthcheck.events import Severity
-from hc_fakes import healthy_step, run
-from det_cases import fault_tests, steps
-
 
 # detector factory, records with the fault, expected (code, where) pairs among the events
 FAULTS = {

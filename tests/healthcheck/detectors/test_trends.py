@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 
+from det_cases import HEALTHY, fault_tests
+from hc_fakes import healthy_step, run
+
 import healthcheck.detectors as D
 from healthcheck.events import Severity
-from hc_fakes import healthy_step, run
-from det_cases import HEALTHY, fault_tests
 
 
 def mutated(n, change):
