@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..blocks.columns import KIND_NAMES
 from ..codes import Code
-from ..columns import KIND_NAMES
 from ..events import HealthEvent, Severity
 from ..live import LiveView
 from ..record import StepRecord

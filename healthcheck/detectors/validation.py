@@ -12,8 +12,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..blocks.columns import KIND_NAMES
 from ..codes import Code
-from ..columns import KIND_NAMES
 from ..events import HealthEvent, Severity
 from ..live import LiveView
 from ..record import StepRecord
