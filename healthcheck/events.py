@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from ._jsonl import AppendWriter, dumps, read_jsonl
+from .jsonl import AppendWriter, dumps, read_jsonl
 
 SCHEMA = 1  # version of the health.jsonl line format (docs/run-dir.md)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._jsonl import AppendWriter, read_jsonl
+from .jsonl import AppendWriter, read_jsonl
 
 METRICS_SCHEMA = 1
 KINDS = ("step", "epoch", "eval")

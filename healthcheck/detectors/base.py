@@ -49,7 +49,7 @@ from ..events import HealthEvent, Severity
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from ..columns import MetricBlock
+    from ..blocks.columns import MetricBlock
     from ..live import LiveView
     from ..record import StepRecord
 

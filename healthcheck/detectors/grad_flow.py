@@ -23,7 +23,7 @@ from .screens import any_value
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from ..columns import MetricBlock
+    from ..blocks.columns import MetricBlock
 
 
 @dataclass

@@ -40,7 +40,7 @@ from .screens import any_value, module_extremes, not_finite
 from .smoothing import ema_series
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..columns import MetricBlock
+    from ..blocks.columns import MetricBlock
 
 
 class NonFiniteGrad(Detector):

@@ -22,7 +22,7 @@ from .base import NO_EVENTS, Detector, Streaks, check_float, check_int, finite, 
 from .screens import any_value, same_primary
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..columns import MetricBlock
+    from ..blocks.columns import MetricBlock
 
 
 class DeadTerm(Detector):

@@ -24,7 +24,7 @@ from .screens import any_value, not_finite
 from .smoothing import ema_series
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..columns import MetricBlock
+    from ..blocks.columns import MetricBlock
 
 
 class NonFiniteLoss(Detector):

@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..blocks.columns import KIND_NAMES
 from ..codes import Code
-from ..columns import KIND_NAMES
 from ..events import HealthEvent, Severity
 from ..live import LiveView
 from ..record import StepRecord
 from .base import NO_EVENTS, BlockEvents, Detector, Streaks, check_float, check_int, finite
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..columns import MetricBlock
+    from ..blocks.columns import MetricBlock
 
 
 class ChanceLevel(Detector):

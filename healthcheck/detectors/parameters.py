@@ -33,7 +33,7 @@ from .base import (
 from .screens import any_value
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..columns import MetricBlock
+    from ..blocks.columns import MetricBlock
 
 
 @dataclass

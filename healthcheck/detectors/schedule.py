@@ -22,7 +22,7 @@ from ..record import StepRecord
 from .base import NO_EVENTS, Detector, DetectorState, check_float, check_int
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..columns import MetricBlock
+    from ..blocks.columns import MetricBlock
 
 
 @dataclass

@@ -23,7 +23,7 @@ from ..record import StepRecord
 from .base import NO_EVENTS, BlockEvents, Detector, check_float, check_int
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..columns import MetricBlock
+    from ..blocks.columns import MetricBlock
 
 
 @dataclass

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..blocks.columns import KIND_NAMES
 from ..codes import Code
-from ..columns import KIND_NAMES
 from ..events import HealthEvent, Severity
 from ..live import LiveView
 from ..record import StepRecord
@@ -23,7 +23,7 @@ from .base import NO_EVENTS, BlockEvents, Detector, check_float, check_int, fmt
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from ..columns import MetricBlock
+    from ..blocks.columns import MetricBlock
 
 
 class _LossOnlyDetector(Detector):

@@ -24,7 +24,7 @@ from .base import NO_EVENTS, Detector, DetectorState, check_float, fmt
 from .screens import changed, same_primary
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..columns import MetricBlock
+    from ..blocks.columns import MetricBlock
 
 
 class PrimaryWeightZero(Detector):
