@@ -12,13 +12,15 @@
 - Storage defaults to SQLite under the study dir; pass a database URL
   (``postgresql://…``) to let workers on several machines share one study. ``--trials`` is
   a study-wide total: a worker starts a trial only while finished plus running trials fall
-  short of it, and waits while the rest run elsewhere. Trials of a killed worker are failed
+  short of it, and waits while the rest run elsewhere; of two workers racing for the last
+  place, the one whose trial the storage numbered later stands down. Trials of a killed worker are failed
   by optuna's heartbeat and redone; a worker ends only when no trial is left running, so
   its final table never shows a dead trial as RUNNING.
 - The sampler's random stream restarts at every trial from (``--seed``, trial number):
   trial numbers are unique in a study, so concurrent workers with the same ``--seed`` and
   a restarted worker never replay each other's draws, and a one-worker study is
-  reproducible. The seed is stored on the trial (``sampler_seed``).
+  reproducible (``ris_model.hpo_sampler``). The seed is stored on the trial (``sampler_seed``).
+- A ``--storage`` that cannot be used is one sentence (``ris_model.hpo_storage``).
 """
 
 from __future__ import annotations
@@ -176,10 +178,10 @@ def storage_url(settings: StudySettings) -> str:
     return settings.storage or f"sqlite:///{(settings.study_dir / 'study.db').resolve()}"
 
 
-def open_study(settings: StudySettings, attempts: int = 5) -> Any:
-    """Create or join the study. Workers started together race to create the SQLite schema
-    and the study row; the loser sees a locked database or a duplicate row for a moment,
-    and simply tries again."""
+def open_study(settings: StudySettings, attempts: int = 5, patience_s: float = 15.0) -> Any:
+    """Create or join the study. Workers started together race to create the schema and the
+    study row; the loser sees a locked database or a duplicate row for a moment, and simply
+    tries again (within ``patience_s``: a server that cannot be reached is not waited for long)."""
     import optuna
     from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -187,6 +189,7 @@ def open_study(settings: StudySettings, attempts: int = 5) -> Any:
     from ris_model.hpo_storage import StorageError, driver_words, make_storage, shown_url
 
     url = storage_url(settings)
+    start = time.monotonic()
     for attempt in range(attempts):
         try:
             return optuna.create_study(
@@ -198,7 +201,7 @@ def open_study(settings: StudySettings, attempts: int = 5) -> Any:
                 load_if_exists=True,
             )
         except (IntegrityError, OperationalError) as exc:
-            if attempt == attempts - 1:
+            if attempt == attempts - 1 or time.monotonic() - start > patience_s:
                 raise StorageError(f"cannot open the study storage {shown_url(url)!r}: {driver_words(exc)}") from None
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")  # pragma: no cover
