@@ -85,7 +85,7 @@ class Code(str):
     def info(self) -> CodeInfo:
         return CodeInfo(self.severity, self.meaning, self.fix, self.repeats, self.raised_to)
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
         # copies and pickles (events, multiprocessing) carry the plain code string
         return (str, (str(self),))
 

@@ -52,7 +52,7 @@ _KIND_CODE_OF_PHASE = {"after_backward": KIND_CODES["step"], "after_step": KIND_
                        "epoch": KIND_CODES["epoch"], "eval": KIND_CODES["eval"]}
 _PHASE_RANK = {p: i for i, p in enumerate(PHASES)}
 _KEEP_EVENTS = 10_000  # emitted events kept in memory for inspection; counts are never capped
-_NO_EVENTS: tuple = ()
+_NO_EVENTS: tuple[HealthEvent, ...] = ()
 
 # what the monitor reports about itself (a detector that failed, the closing summary)
 MONITOR_CODES = declare(
@@ -125,8 +125,8 @@ class Monitor:
         self._findings: dict[tuple[str, str | None], _Finding] = {}
         self._repeats: list[HealthEvent] = []
         self.events: deque[HealthEvent] = deque(maxlen=_KEEP_EVENTS)
-        self._occurrences: Counter = Counter()
-        self._silenced: Counter = Counter()
+        self._occurrences: Counter[Any] = Counter()
+        self._silenced: Counter[Any] = Counter()
         self._failed_sinks: set[int] = set()
         self.should_stop = False
         self.stop_reason: HealthEvent | None = None
@@ -228,7 +228,7 @@ class Monitor:
         if self.closed:
             raise RuntimeError("observe() after close(): the monitor has written its summary")
         found: list[tuple[int, int, int, HealthEvent]] = []
-        own_rows: dict[tuple, tuple[np.ndarray, MetricBlock]] = {}
+        own_rows: dict[tuple[Any, ...], tuple[np.ndarray, MetricBlock]] = {}
         ranks = self._ranks
         done: set[int] = set()  # detectors judged over the rows of all their phases at once
         for phase in PHASES:
@@ -378,8 +378,8 @@ class Monitor:
 
     def summary(self) -> dict[str, Any]:
         """Counts of every occurrence (folded ones included) per severity and per code."""
-        by_sev: Counter = Counter()
-        by_code: Counter = Counter()
+        by_sev: Counter[Any] = Counter()
+        by_code: Counter[Any] = Counter()
         for (sev, code), n in self._occurrences.items():
             by_sev[str(sev)] += n
             by_code[code] += n
@@ -486,7 +486,7 @@ def rows_to_check(detector: Detector, block: MetricBlock, idx: np.ndarray) -> tu
         must = None if memory is None else detector.screen(block)
     except Exception:  # values the screen cannot read (an unhashable primary): ``check`` judges them
         must = None
-    if must is None:
+    if must is None or memory is None:
         return idx, np.ones(idx.size, dtype=bool)
     sel = (must | block.irregular)[idx]
     if memory == 0:
