@@ -207,13 +207,35 @@ def open_study(settings: StudySettings, attempts: int = 5, patience_s: float = 1
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+ORPHAN_S = 60  # a running trial that never named its worker this long after it started is dead
+
+
 def fail_stale_trials(study: Any) -> None:
-    """Fail the running trials whose worker stopped heartbeating (killed, machine lost)."""
+    """Fail the running trials whose worker is gone, so nobody waits for them.
+
+    optuna fails a trial whose heartbeat has been silent for the grace period, but never one
+    that has no heartbeat at all: a worker killed between creating its trial and its first
+    heartbeat, or a client without heartbeats. Every worker here names itself on its trial
+    (the ``worker`` attr) right after its heartbeat starts, so a running trial that has not
+    done so ORPHAN_S after it started is failed too.
+    """
+    import datetime
+
     import optuna
+    from optuna.trial import TrialState
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    now = datetime.datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = t.datetime_start
+        if "worker" in t.user_attrs or started is None or (now - started).total_seconds() <= ORPHAN_S:
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            pass  # another worker got there first
 
 
 def trial_counts(study: Any) -> tuple[int, int]:

@@ -1,15 +1,18 @@
 """HPO workers: each trial draws from its own seeded stream, and a bad --storage is one sentence."""
 
+import dataclasses
 import importlib.util
 import socket
+import threading
 
 import optuna
 import pytest
 from click.testing import CliRunner
 
+from ris_model import hpo
 from ris_model.cli import main
 from ris_model.config import load_config
-from ris_model.hpo import StudySettings, open_study, search_space, suggest, trials_ahead
+from ris_model.hpo import StudySettings, open_study, run_study, search_space, suggest, trials_ahead
 from ris_model.hpo_sampler import trial_seed
 
 SPACE = search_space(load_config("tiny"))
@@ -68,6 +71,23 @@ def test_trials_ahead_counts_finished_and_running_below_a_number():
     study.tell(trials[1], state=optuna.trial.TrialState.FAIL)
     assert trials_ahead(study, 3) == 2  # trial 0 finished, trial 2 running; trial 1 failed
     assert trials_ahead(study, 0) == 0
+
+
+def test_a_trial_that_never_heartbeats_is_failed_not_waited_for(tmp_path, monkeypatch):
+    # a worker killed between creating its trial and its first heartbeat leaves a trial
+    # that optuna's heartbeat never fails; a worker waiting for it would wait forever
+    monkeypatch.setattr(hpo, "ORPHAN_S", 0)
+    one = dataclasses.replace(settings(tmp_path), trials=1, device="cpu")
+    orphan = open_study(one).ask()
+    cfg = load_config("tiny", overrides=["train.train_scenes=64", "train.val_scenes=32", "train.batch_size=32",
+                                         "model.width=16", "model.depth=1"])
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(study=run_study(cfg, one, log=lambda m: None)), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert "study" in out, "the worker waited for a trial that will never finish"
+    states = [t.state.name for t in out["study"].trials]
+    assert states[orphan.number] == "FAIL" and states.count("COMPLETE") == 1 and "RUNNING" not in states
 
 
 def _free_port():
