@@ -13,9 +13,9 @@
   (``postgresql://…``) to let workers on several machines share one study. ``--trials`` is
   a study-wide total: a worker starts a trial only while finished plus running trials fall
   short of it, and waits while the rest run elsewhere; of two workers racing for the last
-  place, the one whose trial the storage numbered later stands down. Trials of a killed worker are failed
-  by optuna's heartbeat and redone; a worker ends only when no trial is left running, so
-  its final table never shows a dead trial as RUNNING.
+  place, the one whose trial the storage numbered later stands down. Trials of a killed
+  worker are failed by optuna's heartbeat and redone; a worker ends only when no trial is
+  left running, so its final table never shows a dead trial as RUNNING.
 - The sampler's random stream restarts at every trial from (``--seed``, trial number):
   trial numbers are unique in a study, so concurrent workers with the same ``--seed`` and
   a restarted worker never replay each other's draws, and a one-worker study is
