@@ -107,6 +107,7 @@ class TrainingHealth:
         self.metrics = None if self.run_dir is None else MetricsWriter(os.path.join(self.run_dir, METRICS_FILE))
         self.epoch = 0
         self.batches_seen = 0
+        self.steps_attempted = 0  # after_backward calls: the ``step`` of records and events
         self.steps_taken = 0
         self._pending: StepRecord | None = None
         self._guarded = False
@@ -120,9 +121,16 @@ class TrainingHealth:
                        weights: Mapping[str, Any] | None = None, *, primary: str | None = None,
                        weight_sources: Mapping[str, str] | None = None,
                        metrics: Mapping[str, Any] | None = None, batches: int = 1) -> Sequence[HealthEvent]:
-        """Call after ``loss.backward()``, before ``optimizer.step()``. ``terms`` are the
-        unweighted loss terms, ``weights`` their effective weights; ``batches`` is how many
-        batches this step accumulated."""
+        """Call once per optimizer step, when its gradients are complete: after the last
+        ``loss.backward()`` it accumulates, before gradient clipping and ``optimizer.step()``
+        (so a gradient spike is seen as it was, and a stop still keeps the step from changing
+        the weights). With ``scaler=`` the gradients are unscaled here, so clipping after
+        this call needs no ``scaler.unscale_``. ``terms`` are the unweighted loss terms,
+        ``weights`` their effective weights; ``batches`` is how many batches this step
+        accumulated: step numbers then count optimizer steps, ``batches_seen`` batches."""
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+            raise ValueError(f"batches must be an integer >= 1 (batches accumulated into this step), "
+                             f"but got {batches=}")
         if self._pending is not None:  # after_step was not called for the previous batch
             self._finish(skipped=True)
         terms = dict(terms or {})
@@ -140,7 +148,8 @@ class TrainingHealth:
                 pass  # already unscaled by the loop (e.g. for clipping)
             self._scale_before = float(self.scaler.get_scale())
             amp = {"scale": self._scale_before, "found_inf": None}
-        step = self.batches_seen
+        step = self.steps_attempted
+        self.steps_attempted += 1
         self.batches_seen += batches
         record = StepRecord(
             kind="step", step=step, epoch=self.epoch, loss=loss_f,
@@ -183,7 +192,7 @@ class TrainingHealth:
             terms_f = dict(zip(t, _floats(list(t.values()))))
         m = dict(metrics or {})
         record = StepRecord(
-            kind="epoch", step=self.batches_seen, epoch=self.epoch, loss=loss_f, terms=terms_f,
+            kind="epoch", step=self.steps_attempted, epoch=self.epoch, loss=loss_f, terms=terms_f,
             lr=[float(g["lr"]) for g in self.optimizer.param_groups], steps_taken=self.steps_taken,
             batches_seen=self.batches_seen, metrics=dict(zip(m, _floats(list(m.values())))),
             rank=self.rank)
@@ -200,7 +209,7 @@ class TrainingHealth:
         t, m = dict(terms or {}), dict(metrics or {})
         vals = _floats([loss, *t.values(), *m.values()])
         record = StepRecord(
-            kind="eval", step=self.batches_seen, epoch=self.epoch, loss=vals[0],
+            kind="eval", step=self.steps_attempted, epoch=self.epoch, loss=vals[0],
             terms=dict(zip(t, vals[1:1 + len(t)])), metrics=dict(zip(m, vals[1 + len(t):])),
             rank=self.rank)
         events = self.monitor.observe(record, "eval", self.live)
