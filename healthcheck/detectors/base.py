@@ -123,6 +123,11 @@ class Detector:
         """An event stamped with the record's step, epoch, time and rank and the code's
         default severity and fix text."""
         info = CODES[code]
+        if severity is not None and Severity.parse(severity) not in (info.severity, *info.raised_to):
+            raise ValueError(
+                f"{self.name} emits {code!r} at {Severity.parse(severity)}, a tier the code does not declare "
+                f"(default {info.severity}, raised to {[str(s) for s in info.raised_to]}): add it to the "
+                "Code(...) declaration so the codes table shows it")
         return HealthEvent(
             code=code, severity=info.severity if severity is None else severity,
             step=record.step, epoch=record.epoch, time=record.time, title=title,
