@@ -32,7 +32,7 @@ from .events import Severity
 # modules whose import declares codes outside a detector class; `CODES` imports them on
 # first read (the detectors package declares every built-in detector's codes)
 DECLARED_IN = ("healthcheck.detectors", "healthcheck.monitor", "healthcheck.preflight",
-               "healthcheck.watch")
+               "healthcheck.watch", "healthcheck.integrations.torch_loop")
 
 START, END = "<!-- codes:start -->", "<!-- codes:end -->"
 

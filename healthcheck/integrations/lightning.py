@@ -130,8 +130,9 @@ def _build() -> type:
                 self.health.close()
 
         def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-            """Called when fit raises: still close the files cleanly."""
+            """Called when fit raises: record ``run.crashed``, then close the files cleanly."""
             if self.health is not None:
+                self.health.record_crash(exception)
                 self.health.close()
 
         def _sync_stop(self, trainer: Any) -> None:

@@ -1,18 +1,21 @@
 """Health checks for a plain PyTorch loop, in three lines.
 
 ```python
-health = healthcheck.TrainingHealth(model, optimizer, run_dir="runs/x")
-for x, y in loader:
-    optimizer.zero_grad()
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    health.after_backward(loss, terms={...}, weights={...}, primary="mse")
-    optimizer.step()
-    health.after_step()
-    if health.should_stop:
-        break
-health.close()                    # or: with TrainingHealth(...) as health: ...
+with healthcheck.TrainingHealth(model, optimizer, run_dir="runs/x") as health:
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        health.after_backward(loss, terms={...}, weights={...}, primary="mse")
+        optimizer.step()
+        health.after_step()
+        if health.should_stop:
+            break
 ```
+
+Leaving the ``with`` block writes the closing summary; an exception inside it is recorded
+as ``run.crashed`` first and then propagates. ``evaluate`` and ``end_epoch`` add validation
+and epoch records (the ``val.*`` checks need them).
 
 `TrainingHealth` measures what the detectors read (per-module gradient, update and
 parameter norms, with one host sync per phase), writes metrics.jsonl and health.jsonl in
@@ -26,10 +29,13 @@ from __future__ import annotations
 
 import math
 import os
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ..events import HealthEvent
+from ..codes import CODES, Code, declare
+from ..events import HealthEvent, Severity
 from ..live import LiveView, ModuleNorms
 from ..monitor import Monitor
 from ..record import MetricsWriter, StepRecord
@@ -42,6 +48,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..policy import Policy
 
 METRICS_FILE = "metrics.jsonl"
+
+LOOP_CODES = declare(
+    Code("run.crashed", Severity.ERROR,
+         meaning="The training loop raised an exception: the run ended there (type and message "
+                 "in the event).",
+         fix="Read the exception in the detail; the metrics and health logs were closed cleanly "
+             "up to the step where it happened."),
+)
 
 
 class HealthStop(RuntimeError):
@@ -62,6 +76,24 @@ def _floats(values: Sequence[Any]) -> list[float]:
     dev = tensors[0].device
     read = iter(torch.stack([t.detach().reshape(()).to(dev, torch.float64) for t in tensors]).tolist())
     return [next(read) if hasattr(v, "detach") else float(v) for v in values]
+
+
+_EAGER_METHODS = ("after_backward", "after_step", "end_epoch", "evaluate", "close", "record_crash")
+
+
+def _keep_out_of_compiled_graphs(health: TrainingHealth) -> None:
+    """Make the monitor's calls run eagerly when a ``torch.compile``d training step makes
+    them: dynamo would otherwise trace the monitor's own tensor work (fused norms, host
+    reads, file writes) into the user's graph, which costs compile time and, on some torch
+    releases, fails outright. ``torch.compiler.disable`` (torch >= 2.1) marks each bound
+    method: dynamo then breaks the graph there and runs it as plain Python."""
+    import torch
+
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    if disable is None:  # pragma: no cover - older than the supported range
+        return
+    for name in _EAGER_METHODS:
+        setattr(health, name, disable(getattr(health, name)))
 
 
 class TrainingHealth:
@@ -115,6 +147,7 @@ class TrainingHealth:
         self._epoch_sum = 0.0
         self._epoch_terms: dict[str, float] = {}
         self._epoch_n = 0
+        _keep_out_of_compiled_graphs(self)
 
     # -- the three calls ----------------------------------------------------------------
     def after_backward(self, loss: Any, terms: Mapping[str, Any] | None = None,
@@ -246,10 +279,35 @@ class TrainingHealth:
             self.metrics.close()
         return summary
 
+    def record_crash(self, exc: BaseException) -> HealthEvent | None:
+        """Record that the loop raised ``exc`` (``run.crashed``: its type and message, where it
+        was raised). The ``with`` form calls this itself; an adapter whose framework reports
+        exceptions (Lightning's ``on_exception``) calls it before `close`. Not for a
+        `HealthStop` (the policy's own stop) or an interrupt (Ctrl-C, SystemExit): those end
+        the run on purpose, and only close it."""
+        if not isinstance(exc, Exception) or isinstance(exc, HealthStop) or self.monitor.closed:
+            return None
+        frames = traceback.extract_tb(exc.__traceback__)
+        at = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+        message = str(exc).strip() or "(no message)"
+        kind = type(exc).__qualname__
+        return self.monitor.emit(HealthEvent(
+            code="run.crashed", severity=CODES["run.crashed"].severity, step=self.steps_attempted,
+            epoch=self.epoch, title=f"training raised {kind}: {message.splitlines()[0][:200]}",
+            detail=f"{kind}: {message}{at}; {self.steps_taken} optimizer steps applied, "
+                   f"{self.batches_seen} batches seen.",
+            where=kind, hint=CODES["run.crashed"].fix, rank=self.rank))
+
     def __enter__(self) -> TrainingHealth:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Leaving the block, by its end or an exception: an exception is recorded as
+        ``run.crashed``, then what is pending is written and the logs are closed; the
+        exception then propagates as it would without the monitor."""
+        if exc is not None:
+            self.record_crash(exc)
         self.close()
 
     # -- internals ----------------------------------------------------------------------
