@@ -50,9 +50,10 @@ class SkippedSteps(Detector):
     """
 
     codes = (Code("steps.skipped", Severity.WARNING, Severity.ERROR,
-                  meaning="Fewer optimizer steps were applied than batches seen over a window.",
-                  fix="A gate that vetoes steps, AMP overflows, or an accumulation setting the "
-                      "detector does not know of."),)
+                  meaning="Fewer optimizer steps were applied than attempted over a window.",
+                  fix="A gate that vetoes steps, AMP overflows, or a loop that accumulates gradients "
+                      "without saying so: report one step per optimizer step "
+                      "(after_backward(..., batches=N))."),)
     phases = frozenset({"after_step"})
 
     def __init__(self, window: int = 20, max_fraction: float = 0.5, accumulation: int | None = None,

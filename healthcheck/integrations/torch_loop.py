@@ -160,7 +160,8 @@ class TrainingHealth:
         the weights). With ``scaler=`` the gradients are unscaled here, so clipping after
         this call needs no ``scaler.unscale_``. ``terms`` are the unweighted loss terms,
         ``weights`` their effective weights; ``batches`` is how many batches this step
-        accumulated: step numbers then count optimizer steps, ``batches_seen`` batches."""
+        accumulated: step numbers then count optimizer steps, ``batches_seen`` batches.
+        ``loss`` may be None where the loop cannot see it (the loss checks then skip it)."""
         if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
             raise ValueError(f"batches must be an integer >= 1 (batches accumulated into this step), "
                              f"but got {batches=}")
@@ -169,9 +170,11 @@ class TrainingHealth:
         terms = dict(terms or {})
         weights = dict(weights or {})
         metrics = dict(metrics or {})
-        values = _floats([loss, *terms.values(), *weights.values(), *metrics.values()])
+        values = _floats([0.0 if loss is None else loss, *terms.values(), *weights.values(), *metrics.values()])
         it = iter(values)
-        loss_f = next(it)
+        loss_f: float | None = next(it)
+        if loss is None:
+            loss_f = None
         terms_f, weights_f, metrics_f = ({k: next(it) for k in d} for d in (terms, weights, metrics))
         amp = None
         if self.scaler is not None and self.scaler.is_enabled():
