@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
 import healthcheck
 import healthcheck.detectors as D
+from healthcheck.cli import cli
 from healthcheck.events import Severity, read_events
 from healthcheck.record import read_records
 
@@ -17,6 +19,13 @@ ACCUMULATE, STEPS, BATCH = 4, 12, 8
 
 # Lightning's own use of a deprecated torch pytree API; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:.*treespec.*")
+
+
+def watch_status(run_dir):
+    """`healthcheck watch RUN --once --json`: 0 healthy, 1 not."""
+    res = CliRunner().invoke(cli, ["watch", str(run_dir), "--once", "--json"])
+    assert res.exit_code in (0, 1), res.output
+    return res.exit_code
 
 
 def _data(n_batches):
@@ -58,6 +67,7 @@ def test_plain_accumulating_loop_is_healthy_and_counts_optimizer_steps(tmp_path)
     assert [r.step for r in steps] == list(range(STEPS))
     assert [r.batches_seen for r in steps] == [ACCUMULATE * (i + 1) for i in range(STEPS)]
     assert health.steps_taken == STEPS and health.batches_seen == STEPS * ACCUMULATE
+    assert watch_status(tmp_path) == 0  # re-judged from the files: still no steps.skipped
 
 
 def test_plain_accumulating_loop_with_steps_left_out_is_caught(tmp_path):
@@ -116,3 +126,4 @@ def test_lightning_accumulate_grad_batches_is_healthy(tmp_path):
     assert steps[-1].batches_seen == STEPS * ACCUMULATE
     # the loss is the mean over the step's batches, as the terms are (no loss.sum_mismatch)
     assert all(r.loss == pytest.approx(r.terms["mse"], rel=1e-5) for r in steps)
+    assert watch_status(tmp_path) == 0

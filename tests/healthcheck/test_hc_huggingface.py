@@ -10,12 +10,21 @@ import sys
 
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
+from healthcheck.cli import cli
 from healthcheck.events import Severity, read_events
 from healthcheck.record import read_records
 
 ACCUMULATE = 4
+
+
+def watch_status(run_dir):
+    """`healthcheck watch RUN --once --json`: 0 healthy, 1 not."""
+    res = CliRunner().invoke(cli, ["watch", str(run_dir), "--once", "--json"])
+    assert res.exit_code in (0, 1), res.output
+    return res.exit_code
 
 
 def test_module_imports_without_transformers_and_explains_when_used(monkeypatch):
@@ -115,6 +124,7 @@ def test_tiny_gpt2_with_accumulation_trains_healthy(tmp_path):
     # the recorded loss is the Trainer's own: its logged training loss of the first step
     logged = [h["loss"] for h in trainer.state.log_history if "loss" in h and h.get("step") == 1]
     assert logged and steps[0].loss == pytest.approx(logged[0], rel=1e-3)
+    assert watch_status(tmp_path / "run") == 0
 
 
 def test_zero_learning_rate_is_named(tmp_path):
@@ -130,3 +140,4 @@ def test_nan_from_step_k_stops_before_the_optimizer_applies_it(tmp_path):
     assert cb.health.stop_reason.step == 5  # the sixth step, the first NaN
     assert trainer.state.global_step < 3 * 64 // 4  # stopped early
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert watch_status(tmp_path / "run") == 1

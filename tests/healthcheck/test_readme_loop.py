@@ -11,14 +11,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
 import healthcheck
+from healthcheck.cli import cli
 from healthcheck.events import Severity, read_events
 from healthcheck.record import read_records
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BATCHES, BATCH, EPOCHS, ACCUMULATE = 8, 16, 3, 4  # what the README's block uses (3 epochs, 4 batches per step)
+
+
+def watch_status(run_dir):
+    """`healthcheck watch RUN --once --json`: 0 healthy, 1 not."""
+    res = CliRunner().invoke(cli, ["watch", str(run_dir), "--once", "--json"])
+    assert res.exit_code in (0, 1), res.output
+    return res.exit_code
 
 
 def readme_loop() -> str:
@@ -62,6 +71,7 @@ def test_the_readme_loop_runs_as_written_and_trains_healthy(tmp_path, monkeypatc
     assert evals[-1] < evals[0]  # it learns
     health = namespace["health"]
     assert health.steps_taken == EPOCHS * per_epoch and health.monitor.closed
+    assert watch_status(run_dir) == 0
 
 
 def test_an_exception_in_the_loop_is_recorded_and_the_logs_closed(tmp_path, monkeypatch):
@@ -82,6 +92,7 @@ def test_an_exception_in_the_loop_is_recorded_and_the_logs_closed(tmp_path, monk
     assert events[-1].code == "monitor.summary"  # closed cleanly after the crash was recorded
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(read_records(run_dir / "metrics.jsonl")) == 1  # no torn line
+    assert watch_status(run_dir) == 1  # the crash is an error: not a healthy run
 
 
 def test_a_stop_or_an_interrupt_is_not_a_crash(tmp_path):
