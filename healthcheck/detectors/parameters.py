@@ -64,11 +64,11 @@ class NotInOptimizer(Detector):
     def check(self, record: StepRecord, state: _SeenState, live: LiveView | None) -> Sequence[HealthEvent]:
         if live is None or live.optimizer is None:
             return NO_EVENTS
-        held = live.optimizer_param_ids()
-        layout = (len(live.named_params), len(held))
-        if layout == state.layout:
+        layout = (len(live.named_params), sum(len(g["params"]) for g in live.optimizer.param_groups))
+        if layout == state.layout:  # every step: counting is cheap, the id set is built on change
             return NO_EVENTS
         state.layout = layout
+        held = live.optimizer_param_ids()
         missing = [(n, p, o) for (n, p), o in zip(live.named_params, live.owners) if id(p) not in held]
         names = tuple(n for n, _, _ in missing)
         if names == state.missing:
