@@ -90,10 +90,14 @@ def test_dead_units_in_a_run_whose_loss_is_flat_become_an_error_once_that_is_kno
     torch.manual_seed(0)
     net = Mlp()
     net.shift[:5] = 100.0
-    flat = dead_unit_events(net, lambda: torch.randn(16, 4), n=60, loss=lambda i: 1.0 + 0.01 * (i % 3))
+    flat = dead_unit_events(net, lambda: torch.randn(16, 4), n=30, loss=lambda i: 1.0 + 0.01 * (i % 3))
     grades = {e.step: e.severity for e in flat}
-    assert grades[2] == Severity.WARNING and grades[48] == Severity.WARNING  # not known yet
-    assert grades[49] == Severity.ERROR and "not improving" in flat[-1].detail
+    assert grades[2] == Severity.WARNING and grades[18] == Severity.WARNING  # not known yet
+    assert grades[19] == Severity.ERROR and "not improving" in flat[-1].detail  # 20 losses, none lower
+    # a loss that moved a little by step 20 but not enough by step 50: an error from then on
+    slow = dead_unit_events(net, lambda: torch.randn(16, 4), n=60, loss=lambda i: 1.0 / (1 + 0.01 * i))
+    grades = {e.step: e.severity for e in slow}
+    assert grades[19] == Severity.WARNING and grades[48] == Severity.WARNING and grades[49] == Severity.ERROR
 
 
 def test_dead_units_names_the_layer_whose_units_died():
