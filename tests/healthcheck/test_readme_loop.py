@@ -147,4 +147,4 @@ def test_a_compiled_training_step_leaves_the_monitor_out_of_its_graphs(tmp_path)
 
 @pytest.mark.slow
 def test_a_compiled_training_step_runs_with_the_default_backend(tmp_path):
-    compiled_run(tmp_path, "inductor")  # about 30 s on 2 CPU cores: code generation
+    compiled_run(tmp_path, "inductor")  # code generation: ~30 s with a cold compile cache on 2 cores
