@@ -1,18 +1,21 @@
 """Health checks for a plain PyTorch loop, in three lines.
 
 ```python
-health = healthcheck.TrainingHealth(model, optimizer, run_dir="runs/x")
-for x, y in loader:
-    optimizer.zero_grad()
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    health.after_backward(loss, terms={...}, weights={...}, primary="mse")
-    optimizer.step()
-    health.after_step()
-    if health.should_stop:
-        break
-health.close()                    # or: with TrainingHealth(...) as health: ...
+with healthcheck.TrainingHealth(model, optimizer, run_dir="runs/x") as health:
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        health.after_backward(loss, terms={...}, weights={...}, primary="mse")
+        optimizer.step()
+        health.after_step()
+        if health.should_stop:
+            break
 ```
+
+Leaving the ``with`` block writes the closing summary; an exception inside it is recorded
+as ``run.crashed`` first and then propagates. ``evaluate`` and ``end_epoch`` add validation
+and epoch records (the ``val.*`` checks need them).
 
 `TrainingHealth` measures what the detectors read (per-module gradient, update and
 parameter norms, with one host sync per phase), writes metrics.jsonl and health.jsonl in
@@ -26,10 +29,13 @@ from __future__ import annotations
 
 import math
 import os
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ..events import HealthEvent
+from ..codes import CODES, Code, declare
+from ..events import HealthEvent, Severity
 from ..live import LiveView, ModuleNorms
 from ..monitor import Monitor
 from ..record import MetricsWriter, StepRecord
@@ -42,6 +48,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..policy import Policy
 
 METRICS_FILE = "metrics.jsonl"
+
+LOOP_CODES = declare(
+    Code("run.crashed", Severity.ERROR,
+         meaning="The training loop raised an exception: the run ended there (type and message "
+                 "in the event).",
+         fix="Read the exception in the detail; the metrics and health logs were closed cleanly "
+             "up to the step where it happened."),
+)
 
 
 class HealthStop(RuntimeError):
@@ -62,6 +76,24 @@ def _floats(values: Sequence[Any]) -> list[float]:
     dev = tensors[0].device
     read = iter(torch.stack([t.detach().reshape(()).to(dev, torch.float64) for t in tensors]).tolist())
     return [next(read) if hasattr(v, "detach") else float(v) for v in values]
+
+
+_EAGER_METHODS = ("after_backward", "after_step", "end_epoch", "evaluate", "close", "record_crash")
+
+
+def _keep_out_of_compiled_graphs(health: TrainingHealth) -> None:
+    """Make the monitor's calls run eagerly when a ``torch.compile``d training step makes
+    them: dynamo would otherwise trace the monitor's own tensor work (fused norms, host
+    reads, file writes) into the user's graph, which costs compile time and, on some torch
+    releases, fails outright. ``torch.compiler.disable`` (torch >= 2.1) marks each bound
+    method: dynamo then breaks the graph there and runs it as plain Python."""
+    import torch
+
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    if disable is None:  # pragma: no cover - older than the supported range
+        return
+    for name in _EAGER_METHODS:
+        setattr(health, name, disable(getattr(health, name)))
 
 
 class TrainingHealth:
@@ -107,6 +139,7 @@ class TrainingHealth:
         self.metrics = None if self.run_dir is None else MetricsWriter(os.path.join(self.run_dir, METRICS_FILE))
         self.epoch = 0
         self.batches_seen = 0
+        self.steps_attempted = 0  # after_backward calls: the ``step`` of records and events
         self.steps_taken = 0
         self._pending: StepRecord | None = None
         self._guarded = False
@@ -114,23 +147,34 @@ class TrainingHealth:
         self._epoch_sum = 0.0
         self._epoch_terms: dict[str, float] = {}
         self._epoch_n = 0
+        _keep_out_of_compiled_graphs(self)
 
     # -- the three calls ----------------------------------------------------------------
     def after_backward(self, loss: Any, terms: Mapping[str, Any] | None = None,
                        weights: Mapping[str, Any] | None = None, *, primary: str | None = None,
                        weight_sources: Mapping[str, str] | None = None,
                        metrics: Mapping[str, Any] | None = None, batches: int = 1) -> Sequence[HealthEvent]:
-        """Call after ``loss.backward()``, before ``optimizer.step()``. ``terms`` are the
-        unweighted loss terms, ``weights`` their effective weights; ``batches`` is how many
-        batches this step accumulated."""
+        """Call once per optimizer step, when its gradients are complete: after the last
+        ``loss.backward()`` it accumulates, before gradient clipping and ``optimizer.step()``
+        (so a gradient spike is seen as it was, and a stop still keeps the step from changing
+        the weights). With ``scaler=`` the gradients are unscaled here, so clipping after
+        this call needs no ``scaler.unscale_``. ``terms`` are the unweighted loss terms,
+        ``weights`` their effective weights; ``batches`` is how many batches this step
+        accumulated: step numbers then count optimizer steps, ``batches_seen`` batches.
+        ``loss`` may be None where the loop cannot see it (the loss checks then skip it)."""
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+            raise ValueError(f"batches must be an integer >= 1 (batches accumulated into this step), "
+                             f"but got {batches=}")
         if self._pending is not None:  # after_step was not called for the previous batch
             self._finish(skipped=True)
         terms = dict(terms or {})
         weights = dict(weights or {})
         metrics = dict(metrics or {})
-        values = _floats([loss, *terms.values(), *weights.values(), *metrics.values()])
+        values = _floats([0.0 if loss is None else loss, *terms.values(), *weights.values(), *metrics.values()])
         it = iter(values)
-        loss_f = next(it)
+        loss_f: float | None = next(it)
+        if loss is None:
+            loss_f = None
         terms_f, weights_f, metrics_f = ({k: next(it) for k in d} for d in (terms, weights, metrics))
         amp = None
         if self.scaler is not None and self.scaler.is_enabled():
@@ -140,7 +184,8 @@ class TrainingHealth:
                 pass  # already unscaled by the loop (e.g. for clipping)
             self._scale_before = float(self.scaler.get_scale())
             amp = {"scale": self._scale_before, "found_inf": None}
-        step = self.batches_seen
+        step = self.steps_attempted
+        self.steps_attempted += 1
         self.batches_seen += batches
         record = StepRecord(
             kind="step", step=step, epoch=self.epoch, loss=loss_f,
@@ -183,7 +228,7 @@ class TrainingHealth:
             terms_f = dict(zip(t, _floats(list(t.values()))))
         m = dict(metrics or {})
         record = StepRecord(
-            kind="epoch", step=self.batches_seen, epoch=self.epoch, loss=loss_f, terms=terms_f,
+            kind="epoch", step=self.steps_attempted, epoch=self.epoch, loss=loss_f, terms=terms_f,
             lr=[float(g["lr"]) for g in self.optimizer.param_groups], steps_taken=self.steps_taken,
             batches_seen=self.batches_seen, metrics=dict(zip(m, _floats(list(m.values())))),
             rank=self.rank)
@@ -200,7 +245,7 @@ class TrainingHealth:
         t, m = dict(terms or {}), dict(metrics or {})
         vals = _floats([loss, *t.values(), *m.values()])
         record = StepRecord(
-            kind="eval", step=self.batches_seen, epoch=self.epoch, loss=vals[0],
+            kind="eval", step=self.steps_attempted, epoch=self.epoch, loss=vals[0],
             terms=dict(zip(t, vals[1:1 + len(t)])), metrics=dict(zip(m, vals[1 + len(t):])),
             rank=self.rank)
         events = self.monitor.observe(record, "eval", self.live)
@@ -237,10 +282,35 @@ class TrainingHealth:
             self.metrics.close()
         return summary
 
+    def record_crash(self, exc: BaseException) -> HealthEvent | None:
+        """Record that the loop raised ``exc`` (``run.crashed``: its type and message, where it
+        was raised). The ``with`` form calls this itself; an adapter whose framework reports
+        exceptions (Lightning's ``on_exception``) calls it before `close`. Not for a
+        `HealthStop` (the policy's own stop) or an interrupt (Ctrl-C, SystemExit): those end
+        the run on purpose, and only close it."""
+        if not isinstance(exc, Exception) or isinstance(exc, HealthStop) or self.monitor.closed:
+            return None
+        frames = traceback.extract_tb(exc.__traceback__)
+        at = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+        message = str(exc).strip() or "(no message)"
+        kind = type(exc).__qualname__
+        return self.monitor.emit(HealthEvent(
+            code="run.crashed", severity=CODES["run.crashed"].severity, step=self.steps_attempted,
+            epoch=self.epoch, title=f"training raised {kind}: {message.splitlines()[0][:200]}",
+            detail=f"{kind}: {message}{at}; {self.steps_taken} optimizer steps applied, "
+                   f"{self.batches_seen} batches seen.",
+            where=kind, hint=CODES["run.crashed"].fix, rank=self.rank))
+
     def __enter__(self) -> TrainingHealth:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Leaving the block, by its end or an exception: an exception is recorded as
+        ``run.crashed``, then what is pending is written and the logs are closed; the
+        exception then propagates as it would without the monitor."""
+        if exc is not None:
+            self.record_crash(exc)
         self.close()
 
     # -- internals ----------------------------------------------------------------------
