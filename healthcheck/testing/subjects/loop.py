@@ -3,7 +3,7 @@
 A subject builds a `Setup`: its model, optimizer, scheduler, batches and loss, plus the
 handful of choices a hand-written loop makes (how gradients are cleared, whether and where
 they are clipped, accumulation, autocast). `train` is that loop, written the way people
-write it, with the three calls of `TrainingHealth` in their documented places. A fault is
+write it, with the calls of `TrainingHealth` in their documented places. A fault is
 a change to the `Setup` before training: a clearing step that does nothing, a term left
 out of the sum, a data source that shuffles the labels; so faults read like the bug
 reports they come from and need no access to the loop's source.
@@ -55,12 +55,14 @@ class Setup:
     accumulate: int = 1
     autocast: bool = False
     primary: str | None = None
+    probe: bool = True  # call the monitor's before_backward probes, where it has them
     extra: dict[str, Any] = field(default_factory=dict)  # subject-specific parts faults may use
 
 
 def train(setup: Setup, health: Any, steps: int) -> None:
     """``steps`` optimizer steps of ``setup``, monitored by ``health`` (a `TrainingHealth`)."""
     model, opt = setup.model, setup.optimizer
+    probe = getattr(health, "before_backward", None) if setup.probe else None
     model.train()
     for step in range(steps):
         setup.clear(setup)
@@ -69,6 +71,8 @@ def train(setup: Setup, health: Any, steps: int) -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setup.autocast):
                 output, terms = setup.compute(model, inputs, targets)
                 loss = setup.combine(terms, setup.weights)
+            if probe is not None and micro == setup.accumulate - 1:
+                probe(output, terms, setup.weights, targets=targets, loss_fn=setup.pairing_loss)
             (loss / setup.accumulate).backward()
         if setup.clip is not None and setup.clip_before_monitor:
             torch.nn.utils.clip_grad_norm_(model.parameters(), setup.clip)
