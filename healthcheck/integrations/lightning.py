@@ -15,6 +15,12 @@ Where each phase is judged:
 Loss terms and weights: a LightningModule may set ``self.health_terms`` /
 ``self.health_weights`` (dicts, tensors allowed) in ``training_step``; they are read at
 the next optimizer step. A stop sets ``trainer.should_stop`` (any rank stopping stops all).
+
+Probes (`TrainingHealth.before_backward`): a module that also sets ``self.health_output``
+(the model's output tensor, still attached to its graph) in ``training_step`` gets the
+term-reach probe at ``on_before_backward``, and with ``self.health_targets`` and
+``self.health_pairing_loss`` (``loss(output, targets)``) the data-pairing probe. Gradients
+not cleared between steps are watched for every module, without any attribute.
 """
 
 from __future__ import annotations
@@ -72,8 +78,17 @@ def _build() -> type:
                                          **kwargs)
 
         def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
-            """Called before loss.backward(): keep the loss (detached, no sync)."""
+            """Called before loss.backward(): keep the loss (detached, no sync) and run the
+            probes on the output the module left in ``health_output``, if any."""
             self._loss = loss.detach()
+            output = getattr(pl_module, "health_output", None)
+            if self.health is not None and output is not None:
+                self.health.before_backward(
+                    output, terms=getattr(pl_module, self.terms_attr, None),
+                    weights=getattr(pl_module, self.weights_attr, None),
+                    targets=getattr(pl_module, "health_targets", None),
+                    loss_fn=getattr(pl_module, "health_pairing_loss", None))
+                pl_module.health_output = None  # the graph is the step's, not the module's
 
         def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
             """Called after loss.backward(): count accumulated batches."""
