@@ -112,7 +112,7 @@ class TermUnreached(Detector):
 @dataclass
 class _PairingState:
     gaps: deque = field(default_factory=lambda: deque(maxlen=5))
-    first_losses: list = field(default_factory=list)
+    peak: float = -math.inf  # the highest median of the last 5 to 10 losses so far
     recent_losses: deque = field(default_factory=lambda: deque(maxlen=10))
 
 
@@ -127,10 +127,11 @@ class NoDataSignal(Detector):
     a model that learnt an input-to-target relation does clearly better on the true one.
     The gap is relative to the shuffled loss. Fires once ``warmup`` (100) steps have
     passed, when the median of the last ``probes`` (5) gaps is below ``min_gap`` (0.05)
-    while the loss has fallen ``min_drop`` (5 %) below its start: a loss that fell with
-    no pairing signal fell by learning the targets' mean, and a model still too early to
-    have learnt anything (a large model at step 100) has not lowered its loss either, so
-    it is left alone. Healthy subjects reach gaps of 0.7 and more by step 100.
+    while the loss has fallen ``min_drop`` (5 %) below its highest level so far (the
+    highest median of the last ten steps, from step 5 on: a run whose loss first rises
+    is judged from its peak): a loss that fell with no pairing signal fell by learning the targets'
+    mean, and a model still too early to have learnt anything (a large model at step
+    100) has not lowered its loss either, so it is left alone. Healthy subjects reach gaps of 0.7 and more by step 100.
     """
 
     codes = (Code("data.no_signal", Severity.ERROR,
@@ -154,9 +155,9 @@ class NoDataSignal(Detector):
 
     def check(self, record: StepRecord, state: _PairingState, live: LiveView | None) -> Sequence[HealthEvent]:
         if record.kind == "step" and record.loss is not None and math.isfinite(record.loss):
-            if len(state.first_losses) < 5:
-                state.first_losses.append(record.loss)
             state.recent_losses.append(record.loss)
+            if len(state.recent_losses) >= 5:
+                state.peak = max(state.peak, statistics.median(state.recent_losses))
         pairing = _signal(live, "pairing")
         if pairing is None:
             return NO_EVENTS
@@ -167,7 +168,7 @@ class NoDataSignal(Detector):
         if record.step < self.warmup or len(state.gaps) < self.probes:
             return NO_EVENTS
         gap = statistics.median(state.gaps)
-        start, now = statistics.median(state.first_losses), statistics.median(state.recent_losses)
+        start, now = state.peak, statistics.median(state.recent_losses)
         if gap >= self.min_gap or not now < (1.0 - self.min_drop) * start:
             return NO_EVENTS
         return (self.event(
@@ -176,7 +177,8 @@ class NoDataSignal(Detector):
             detail=(f"Over the last {len(state.gaps)} probes the loss with the true targets was "
                     f"only {gap:.2%} below the loss with targets shuffled within the batch "
                     f"(now {fmt(true)} against {fmt(shuffled)}), while the loss fell from "
-                    f"{fmt(start)} to {fmt(now)}: it fell by learning the targets' mean. A model "
-                    f"that learns from its inputs opens a gap of tens of percent."),
+                    f"{fmt(start)} (its highest level) to {fmt(now)}: it fell by learning the "
+                    f"targets' mean. A model that learns from its inputs opens a gap of tens of "
+                    f"percent."),
             evidence={"gap": gap, "loss_true": true, "loss_shuffled": shuffled, "loss_start": start,
                       "loss_now": now}),)
