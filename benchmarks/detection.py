@@ -30,7 +30,8 @@ each fault x ``--subject-seeds`` seeds and every healthy variant, ``--subject-st
 steps a run, the monitor alone), or ``all`` (every one). The JSON then gains
 ``by_subject`` ({subject: {recall, monitor_only_recall, false_alarms, false_alarm_rate,
 median_latency_steps, missed, ...}}), ``subject_runs`` and ``monitor_cost`` (the
-monitor's share of a step of the ``charlm`` loop).
+monitor's cost per step of the ``charlm`` loop). ``--cost`` measures only that cost, on
+every plain subject or the one ``--subject`` names.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="ris (default), charlm, imgcls, autoencoder, or all")
     p.add_argument("--subject-steps", type=int, default=200, help="steps per plain-subject run (default 200)")
     p.add_argument("--subject-seeds", type=int, default=2, help="seeds per plain-subject fault (default 2)")
+    p.add_argument("--cost", action="store_true",
+                   help="only measure the monitor's cost per step on the plain subjects (--subject picks one)")
     args = p.parse_args(argv)
     for name in ("steps", "seeds", "healthy", "threads"):
         if getattr(args, name) < (1 if name in ("steps", "threads") else 0):
@@ -116,6 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(highlight=False, width=max(console.width, 200))
     from healthcheck.testing.subjects import SUBJECTS
 
+    if args.cost:
+        import torch
+
+        from healthcheck.testing.detection import monitor_cost
+
+        torch.set_num_threads(args.threads)
+
+        costs = [monitor_cost(name) for name in (SUBJECTS if args.subject in ("all", "ris") else [args.subject])]
+        show_cost(console, costs)
+        write_json(args, console, {"monitor_cost": costs})
+        return 0
     if args.subject not in ("ris", "all", *SUBJECTS):
         console.print(f"[bold red]error:[/] --subject must be ris, all or one of {', '.join(SUBJECTS)}, "
                       f"but got {args.subject!r}")
@@ -199,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     show_results(console, faults, bench)
     out = bench.to_json()
-    if plain is not None:
+    if plain is not None and bench.runs:
         s = bench.summary
         plain["by_subject"]["ris"] = {"recall": s["recall"], "monitor_only_recall": s["monitor_only_recall"],
                                       "false_alarm_rate": s["false_alarm_rate"],
@@ -216,6 +230,19 @@ def write_json(args: argparse.Namespace, console, data: dict | None) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(data, indent=1) + "\n")
         console.print(f"wrote {out}")
+
+
+def show_cost(console, costs: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title="monitor cost per step (median over interleaved rounds)", title_justify="left")
+    for col in ("subject", "variant", "median step (ms)", "vs bare", "inside the health calls (ms/step)"):
+        table.add_column(col)
+    for cost in costs:
+        for name, v in cost["variants"].items():
+            table.add_row(cost["subject"], name, f"{1e3 * v['median_step_s']:.2f}", f"{100 * v['vs_bare']:+.1f}%",
+                          f"{1e3 * v['inside_calls_s']:.3f}")
+    console.print(table)
 
 
 def run_plain_subjects(args: argparse.Namespace, console, names: list[str]) -> dict:
@@ -259,8 +286,7 @@ def run_plain_subjects(args: argparse.Namespace, console, names: list[str]) -> d
     console.print(st)
     cost = monitor_cost("charlm") if "charlm" in names else None
     if cost is not None:
-        console.print(f"monitor cost on charlm: {1e3 * cost['step_s_bare']:.2f} ms/step bare, "
-                      f"{1e3 * cost['step_s_monitored']:.2f} ms monitored ({100 * cost['monitor_share']:.1f}%)")
+        show_cost(console, [cost])
     console.print(f"wall time {summary['wall_s']} s")
     return {"by_subject": summary["by_subject"], "subjects_all": summary["all"],
             "subject_runs": [r.to_json() for r in runs], "monitor_cost": cost}

@@ -141,32 +141,79 @@ def _rate(hits: Sequence[bool]) -> float | None:
     return sum(hits) / len(hits) if hits else None
 
 
-def monitor_cost(subject: str, steps: int = 100, seed: int = 0, repeats: int = 3) -> dict[str, float]:
-    """Seconds per step of ``subject``'s loop with the default monitor and with a stand-in
-    that does nothing, best of ``repeats``; the difference is the monitor's own cost."""
-    class _Nothing:
-        def after_backward(self, *a: Any, **k: Any) -> None:
-            return None
+class _Unmonitored:
+    """Stands in for `TrainingHealth` in the loop and does nothing."""
 
-        def after_step(self, *a: Any, **k: Any) -> None:
-            return None
+    def after_backward(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
-    def timed(make: Callable[[Any], Any]) -> float:
-        best = float("inf")
-        for _ in range(repeats):
-            setup = SUBJECTS[subject].build(seed, "plain", steps)
-            health = make(setup)
+    def after_step(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class _StepClock:
+    """Wraps a health object: the wall time of every step, and the time spent inside the
+    health calls of every step."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.steps: list[float] = []
+        self.inside: list[float] = []
+        self._in_calls = 0.0
+        self._last = time.perf_counter()
+        if hasattr(inner, "before_backward"):
+            self.before_backward = self._timed(inner.before_backward)
+        self.after_backward = self._timed(inner.after_backward)
+        self._after_step = self._timed(inner.after_step)
+
+    def _timed(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
-            train(setup, health, steps)
-            best = min(best, time.perf_counter() - t0)
-            if hasattr(health, "close"):
-                health.close()
-        return best / steps
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._in_calls += time.perf_counter() - t0
+        return call
 
-    bare = timed(lambda s: _Nothing())
-    watched = timed(lambda s: monitored(s))
-    return {"subject": subject, "step_s_bare": bare, "step_s_monitored": watched,
-            "monitor_share": (watched - bare) / bare}
+    def after_step(self, *args: Any, **kwargs: Any) -> Any:
+        out = self._after_step(*args, **kwargs)
+        now = time.perf_counter()
+        self.steps.append(now - self._last)
+        self.inside.append(self._in_calls)
+        self._last, self._in_calls = now, 0.0
+        return out
+
+
+COST_VARIANTS: dict[str, Callable[[Any], Any]] = {
+    "bare": lambda setup: _Unmonitored(),
+    "monitor without the new signals": lambda setup: monitored(setup, watch_grad_clearing=False, probe_every=0),
+    "monitor (default)": lambda setup: monitored(setup),
+}
+
+
+def monitor_cost(subject: str, *, rounds: int = 8, steps: int = 60, skip: int = 5) -> dict[str, Any]:
+    """What the monitor costs per step of ``subject``'s loop: the loop bare, monitored
+    without the gradient-clearing watch and the probes, and monitored by default, run in
+    interleaved rounds so machine noise hits them alike. Per variant: the median step
+    (seconds; the first ``skip`` steps of a round left out) and the mean time spent inside
+    the health calls per step."""
+    times: dict[str, list[float]] = {k: [] for k in COST_VARIANTS}
+    inside: dict[str, list[float]] = {k: [] for k in COST_VARIANTS}
+    for r in range(rounds):
+        for name, make in COST_VARIANTS.items():
+            setup = SUBJECTS[subject].build(r, "plain", steps)
+            clock = _StepClock(make(setup))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                train(setup, clock, steps)
+            if hasattr(clock.inner, "close"):
+                clock.inner.close()
+            times[name] += clock.steps[skip:]
+            inside[name] += clock.inside[skip:]
+    bare = statistics.median(times["bare"])
+    return {"subject": subject, "rounds": rounds, "steps": steps,
+            "variants": {k: {"median_step_s": statistics.median(v), "vs_bare": statistics.median(v) / bare - 1,
+                             "inside_calls_s": statistics.mean(inside[k])} for k, v in times.items()}}
 
 
 def run_subjects(subjects: Sequence[str], *, seeds: int = 2, healthy_seeds: int = 3, steps: int = 200,
