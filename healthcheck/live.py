@@ -57,6 +57,10 @@ class LiveView:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         self.model = model
         self.optimizer = optimizer
+        # facts the training process measured for this step beyond norms (see `signals`):
+        # {"uncleared_grads": names, "term_reach": {term: (|term|, grad norm)},
+        #  "pairing": (true-pairing loss, shuffled-pairing loss)}; absent: not measured
+        self.signals: dict[str, object] = {}
         self.refresh()
 
     def refresh(self) -> None:

@@ -20,6 +20,12 @@ Loss terms and weights: a LightningModule may set ``self.health_terms`` /
 ``self.health_weights`` (dicts, tensors allowed) in ``training_step``; they are read at
 each backward and averaged over the batches of one optimizer step. A stop sets
 ``trainer.should_stop`` (any rank stopping stops all).
+
+Probes (`TrainingHealth.before_backward`): a module that also sets ``self.health_output``
+(the model's output tensor, still attached to its graph) in ``training_step`` gets the
+term-reach probe at ``on_before_backward``, and with ``self.health_targets`` and
+``self.health_pairing_loss`` (``loss(output, targets)``) the data-pairing probe. Gradients
+not cleared between steps are watched for every module, without any attribute.
 """
 
 from __future__ import annotations
@@ -78,8 +84,17 @@ def _build() -> type:
                                          **kwargs)
 
         def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
-            """Called before loss.backward(): add the loss to this step's (detached, no sync)."""
+            """Called before loss.backward(): add the loss to this step's (detached, no sync)
+            and run the probes on the output the module left in ``health_output``, if any."""
             self._loss = loss.detach() if self._loss is None else self._loss + loss.detach()
+            output = getattr(pl_module, "health_output", None)
+            if self.health is not None and output is not None:
+                self.health.before_backward(
+                    output, terms=getattr(pl_module, self.terms_attr, None),
+                    weights=getattr(pl_module, self.weights_attr, None),
+                    targets=getattr(pl_module, "health_targets", None),
+                    loss_fn=getattr(pl_module, "health_pairing_loss", None))
+                pl_module.health_output = None  # the graph is the step's, not the module's
 
         def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
             """Called after loss.backward(): count the batch and add its terms."""

@@ -17,6 +17,14 @@ Leaving the ``with`` block writes the closing summary; an exception inside it is
 as ``run.crashed`` first and then propagates. ``evaluate`` and ``end_epoch`` add validation
 and epoch records (the ``val.*`` checks need them).
 
+Two optional probes need the step's output before ``loss.backward()`` frees its graph:
+``health.before_backward(output, terms=..., weights=..., targets=y, loss_fn=criterion)``
+checks, every ``probe_every`` steps, that each positive-weight term has a gradient with
+respect to the model's output (`healthcheck.signals.term_reach`) and that the output fits
+its own targets better than targets shuffled within the batch
+(`healthcheck.signals.pairing_gap`). Gradients carried over from one optimizer step into
+the next (a forgotten ``zero_grad``) are watched without any call (``watch_grad_clearing``).
+
 `TrainingHealth` measures what the detectors read (per-module gradient, update and
 parameter norms, with one host sync per phase), writes metrics.jsonl and health.jsonl in
 ``run_dir``, and runs a `Monitor`. When the policy asks for a stop at ``after_backward``
@@ -39,6 +47,7 @@ from ..events import HealthEvent, Severity
 from ..live import LiveView, ModuleNorms
 from ..monitor import Monitor
 from ..record import MetricsWriter, StepRecord
+from ..signals import GradClearWatch, pairing_gap, term_reach
 from ..sinks import default_sinks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,7 +87,7 @@ def _floats(values: Sequence[Any]) -> list[float]:
     return [next(read) if hasattr(v, "detach") else float(v) for v in values]
 
 
-_EAGER_METHODS = ("after_backward", "after_step", "end_epoch", "evaluate", "close", "record_crash")
+_EAGER_METHODS = ("before_backward", "after_backward", "after_step", "end_epoch", "evaluate", "close", "record_crash")
 
 
 def _keep_out_of_compiled_graphs(health: TrainingHealth) -> None:
@@ -113,6 +122,9 @@ class TrainingHealth:
         track_updates: measure ‖Δθ‖ (costs one copy of the trainable parameters).
         guard: on a stop at after_backward, set gradients to None so the step is a no-op.
         raise_on_stop: raise `HealthStop` instead of only setting ``should_stop``.
+        watch_grad_clearing: hook the parameters and the optimizer's step to see gradients
+            that are not cleared between optimizer steps (``grad.not_cleared``).
+        probe_every: `before_backward` measures every this many steps (0: never).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -122,7 +134,7 @@ class TrainingHealth:
                  sinks: Iterable[Any] | None = None, extra_sinks: Iterable[Any] = (),
                  console: bool = True, primary: str | None = None, scaler: Any = None,
                  track_updates: bool = True, guard: bool = True, raise_on_stop: bool = False,
-                 rank: int = 0) -> None:
+                 rank: int = 0, watch_grad_clearing: bool = True, probe_every: int = 10) -> None:
         self.model = model
         self.optimizer = optimizer
         self.run_dir = None if run_dir is None else os.fspath(run_dir)
@@ -147,9 +159,45 @@ class TrainingHealth:
         self._epoch_sum = 0.0
         self._epoch_terms: dict[str, float] = {}
         self._epoch_n = 0
+        if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 0:
+            raise ValueError(f"probe_every must be an integer >= 0, but got {probe_every=}")
+        self.probe_every = probe_every
+        self._clear_watch = (GradClearWatch(self.live.named_params, optimizer)
+                             if watch_grad_clearing else None)
+        self._signals: dict[str, Any] = {}
+        self._probe_gen: Any = None
         _keep_out_of_compiled_graphs(self)
 
     # -- the three calls ----------------------------------------------------------------
+    def before_backward(self, output: Any, terms: Mapping[str, Any] | None = None,
+                        weights: Mapping[str, Any] | None = None, *, targets: Any = None,
+                        loss_fn: Any = None) -> None:
+        """Optional, before ``loss.backward()``: probe this step's ``output`` (a tensor or a
+        tuple of them, still attached to its graph) every ``probe_every`` steps.
+
+        ``terms`` (the loss terms as tensors) and ``weights``: the gradient of each term
+        with a positive weight with respect to ``output`` must be finite and non-zero where
+        the term is not zero (``loss.term_unreached``); pass only terms computed from the
+        output (a penalty on the parameters has no reach to it by design). ``targets`` and
+        ``loss_fn(output, targets)``: the loss against the true targets must come out
+        measurably lower than against targets shuffled within the batch once the model has
+        had time to learn (``data.no_signal``). Costs a backward through the loss only (not
+        the model) and two loss evaluations, on probed steps.
+        """
+        if not self.probe_every or self.batches_seen % self.probe_every:
+            return
+        import torch
+
+        if terms:
+            self._signals["term_reach"] = term_reach(output, terms, {
+                k: float(v) for k, v in (weights or {}).items()})
+        if targets is not None and loss_fn is not None:
+            if self._probe_gen is None:
+                self._probe_gen = torch.Generator().manual_seed(self.rank)
+            gap = pairing_gap(output, targets, loss_fn, self._probe_gen)
+            if gap is not None:
+                self._signals["pairing"] = gap
+
     def after_backward(self, loss: Any, terms: Mapping[str, Any] | None = None,
                        weights: Mapping[str, Any] | None = None, *, primary: str | None = None,
                        weight_sources: Mapping[str, str] | None = None,
@@ -196,6 +244,11 @@ class TrainingHealth:
             batches_seen=self.batches_seen, metrics=metrics_f, rank=self.rank)
         self._pending = record
         self.norms.snapshot()
+        self.live.signals, self._signals = self._signals, {}
+        if self._clear_watch is not None:
+            uncleared = self._clear_watch.take()
+            if uncleared:
+                self.live.signals["uncleared_grads"] = uncleared
         events = self.monitor.observe(record, "after_backward", self.live)
         if self.monitor.should_stop and self.guard:
             self.optimizer.zero_grad(set_to_none=True)
@@ -278,6 +331,8 @@ class TrainingHealth:
         if self._pending is not None:
             self._finish(skipped=True)
         summary = self.monitor.close()
+        if self._clear_watch is not None:
+            self._clear_watch.remove()
         if self.metrics is not None:
             self.metrics.close()
         return summary

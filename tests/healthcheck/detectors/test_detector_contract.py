@@ -15,7 +15,8 @@ from healthcheck.codes import CODES
 from healthcheck.events import Severity
 
 # detectors that need a live model are tested in their family's file with one
-LIVE_ONLY = {"NoneGrad", "NotInOptimizer", "DeadUnits", "WeightDecay"}
+LIVE_ONLY = {"NoneGrad", "NotInOptimizer", "DeadUnits", "WeightDecay", "GradNotCleared", "TermUnreached",
+             "NoDataSignal"}
 
 
 def all_detector_classes():
