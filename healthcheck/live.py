@@ -209,11 +209,12 @@ class ModuleNorms:
         import torch
 
         current = [p.detach() for p in self._params]
-        have_update = self._have_snapshot and self._before is not None
-        if have_update:
+        before = self._before if self._have_snapshot else None
+        if before is not None:
             with torch.no_grad():
-                torch._foreach_sub_(self._before, current)  # before - after, in place
-        values = _to_host(_norm_tensors(current + (self._before if have_update else [])))
+                torch._foreach_sub_(before, current)  # before - after, in place
+        have_update = before is not None
+        values = _to_host(_norm_tensors(current + (before or [])))
         self._have_snapshot = False
         n = len(self._params)
         params = self._per_module(values[:n])

@@ -119,7 +119,7 @@ def term_reach(output: Any, terms: Mapping[str, Any], weights: Mapping[str, floa
 
     outs = _outputs(output)
     chosen = {k: v for k, v in terms.items()
-              if hasattr(v, "detach") and ((weights or {}).get(k) is None or float(weights[k]) > 0)}
+              if hasattr(v, "detach") and ((weights or {}).get(k) is None or float((weights or {})[k]) > 0)}
     if not outs or not chosen:
         return {}
     values, norms = [], []

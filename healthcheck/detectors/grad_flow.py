@@ -139,6 +139,9 @@ class ZeroGrad(Detector):
         return any_value(block, "grad_norm", lambda g: g == 0.0, skip_total=True)
 
 
+_FIRST, _RECENT = 5, 10  # losses averaged for "at first" and "now": one batch must not decide the grade
+
+
 @dataclass
 class _DeadState:
     params: Any = None  # the LiveView.named_params the selection below was made from
@@ -147,11 +150,10 @@ class _DeadState:
     counts: list[int] = field(default_factory=list)
     first: list[float] = field(default_factory=list)  # the run's first finite losses: the reference
     losses: int = 0  # finite losses seen
-    recent: deque = field(default_factory=lambda: deque(maxlen=_RECENT))  # the last finite losses
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=_RECENT))  # the last finite losses
 
 
 _LOOKUP_TABLES = ("Embedding", "EmbeddingBag")  # rows are sparse by design: one per token
-_FIRST, _RECENT = 5, 10  # losses averaged for "at first" and "now": one batch must not decide the grade
 
 
 def _select_units(state: _DeadState, live: LiveView) -> None:

@@ -14,6 +14,7 @@ import statistics
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..codes import Code
 from ..events import HealthEvent, Severity
@@ -22,7 +23,7 @@ from ..record import StepRecord
 from .base import NO_EVENTS, Detector, check_float, check_int, fmt, group_names, name_list
 
 
-def _signal(live: LiveView | None, key: str):
+def _signal(live: LiveView | None, key: str) -> Any:
     return None if live is None else getattr(live, "signals", {}).get(key)
 
 
@@ -111,9 +112,9 @@ class TermUnreached(Detector):
 
 @dataclass
 class _PairingState:
-    gaps: deque = field(default_factory=lambda: deque(maxlen=5))
+    gaps: deque[float] = field(default_factory=lambda: deque(maxlen=5))
     peak: float = -math.inf  # the highest median of the last 5 to 10 losses so far
-    recent_losses: deque = field(default_factory=lambda: deque(maxlen=10))
+    recent_losses: deque[float] = field(default_factory=lambda: deque(maxlen=10))
 
 
 class NoDataSignal(Detector):

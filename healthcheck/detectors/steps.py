@@ -165,7 +165,7 @@ class SkippedSteps(Detector):
             state.history.append((int(b), int(s)))
         return []
 
-    def _block_attempts(self, block) -> np.ndarray:
+    def _block_attempts(self, block: MetricBlock) -> np.ndarray:
         """`_attempts` of every row (NaN where the row has no ``batches_seen``)."""
         seen = block.scalar("batches_seen")
         if self.accumulation:

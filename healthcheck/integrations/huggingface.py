@@ -53,7 +53,7 @@ def _loss_of(output: Any) -> Any:
 def _build() -> type:
     from .torch_loop import TrainingHealth
 
-    class HealthCallback(_callback_base()):
+    class HealthCallback(_callback_base()):  # type: ignore[misc]  # transformers', found at run time
         """Runs a `TrainingHealth` inside ``Trainer.train()``. Arguments as for
         `TrainingHealth` (``primary``, ``policy``, ``detectors``, ``console``, ...)."""
 

@@ -42,7 +42,7 @@ def _callback_base() -> type:
         from lightning.pytorch import Callback
     except ImportError:
         try:
-            from pytorch_lightning import Callback
+            from pytorch_lightning import Callback  # type: ignore[assignment]
         except ImportError:
             raise ImportError(_MISSING) from None
     return Callback
@@ -51,7 +51,7 @@ def _callback_base() -> type:
 def _build() -> type:
     from .torch_loop import TrainingHealth
 
-    class HealthCallback(_callback_base()):
+    class HealthCallback(_callback_base()):  # type: ignore[misc]  # Lightning's, found at run time
         """Runs a `TrainingHealth` inside a Lightning fit. Arguments as for `TrainingHealth`,
         plus ``val_loss_key`` and the names of the module attributes carrying terms and
         weights. Only rank 0 writes files and prints."""

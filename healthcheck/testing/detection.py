@@ -131,7 +131,7 @@ def summarise(runs: Sequence[SubjectRun]) -> dict[str, Any]:
             "max_latency_steps": max(lat) if lat else None,
             "missed": sorted({r.fault for r in faulty if not r.detected}),
         }
-    by_subject = {}
+    by_subject: dict[str, Any] = {}
     for r in runs:
         by_subject.setdefault(r.subject, []).append(r)
     return {"all": one(runs), "by_subject": {k: one(v) for k, v in by_subject.items()}}

@@ -72,7 +72,8 @@ class TinyGPT(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(idx.shape[1], device=idx.device)
         x = self.transformer["wte"](idx) + self.transformer["wpe"](pos)
-        for block in self.transformer["h"]:
+        blocks: nn.ModuleList = self.transformer["h"]  # type: ignore[assignment]
+        for block in blocks:
             x = block(x)
         return self.lm_head(self.transformer["ln_f"](x))
 

@@ -32,13 +32,14 @@ def _clear_only(module_key: str) -> Callable[[Setup], None]:
 
 def _leave_out(term: str) -> Callable[[Setup], None]:
     def inject(setup: Setup) -> None:
-        setup.combine = lambda terms, w: sum(w[k] * v for k, v in terms.items() if k != term)
+        setup.combine = lambda terms, w: torch.stack([w[k] * v for k, v in terms.items() if k != term]).sum()
     return inject
 
 
 def _flip(term: str) -> Callable[[Setup], None]:
     def inject(setup: Setup) -> None:
-        setup.combine = lambda terms, w: sum((-1.0 if k == term else 1.0) * w[k] * v for k, v in terms.items())
+        setup.combine = lambda terms, w: torch.stack(
+            [(-1.0 if k == term else 1.0) * w[k] * v for k, v in terms.items()]).sum()
     return inject
 
 

@@ -99,7 +99,8 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.1, start: float = 0.
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW parameter groups as most codebases build them: matrices decay; biases, norm
     layers and embeddings do not."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
