@@ -99,6 +99,7 @@ def collect(run_dir: str, *, fmt: str = "auto", keys: KeyMap | None = None,
                      on_line=on_line)
     try:
         watch.poll_all()
+        watch.conclude()
         verdict = watch.verdict()
     finally:
         watch.close()

@@ -37,6 +37,7 @@ from .reading import (
     NumberedItems,
     RunLogError,
     StructRows,
+    csv_logs,
     detect_format,
     numbered_batches,
     open_health,
@@ -53,7 +54,24 @@ BAD_LINE = declare(
          repeats=True),
 )[0]
 
+# What a run's files must show before its verdict means anything (`RunWatch.conclude`).
+NO_STEPS, ENDED_EARLY = declare(
+    Code("watch.no_steps", Severity.ERROR,
+         meaning="The run's files hold no optimizer step (no step line, or no line at all): "
+                 "nothing was trained, so nothing can be judged healthy.",
+         fix="The process died before its first step (its own log says why), or its "
+             "metrics go elsewhere: point watch at the dir they are written to, or name "
+             "the format and columns (--format, --loss-key)."),
+    Code("watch.ended_early", Severity.WARNING,
+         meaning="The run's monitor started a health log but never wrote its closing "
+                 "summary, and the run is not being followed: it ended early. The event "
+                 "says how its last line ended: clean stop (a complete line), crash (a torn "
+                 "line, or a run.crashed event) or unknown (no line to tell by).",
+         fix="If it crashed, its own log says why; if it is still running, follow it "
+             "(--follow). --fail-on warning makes this fail the check."),
+)
 END_CODE = "monitor.summary"  # the monitor writes it when it closes: the run has ended
+CRASH_CODE = "run.crashed"  # what a loop's monitor records for an exception that ended it
 BLOCK_LINES = 8_192  # lines judged per poll slice (one block), so a catching-up view still redraws
 
 
@@ -122,6 +140,8 @@ class RunWatch:
         self.policy = policy if policy is not None else Policy.from_env()
         self.monitor = Monitor(stream_detectors(detectors), self.policy, source="watch")
         self.ended = False  # the monitor wrote its closing summary
+        self.crashed = False  # the health log records an exception that ended the run
+        self.concluded = False  # `conclude` has judged what the files as a whole show
         self._on_line = on_line
         self._metrics = None
         self._health = open_health(self.run_dir)
@@ -146,6 +166,17 @@ class RunWatch:
         """The column (CSV) or tag (TensorBoard) names seen so far."""
         m = self._metrics
         return list(getattr(m, "header", None) or sorted(getattr(m, "tags", None) or ()))
+
+    @property
+    def picked_log(self) -> str | None:
+        """A sentence naming the metrics.csv read when the run dir holds CSVLogger's
+        folders rather than the file itself (the newest of them); None otherwise."""
+        path = getattr(self._metrics, "path", None)
+        if self.format != "csv" or path is None or os.path.dirname(path) == self.run_dir.rstrip(os.sep):
+            return None
+        logs = csv_logs(self.run_dir)
+        others = f", the newest of {len(logs)}" if len(logs) > 1 else ""
+        return f"reading {os.path.relpath(path, self.run_dir)} below {self.run_dir}{others}"
 
     @property
     def missing_keys(self) -> list[str]:
@@ -282,6 +313,8 @@ class RunWatch:
             return
         if event.code == END_CODE:
             self.ended = True
+        elif event.code == CRASH_CODE:
+            self.crashed = True
         self._event(event)
 
     def _take_metrics(self, item: dict | BadLine, line_no: int) -> None:
@@ -334,6 +367,53 @@ class RunWatch:
             self._metrics.close()
 
     # -- the verdict ------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        """Step lines read so far (a line of any kind but epoch and eval is a step)."""
+        kinds = self.state.kinds
+        return self.state.lines - kinds.get("epoch", 0) - kinds.get("eval", 0)
+
+    @property
+    def last_line(self) -> str:
+        """How the run's last line ended: "clean stop" (a complete line), "crash" (a torn
+        line, or the health log records a crash) or "unknown" (no line to tell by)."""
+        torn = any(getattr(getattr(t, "status", None), "torn_bytes", 0)
+                   for t in (self._metrics, self._health) if t is not None)
+        if torn or self.crashed:
+            return "crash"
+        return "clean stop" if self.state.lines else "unknown"
+
+    @property
+    def ended_early(self) -> bool:
+        """Concluded without the monitor's closing summary, though the monitor had
+        started a health log (a run logged without a monitor has no summary to miss)."""
+        return self.concluded and not self.ended and os.path.isfile(self._health.path)
+
+    def conclude(self) -> None:
+        """Judge what only the files as a whole show, once the run is no longer followed:
+        a run without a single step (`watch.no_steps`) and one whose monitor never wrote
+        its closing summary (`watch.ended_early`). Call it after the last poll."""
+        if self.concluded:
+            return
+        self.concluded = True
+        last = self.state.last_step
+        step = last.get("step") if isinstance(last, Mapping) else None
+        step = step if isinstance(step, int) and not isinstance(step, bool) else None
+        if not self.steps:
+            info = CODES[NO_STEPS]
+            self._event(HealthEvent(
+                code=str(NO_STEPS), severity=info.severity, source="watch",
+                title=f"no optimizer step in the run's files ({self.state.lines} line(s) read)",
+                evidence={"lines": self.state.lines, "steps": 0}, hint=info.fix, time=time.time()))
+        if self.ended_early:
+            info = CODES[ENDED_EARLY]
+            how = self.last_line
+            self._event(HealthEvent(
+                code=str(ENDED_EARLY), severity=info.severity, source="watch", step=step,
+                title=f"the run ended without its closing summary; last line: {how}",
+                detail=f"last_line: {how}", evidence={"steps": self.steps}, hint=info.fix,
+                time=time.time()))
+
     def verdict(self, fail_on: Severity | str = Severity.ERROR) -> dict:
         """The JSON verdict: healthy means no event at or above `fail_on`."""
         fail_on = Severity.parse(fail_on)
@@ -351,6 +431,8 @@ class RunWatch:
             "reader": {"format": self.format, "lines": self.state.lines,
                        "bad_lines": self.state.bad_lines, "events_dropped": self.book.dropped,
                        "torn_bytes": getattr(status, "torn_bytes", 0), "ended": self.ended,
+                       "steps": self.steps, "ended_early": self.ended_early,
+                       "last_line": self.last_line if self.ended_early else None,
                        "detectors": [d.name for d in self.monitor.detectors]},
         }
 
