@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..watch.reading import KeyMap, check_readable
+from ..watch.reading.fields import kind_of, mapping, step_of
 from ..watch.runwatch import RunWatch
 from . import plots
 from .series import Series
@@ -40,11 +41,11 @@ class WeightLog:
     sources: dict[str, str] = field(default_factory=dict)  # latest `weight_sources` of a step line
 
     def add(self, line: Mapping[str, Any]) -> None:
-        w = line.get("weights")
-        if line.get("kind", "step") != "step" or not isinstance(w, Mapping) or not w:
+        w = mapping(line.get("weights"))
+        if kind_of(line.get("kind")) != "step" or not w:
             return
         if not self.first:
-            self.first, self.first_step = dict(w), line.get("step")
+            self.first, self.first_step = dict(w), step_of(line.get("step"))
         for k, v in w.items():
             if k in self.last and not _same(self.last[k], v):
                 self.changes[k] = self.changes.get(k, 0) + 1
@@ -271,16 +272,20 @@ FIGURES = ("events", "loss", "shares", "grad_norm", "update_ratio", "lr")
 
 
 def figures(data: RunData) -> dict[str, bytes]:
-    """The report's PNGs by name."""
+    """The report's PNGs by name. Names come from the run's files, so matplotlib shows
+    them as written: "$x_$" is a term name, not mathtext to parse (and fail on)."""
+    import matplotlib
+
     s = data.series
-    return {
-        "events": plots.events_figure(data.verdict["events"], data.verdict["last"]["step"]),
-        "loss": plots.loss_figure(s.steps, s.evals),
-        "shares": plots.shares_figure(s.steps),
-        "grad_norm": plots.grad_heatmap(s.steps),
-        "update_ratio": plots.ratio_figure(s.steps),
-        "lr": plots.lr_figure(s.steps),
-    }
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return {
+            "events": plots.events_figure(data.verdict["events"], data.verdict["last"]["step"]),
+            "loss": plots.loss_figure(s.steps, s.evals),
+            "shares": plots.shares_figure(s.steps),
+            "grad_norm": plots.grad_heatmap(s.steps),
+            "update_ratio": plots.ratio_figure(s.steps),
+            "lr": plots.lr_figure(s.steps),
+        }
 
 
 def render_html(data: RunData, pngs: Mapping[str, bytes]) -> str:

@@ -133,6 +133,10 @@ def grad_heatmap(steps: PlotColumns, bins: int = 200) -> bytes:
         xs = [steps.x[min(a, t - 1)] for a in edges]
     else:
         xs = list(steps.x) + [steps.x[-1] + 1 if steps.x else 1]
+    xs = np.asarray(xs, dtype=float)
+    by_row = not np.isfinite(xs).all()  # a step that is no finite number: place columns by row
+    if by_row:
+        xs = np.arange(xs.size, dtype=float)
     masked = np.ma.masked_where(~np.isfinite(data) | (data <= 0), data)
     positive = data[np.isfinite(data) & (data > 0)]
     fig, ax = plt.subplots(figsize=(_SIZE[0], 0.45 * len(names) + 1.6))
@@ -142,7 +146,7 @@ def grad_heatmap(steps: PlotColumns, bins: int = 200) -> bytes:
     mesh = ax.pcolormesh(xs, np.arange(len(names) + 1), masked, cmap=cmap, norm=norm,
                          shading="flat")
     ax.set_yticks(np.arange(len(names)) + 0.5, names, fontsize=8)
-    ax.set_xlabel("step")
+    ax.set_xlabel("row (some steps are not finite numbers)" if by_row else "step")
     ax.set_title("gradient norm per module (log colour; magenta = 0 or non-finite)", loc="left")
     fig.colorbar(mesh, ax=ax, pad=0.01)
     return _png(fig)

@@ -75,6 +75,17 @@ CRASH_CODE = "run.crashed"  # what a loop's monitor records for an exception tha
 BLOCK_LINES = 8_192  # lines judged per poll slice (one block), so a catching-up view still redraws
 
 
+# what reading a malformed row as a record raises: it is a bad line, not a crash
+ROW_ERRORS = (TypeError, ValueError, AttributeError, OverflowError, KeyError, RecursionError)
+
+
+def _snippet(line: Any) -> str:
+    try:
+        return json.dumps(line, default=str)[:80]
+    except (ValueError, TypeError, RecursionError):
+        return repr(line)[:80]
+
+
 # ----------------------------------------------------------------------------- judging
 def stream_detectors(detectors: Iterable[Any] | None = None) -> list[Any]:
     """The detectors that can judge a metrics file: those that need no live model."""
@@ -321,43 +332,45 @@ class RunWatch:
         if isinstance(item, BadLine):
             self._bad(item)
             return
+        try:  # one reading of a row for all: a row the judging refuses, nobody sees
+            record = StepRecord.from_metrics_line(item)
+        except ROW_ERRORS as err:  # malformed, not fatal
+            self._bad(BadLine(getattr(self._metrics, "path", self.run_dir), line_no,
+                              f"not a metrics line ({err})", _snippet(item)))
+            self.state.skip()
+            return
         self.state.add(item)
         if self._on_line is not None:
             self._on_line(item)
-        try:
-            record = StepRecord.from_metrics_line(item)
-        except (TypeError, ValueError, AttributeError, OverflowError) as err:  # malformed, not fatal
-            self._bad(BadLine(getattr(self._metrics, "path", self.run_dir), line_no,
-                              f"not a metrics line ({err})", json.dumps(item, default=str)[:80]))
-            return
         for event in self.monitor.observe_record(record):
             self._event(event, judged=True)
 
     def _take_block(self, lines: NumberedItems | StructRows) -> None:
         """Consecutive metrics lines (dicts, or typed `StructRows`), judged as one
         `MetricBlock` (the same verdict as line by line, see `Monitor.observe_block`)."""
-        if isinstance(lines, StructRows):
-            block = StructBlock(lines)
-            self.state.add_many(block.lines, kinds=block.kind_names())
-        else:
-            block = MetricBlock(lines)
-            self.state.add_many(lines)
-        if self._on_line is not None:
-            for line in block.lines:
-                self._on_line(line)
+        block = StructBlock(lines) if isinstance(lines, StructRows) else MetricBlock(lines)
         bad = []
         for row in block.irregular_rows():
             try:
                 block.record(row)
-            except (TypeError, ValueError, AttributeError, OverflowError) as err:  # malformed, not fatal
+            except ROW_ERRORS as err:  # malformed, not fatal
                 bad.append((row, err))
         if bad:  # rare: report each, judge the rest
             line_nos = lines.line_nos  # blank and bad lines made no row: a row's place is not its line
             for row, err in bad:
                 self._bad(BadLine(getattr(self._metrics, "path", self.run_dir), line_nos[row],
-                                  f"not a metrics line ({err})", json.dumps(block.lines[row], default=str)[:80]))
+                                  f"not a metrics line ({err})", _snippet(block.lines[row])))
+            self.state.skip(len(bad))
             dropped = {row for row, _ in bad}
             block = block.select(np.array([i for i in range(block.n) if i not in dropped], dtype=np.int64))
+        # one reading of a row for all: the view and the report see the rows judged, no other
+        if isinstance(block, StructBlock):
+            self.state.add_many(block.lines, kinds=block.kind_names())
+        else:
+            self.state.add_many(block.lines)
+        if self._on_line is not None:
+            for line in block.lines:
+                self._on_line(line)
         for event in self.monitor.observe_block(block):
             self._event(event, judged=True)
 
@@ -369,9 +382,9 @@ class RunWatch:
     # -- the verdict ------------------------------------------------------------------
     @property
     def steps(self) -> int:
-        """Step lines read so far (a line of any kind but epoch and eval is a step)."""
-        kinds = self.state.kinds
-        return self.state.lines - kinds.get("epoch", 0) - kinds.get("eval", 0)
+        """Step lines read and judged so far (a line of any kind but epoch and eval is a
+        step; a line the judging refused is none)."""
+        return self.state.kinds.get("step", 0)
 
     @property
     def last_line(self) -> str:

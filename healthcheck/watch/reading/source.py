@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from typing import Protocol
 
+from .errors import RunLogError, stat_regular
 from .keys import KeyMap
 from .lightning_csv import CsvMetricsTail
 from .tail import BadLine, FileStatus, JsonLinesTail
@@ -24,10 +25,6 @@ METRICS_FILE = "metrics.jsonl"
 HEALTH_FILE = "health.jsonl"
 CSV_FILE = "metrics.csv"
 _VERSION = re.compile(r"version_(\d+)")  # CSVLogger's folder per run of one experiment
-
-
-class RunLogError(ValueError):
-    """The run dir cannot be read as asked; the message is one sentence for the user."""
 
 
 class MetricsTail(Protocol):
@@ -68,7 +65,8 @@ def _find_csv(run_dir: str) -> str | None:
 
 def detect_format(run_dir: str) -> str:
     """The format of the metrics in `run_dir`: "jsonl", "csv" or "tensorboard"."""
-    if os.path.isfile(os.path.join(run_dir, METRICS_FILE)):
+    jsonl = os.path.join(run_dir, METRICS_FILE)
+    if os.path.lexists(jsonl) and stat_regular(jsonl) is not None:  # not regular: a RunLogError
         return "jsonl"
     if _find_csv(run_dir):
         return "csv"
