@@ -76,7 +76,7 @@ def _read_json(path: str, problems: list[str]) -> dict | None:
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         problems.append(f"{os.path.basename(path)} could not be read: {err}")
         return None
     if not isinstance(data, dict):
@@ -185,7 +185,8 @@ def _gate_html(data: RunData) -> str:
         out.append(f' <span class="badge bad">the run\'s config hash is {_e(run_hash)}: the gate '
                    f'judged a different config</span>')
     out.append("</p>")
-    checks = gate.get("checks") or []
+    checks = [c for c in gate.get("checks") or [] if isinstance(c, Mapping)] \
+        if isinstance(gate.get("checks"), list) else []
     if checks:
         rows = []
         for c in checks:
@@ -224,8 +225,8 @@ def _events_html(data: RunData) -> str:
 
 def _weights_html(data: RunData) -> str:
     cfg = data.config or {}
-    configured = ((cfg.get("config") or {}).get("loss") or {}).get("weights") or {}
-    sources = cfg.get("sources") or {}
+    configured = _dict(_dict(_dict(cfg.get("config")).get("loss")).get("weights"))
+    sources = _dict(cfg.get("sources"))
     wl = data.weights
     names = list(dict.fromkeys([*configured, *wl.first, *wl.last]))
     if not names:
@@ -249,6 +250,11 @@ def _weights_html(data: RunData) -> str:
     return "".join(out)
 
 
+def _dict(x: Any) -> Mapping:
+    """A part of config.json or gate.json that should be an object: {} when it is not."""
+    return x if isinstance(x, Mapping) else {}
+
+
 def _cell(v: Any) -> str:
     if isinstance(v, (dict, list)):
         return f"<code>{_e(json.dumps(v, sort_keys=True))}</code>"
@@ -259,7 +265,7 @@ def _config_html(data: RunData) -> str:
     cfg = data.config
     if cfg is None:
         return "<p>No config.json.</p>"
-    changed = {k: v for k, v in (cfg.get("sources") or {}).items() if v != "default"}
+    changed = {k: v for k, v in _dict(cfg.get("sources")).items() if v != "default"}
     out = []
     if changed:
         out.append(_table(["key", "source"], [[f"<code>{_e(k)}</code>", _e(v)] for k, v in sorted(changed.items())]))

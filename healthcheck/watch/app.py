@@ -19,6 +19,7 @@ from ..events import Severity
 from ..policy import Policy
 from .reading import KeyMap, RunLogError, check_readable
 from .runwatch import BLOCK_LINES, RunWatch, exit_code, json_safe
+from .view import clean
 
 
 @dataclass
@@ -61,7 +62,7 @@ def run_watch(run_dir: str, opts: WatchOptions, *, out=None, err=None,
     is_tty = out.isatty() if is_tty is None else is_tty
 
     def say(msg: str) -> None:
-        print(msg, file=err, flush=True)
+        print(clean(msg), file=err, flush=True)  # column names and paths come from the run
 
     if opts.follow:
         _wait_for_dir(run_dir, opts, say)
