@@ -278,20 +278,16 @@ FIGURES = ("events", "loss", "shares", "grad_norm", "update_ratio", "lr")
 
 
 def figures(data: RunData) -> dict[str, bytes]:
-    """The report's PNGs by name. Names come from the run's files, so matplotlib shows
-    them as written: "$x_$" is a term name, not mathtext to parse (and fail on)."""
-    import matplotlib
-
+    """The report's PNGs by name."""
     s = data.series
-    with matplotlib.rc_context({"text.parse_math": False}):
-        return {
-            "events": plots.events_figure(data.verdict["events"], data.verdict["last"]["step"]),
-            "loss": plots.loss_figure(s.steps, s.evals),
-            "shares": plots.shares_figure(s.steps),
-            "grad_norm": plots.grad_heatmap(s.steps),
-            "update_ratio": plots.ratio_figure(s.steps),
-            "lr": plots.lr_figure(s.steps),
-        }
+    return {
+        "events": plots.events_figure(data.verdict["events"], data.verdict["last"]["step"]),
+        "loss": plots.loss_figure(s.steps, s.evals),
+        "shares": plots.shares_figure(s.steps),
+        "grad_norm": plots.grad_heatmap(s.steps),
+        "update_ratio": plots.ratio_figure(s.steps),
+        "lr": plots.lr_figure(s.steps),
+    }
 
 
 def render_html(data: RunData, pngs: Mapping[str, bytes]) -> str:
