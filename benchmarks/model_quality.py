@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = f"the runs in {args.out_dir}" if args.eval_only else f"~{args.minutes:g} CPU min of training"
     report: dict = {"minutes": None if args.eval_only else args.minutes, "n": args.n, "presets": {}}
     table = Table(title=f"model quality after {trained} ({args.n} held-out scenes per SNR; K: oracle = "
-                        f"the true count, auto = MDL on each row's covariance)")
+                        f"the true count, auto = eval.count_rule on each row's covariance)")
     for col in ("preset", "SNR", "K", "estimator"):
         table.add_column(col, no_wrap=True, justify="right" if col == "SNR" else "left")
     for col in ("RMSE φ°", "RMSE θ°", "within 1°", "F1", "φ / √CRB", "scenes/s"):

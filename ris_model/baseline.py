@@ -42,6 +42,17 @@ def check_count(count: str) -> None:
         raise ValueError(f"the source count must be 'oracle' or 'auto' but got {count!r}")
 
 
+def count_rule(cfg: Config) -> dict[str, Any]:
+    """How a row estimates K (``--k auto``), as :func:`~ris_model.estimators.search.localize`'s
+    keywords, from the config's ``eval.count_rule`` and ``eval.count_threshold``."""
+    return {"order": cfg.eval.count_rule, "threshold": cfg.eval.count_threshold}
+
+
+def describe_rule(rule: dict[str, Any]) -> str:
+    """"MDL" or "eigenvalues above 0.5 x the largest": the count rule in a table's title."""
+    return "MDL" if rule["order"] == "mdl" else f"eigenvalues above {rule['threshold']:g} × the largest"
+
+
 def oracle_or_none(count: str, k: torch.Tensor) -> torch.Tensor | None:
     """What :func:`~ris_model.estimators.search.localize` takes as K: the true counts, or
     None to estimate them (MDL on the covariance being localised)."""
@@ -55,13 +66,13 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def _system_of(cfg_or_system: Config | SystemConfig | str) -> SystemConfig:
+def _config_of(cfg_or_system: Config | SystemConfig | str) -> Config:
     if isinstance(cfg_or_system, str):
-        return load_config(cfg_or_system).system
+        return load_config(cfg_or_system)
     if isinstance(cfg_or_system, Config):
-        return cfg_or_system.system
-    if isinstance(cfg_or_system, SystemConfig):
         return cfg_or_system
+    if isinstance(cfg_or_system, SystemConfig):
+        return Config(system=cfg_or_system)
     raise TypeError(f"expected a Config, a SystemConfig or a preset name but got {type(cfg_or_system).__name__}")
 
 
@@ -107,15 +118,18 @@ def _crb_summary(system: SystemConfig, batch: SceneBatch) -> dict[str, float | N
 
 def baseline_estimates(system: SystemConfig, batch: SceneBatch,
                        estimators: Iterable[str] = DEFAULT_ESTIMATORS, *, count: Count = "oracle",
+                       rule: dict[str, Any] | None = None,
                        seconds: MutableMapping[str, float] | None = None) -> dict[str, Estimates]:
     """Each named estimator ("<music|mvdr>_<true|ls|bp>") on every scene, with the oracle K
-    or (``count="auto"``) K estimated from its own covariance.
+    or (``count="auto"``) K estimated from its own covariance by ``rule`` (:func:`count_rule`;
+    MDL by default).
 
     ``seconds`` receives each estimator's wall time from the snapshots to its estimates:
     its covariance (counted for every estimator that uses it, as each would pay it alone)
     and its localisation.
     """
     check_count(count)
+    rule = rule or count_rule(Config())
     parsed = {name: _parse(name) for name in estimators}
     needed = {cov for _, cov in parsed.values()}
     estimates: dict[str, list[Estimates]] = {name: [] for name in parsed}
@@ -132,7 +146,7 @@ def baseline_estimates(system: SystemConfig, batch: SceneBatch,
         for name, (spectrum, cov) in parsed.items():
             t0 = time.perf_counter()
             estimates[name].append(localize(covs[cov], system, oracle_or_none(count, part.k),
-                                            method=spectrum))  # type: ignore[arg-type]
+                                            method=spectrum, **rule))  # type: ignore[arg-type]
             synchronize(covs[cov].device)
             spent[name] += cov_s[cov] + time.perf_counter() - t0
     if seconds is not None:
@@ -155,13 +169,14 @@ def estimator_row(system: SystemConfig, est: Estimates, batch: SceneBatch) -> di
 
 
 def baseline_report(system: SystemConfig, batch: SceneBatch, estimates: dict[str, Estimates], *, snr_db: float,
-                    crb: bool = True, count: Count = "oracle",
+                    crb: bool = True, count: Count = "oracle", rule: dict[str, Any] | None = None,
                     seconds: dict[str, float] | None = None) -> dict[str, Any]:
     """The JSON of :func:`run_baseline` for estimates already made on ``batch``; with
     ``seconds`` (each estimator's wall time), ``"scenes_per_s"`` per estimator too."""
     check_count(count)
     report: dict[str, Any] = {
         "preset": system.preset, "snr_db": float(snr_db), "n": len(batch), "count": count,
+        "count_rule": describe_rule(rule or count_rule(Config())) if count == "auto" else None,
         "estimators": {name: estimator_row(system, est, batch) for name, est in estimates.items()},
         "crb": _crb_summary(system, batch) if crb else None}
     if seconds is not None:
@@ -174,15 +189,16 @@ def run_baseline(cfg_or_system: Config | SystemConfig | str, snr_db: float, n: i
                  device: torch.device | str | None = None, count: Count = "oracle") -> dict[str, Any]:
     """Simulate ``n`` scenes at ``snr_db`` (``k`` sources each, or K drawn per scene when
     None) and evaluate each estimator with the oracle K, or with K estimated from its own
-    covariance (``count="auto"``).
+    covariance (``count="auto"``, by the config's ``eval.count_rule``).
 
-    Returns ``{"preset", "snr_db", "n", "count", "estimators": {name: {"rmse_phi_deg",
+    Returns ``{"preset", "snr_db", "n", "count", "count_rule", "estimators": {name: {"rmse_phi_deg",
     "rmse_theta_deg", "rmse_r_m", "within_1deg", "precision", "recall", "f1", "k_right"}},
     "crb": {"phi_deg_mean", ...}, "scenes_per_s": {name: ...}}``; range entries are None in
     the far field, and "crb" is None when ``crb=False``. Estimator names are
     "<music|mvdr>_<true|ls|bp>".
     """
-    system = _system_of(cfg_or_system)
+    cfg = _config_of(cfg_or_system)
+    system, rule = cfg.system, count_rule(cfg)
     estimators = tuple(estimators)
     for name in estimators:
         _parse(name)  # an unknown name fails before any simulation
@@ -191,8 +207,9 @@ def run_baseline(cfg_or_system: Config | SystemConfig | str, snr_db: float, n: i
         raise ValueError(f"the number of scenes must be a positive int but got {n=}")
     batch = simulate(system, n, seed=seed, snr_db=float(snr_db), k=k, device=device)
     seconds: dict[str, float] = {}
-    estimates = baseline_estimates(system, batch, estimators, count=count, seconds=seconds)
-    return baseline_report(system, batch, estimates, snr_db=snr_db, crb=crb, count=count, seconds=seconds)
+    estimates = baseline_estimates(system, batch, estimators, count=count, rule=rule, seconds=seconds)
+    return baseline_report(system, batch, estimates, snr_db=snr_db, crb=crb, count=count, rule=rule,
+                           seconds=seconds)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -251,7 +268,7 @@ def render_baseline(result: dict[str, Any]):
     from rich.table import Table
 
     auto = result.get("count") == "auto"
-    counted = "K estimated by MDL on each row's covariance" if auto else "oracle K"
+    counted = f"K estimated on each row's covariance ({result.get('count_rule')})" if auto else "oracle K"
     title = f"{result['preset']}: {result['n']} scenes at {result['snr_db']:g} dB, {counted}"
     settings = result.get("refine_settings") or {}
     if "learned" in result["estimators"]:
@@ -292,5 +309,5 @@ def render_baseline(result: dict[str, Any]):
 
 
 __all__ = ["COUNTS", "COVARIANCES", "DEFAULT_ESTIMATORS", "SPECTRA", "baseline_estimates", "baseline_report",
-           "check_count", "estimator_row", "lead_cells", "oracle_or_none", "render_baseline", "render_lead",
-           "run_baseline", "synchronize", "table_console"]
+           "check_count", "count_rule", "describe_rule", "estimator_row", "lead_cells", "oracle_or_none",
+           "render_baseline", "render_lead", "run_baseline", "synchronize", "table_console"]

@@ -23,7 +23,15 @@ from typing import Any
 
 import torch
 
-from ris_model.baseline import Count, baseline_estimates, baseline_report, check_count, oracle_or_none, synchronize
+from ris_model.baseline import (
+    Count,
+    baseline_estimates,
+    baseline_report,
+    check_count,
+    count_rule,
+    oracle_or_none,
+    synchronize,
+)
 from ris_model.batches import TrainingScenes
 from ris_model.config import EVALUATION_KEYS, Config, ConfigError, apply_overrides
 from ris_model.estimators.search import Estimates, localize
@@ -85,10 +93,10 @@ def _chunks(scenes, device: torch.device):
 def learned_estimates(cfg: Config, model: CovarianceNet, scenes, device: torch.device,
                       count: Count = "oracle") -> Estimates:
     """MUSIC on the learned covariance alone: the network's own estimate, with the oracle K
-    or K estimated by MDL on R̂."""
+    or K estimated on R̂ by the run's ``eval.count_rule``."""
     parts = [
         localize(learned_covariance(cfg, model, part, device), cfg.system, oracle_or_none(count, part.k),
-                 method="music")
+                 method="music", **count_rule(cfg))
         for part in _chunks(scenes, device)
     ]
     return Estimates.cat(parts)
@@ -133,8 +141,8 @@ def evaluate_run(
     (or ``refine``) is "ml", ``"learned_fit"`` is the snapshot fit started from it and
     ``"ls_fit"`` the same fit started from ``"music_ls"``. ``k`` fixes the sources per
     scene (None: drawn per scene); ``count`` says whether every row is told the true K
-    ("oracle") or estimates it ("auto": MDL on the row's covariance; a fit keeps the count
-    of its start). ``overrides`` change the run's evaluation-time settings
+    ("oracle") or estimates it ("auto": ``eval.count_rule`` on the row's covariance; a fit
+    keeps the count of its start). ``overrides`` change the run's evaluation-time settings
     (:data:`EVALUATION_KEYS`), e.g. ``{"eval.refine_steps": 300}``. ``"scenes_per_s"``
     holds each row's throughput from the snapshots on, measured in this call (a fit's
     includes its start). With ``lead_resamples``, ``"lead"`` holds the leads of
@@ -160,18 +168,20 @@ def evaluate_run(
     dev = next(model.parameters()).device
     scenes = simulate(cfg.system, n, seed=seed, snr_db=float(snr_db), k=k)
     seconds: dict[str, float] = {}
-    estimates = baseline_estimates(cfg.system, scenes, count=count, seconds=seconds)
+    estimates = baseline_estimates(cfg.system, scenes, count=count, rule=count_rule(cfg), seconds=seconds)
     estimates[LEARNED] = _timed(seconds, LEARNED, lambda: learned_estimates(cfg, model, scenes, dev, count), dev)
     if refine == "ml":
         for row, start in ((LEARNED_FIT, LEARNED), (LS_FIT, "music_ls")):
             estimates[row] = _timed(seconds, row, lambda s=start: _refined(cfg, estimates[s], scenes, dev), dev)
             seconds[row] += seconds[start]
     estimates = {name: estimates[name] for name in (*ROW_ORDER, *estimates) if name in estimates}
-    result = baseline_report(cfg.system, scenes, estimates, snr_db=snr_db, count=count, seconds=seconds)
+    result = baseline_report(cfg.system, scenes, estimates, snr_db=snr_db, count=count, rule=count_rule(cfg),
+                             seconds=seconds)
     if lead_resamples:
         result["lead"] = _leads(estimates, scenes, lead_resamples)
     result["refine"] = refine
-    result["refine_settings"] = {key: cfg.get(key) for key in EVALUATION_KEYS} if refine == "ml" else None
+    result["refine_settings"] = {key: cfg.get(key) for key in EVALUATION_KEYS if ".refine" in key} \
+        if refine == "ml" else None
     result["run_dir"] = str(run_dir)
     return result
 

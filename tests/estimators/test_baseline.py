@@ -17,7 +17,7 @@ def tiny_result():
 
 def test_result_has_the_documented_shape(tiny_result):
     res = json.loads(json.dumps(tiny_result))  # plain JSON types only
-    assert set(res) == {"preset", "snr_db", "n", "count", "estimators", "crb", "scenes_per_s"}
+    assert set(res) == {"preset", "snr_db", "n", "count", "count_rule", "estimators", "crb", "scenes_per_s"}
     assert (res["preset"], res["snr_db"], res["n"], res["count"]) == ("tiny", 20.0, 10, "oracle")
     assert set(res["scenes_per_s"]) == set(res["estimators"]) and min(res["scenes_per_s"].values()) > 0
     assert list(res["estimators"]) == ["music_true", "music_ls", "music_bp", "mvdr_ls"]
@@ -74,4 +74,14 @@ def test_render_of_an_auto_count_shows_detection_columns():
     buf = io.StringIO()
     Console(file=buf, width=200).print(render_baseline(res))
     text = buf.getvalue()
-    assert "K estimated by MDL" in text and "F1" in text and "K right" in text and "scenes/s" in text
+    assert "K estimated on each row's covariance (MDL)" in text
+    assert "F1" in text and "K right" in text and "scenes/s" in text
+
+
+def test_the_count_rule_comes_from_the_config():
+    from ris_model.config import load_config
+
+    cfg = load_config("tiny", overrides=["eval.count_rule=threshold", "eval.count_threshold=0.3"])
+    res = run_baseline(cfg, 20.0, 4, None, 3, estimators=("music_true",), count="auto", crb=False)
+    assert res["count_rule"] == "eigenvalues above 0.3 × the largest"
+    assert run_baseline(cfg, 20.0, 4, None, 3, estimators=("music_true",), crb=False)["count_rule"] is None

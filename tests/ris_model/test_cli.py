@@ -186,7 +186,7 @@ def test_eval_with_k_auto_estimates_the_count_and_reports_detection(trained):
     assert rows["music_true"]["k_right"] == 1.0 and rows["music_true"]["f1"] == 1.0
     table = CliRunner().invoke(main, [*args, "--k", "auto"])
     text = " ".join(table.output.split())
-    assert table.exit_code == 0 and "K estimated by MDL" in text and "F1" in text
+    assert table.exit_code == 0 and "K estimated on each row's covariance (MDL)" in text and "F1" in text
     for bad in ("0", "many"):
         refused = CliRunner().invoke(main, [*args, "--k", bad])
         assert refused.exit_code == 2 and "'auto'" in refused.output and "Traceback" not in refused.output
