@@ -119,8 +119,12 @@ def test_eval_reads_a_run_dir_that_kept_the_refine_keys_under_model(trained, tmp
     old = tmp_path / "old"
     shutil.copytree(run_dir, old)
     blob = json.loads((old / "config.json").read_text())
-    blob["config"]["model"].update({k: v for k, v in blob["config"].pop("eval").items()}, refine="none")
-    blob["sources"] = {k.replace("eval.", "model.", 1): v for k, v in blob["sources"].items()}
+    # such runs had the four refine keys under model and no eval section (nor its later keys)
+    refine_keys = {k: v for k, v in blob["config"].pop("eval").items() if k.startswith("refine")}
+    assert len(refine_keys) == 4
+    blob["config"]["model"].update(refine_keys, refine="none")
+    blob["sources"] = {k.replace("eval.", "model.", 1): v for k, v in blob["sources"].items()
+                       if not k.startswith("eval.") or k[len("eval."):] in refine_keys}
     (old / "config.json").write_text(json.dumps(blob))
     result = CliRunner().invoke(main, ["eval", str(old), "--n", "4", "--snr", "20", "--json"])
     assert result.exit_code == 0, result.output
