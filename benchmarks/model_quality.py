@@ -9,7 +9,7 @@ network's own estimate (MUSIC on R̂); with the default ``eval.refine = ml``,
 ``learned_fit`` is the maximum-likelihood fit to the snapshots started from it and
 ``ls_fit`` the same fit started from MUSIC on R_ls, so what the network adds is visible
 on its own and within the fit. Every row's scenes per second are measured in the same
-evaluation.
+evaluation, per CPU second of one thread (robust to other load on the machine).
 The epoch count is calibrated from a short probe so the cosine schedule fits the
 budget instead of being cut off mid-way: the probe times the set-up (the first training
 and validation scenes) and one steady-state epoch (fresh scenes, training, validation,
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"the true count, auto = eval.count_rule on each row's covariance)")
     for col in ("preset", "SNR", "K", "estimator"):
         table.add_column(col, no_wrap=True, justify="right" if col == "SNR" else "left")
-    for col in ("RMSE φ°", "RMSE θ°", "within 1°", "F1", "φ / √CRB", "scenes/s"):
+    for col in ("RMSE φ°", "RMSE θ°", "within 1°", "F1", "φ / √CRB", "scenes / CPU s"):
         table.add_column(col, justify="right", no_wrap=True)
     leads = Table(title=f"leads [95% interval, {args.bootstrap} paired resamples of the scenes]; "
                         f"positive: the row ahead")
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 per_snr.setdefault(str(snr), {})[count] = res
                 add_rows(table, leads, preset, snr, count, res)
         report["presets"][preset] = {**info, "eval": per_snr}
-    table_console().print(table)
+    table_console(min_width=130).print(table)
     if leads.row_count:
         table_console(min_width=120).print(leads)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, Literal
 
 import numpy as np
@@ -64,6 +64,15 @@ def synchronize(device: torch.device | str) -> None:
     """Wait for queued GPU work, so that a wall-clock timing covers it."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def clock_for(*devices: torch.device | str) -> tuple[str, Callable[[], float]]:
+    """The clock that times estimators on ``devices``: ("cpu", process time) when all are
+    CPUs, so that a busy, shared machine does not slow the count down (other processes
+    take wall time, not this one's CPU time), else ("wall", wall-clock time)."""
+    if all(torch.device(d).type == "cpu" for d in devices):
+        return "cpu", time.process_time
+    return "wall", time.perf_counter
 
 
 def _config_of(cfg_or_system: Config | SystemConfig | str) -> Config:
@@ -118,15 +127,15 @@ def _crb_summary(system: SystemConfig, batch: SceneBatch) -> dict[str, float | N
 
 def baseline_estimates(system: SystemConfig, batch: SceneBatch,
                        estimators: Iterable[str] = DEFAULT_ESTIMATORS, *, count: Count = "oracle",
-                       rule: dict[str, Any] | None = None,
-                       seconds: MutableMapping[str, float] | None = None) -> dict[str, Estimates]:
+                       rule: dict[str, Any] | None = None, seconds: MutableMapping[str, float] | None = None,
+                       clock: Callable[[], float] = time.process_time) -> dict[str, Estimates]:
     """Each named estimator ("<music|mvdr>_<true|ls|bp>") on every scene, with the oracle K
     or (``count="auto"``) K estimated from its own covariance by ``rule`` (:func:`count_rule`;
     MDL by default).
 
-    ``seconds`` receives each estimator's wall time from the snapshots to its estimates:
-    its covariance (counted for every estimator that uses it, as each would pay it alone)
-    and its localisation.
+    ``seconds`` receives each estimator's time on ``clock`` (:func:`clock_for`) from the
+    snapshots to its estimates: its covariance (counted for every estimator that uses it,
+    as each would pay it alone) and its localisation.
     """
     check_count(count)
     rule = rule or count_rule(Config())
@@ -139,16 +148,16 @@ def baseline_estimates(system: SystemConfig, batch: SceneBatch,
         covs, cov_s = {}, {}
         for kind in COVARIANCES:
             if kind in needed:
-                t0 = time.perf_counter()
+                t0 = clock()
                 covs[kind] = _covariance(kind, part, system)
                 synchronize(covs[kind].device)
-                cov_s[kind] = time.perf_counter() - t0
+                cov_s[kind] = clock() - t0
         for name, (spectrum, cov) in parsed.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             estimates[name].append(localize(covs[cov], system, oracle_or_none(count, part.k),
                                             method=spectrum, **rule))  # type: ignore[arg-type]
             synchronize(covs[cov].device)
-            spent[name] += cov_s[cov] + time.perf_counter() - t0
+            spent[name] += cov_s[cov] + clock() - t0
     if seconds is not None:
         seconds.update(spent)
     return {name: Estimates.cat(parts) for name, parts in estimates.items()}
@@ -170,9 +179,10 @@ def estimator_row(system: SystemConfig, est: Estimates, batch: SceneBatch) -> di
 
 def baseline_report(system: SystemConfig, batch: SceneBatch, estimates: dict[str, Estimates], *, snr_db: float,
                     crb: bool = True, count: Count = "oracle", rule: dict[str, Any] | None = None,
-                    seconds: dict[str, float] | None = None) -> dict[str, Any]:
+                    seconds: dict[str, float] | None = None, clock: str = "cpu") -> dict[str, Any]:
     """The JSON of :func:`run_baseline` for estimates already made on ``batch``; with
-    ``seconds`` (each estimator's wall time), ``"scenes_per_s"`` per estimator too."""
+    ``seconds`` (each estimator's time on the ``clock`` named, :func:`clock_for`),
+    ``"scenes_per_s"`` per estimator and ``"clock"`` too."""
     check_count(count)
     report: dict[str, Any] = {
         "preset": system.preset, "snr_db": float(snr_db), "n": len(batch), "count": count,
@@ -181,6 +191,7 @@ def baseline_report(system: SystemConfig, batch: SceneBatch, estimates: dict[str
         "crb": _crb_summary(system, batch) if crb else None}
     if seconds is not None:
         report["scenes_per_s"] = {name: len(batch) / max(seconds[name], 1e-9) for name in estimates if name in seconds}
+        report["clock"] = clock
     return report
 
 
@@ -193,7 +204,7 @@ def run_baseline(cfg_or_system: Config | SystemConfig | str, snr_db: float, n: i
 
     Returns ``{"preset", "snr_db", "n", "count", "count_rule", "estimators": {name: {"rmse_phi_deg",
     "rmse_theta_deg", "rmse_r_m", "within_1deg", "precision", "recall", "f1", "k_right"}},
-    "crb": {"phi_deg_mean", ...}, "scenes_per_s": {name: ...}}``; range entries are None in
+    "crb": {"phi_deg_mean", ...}, "scenes_per_s": {name: ...}, "clock"}``; range entries are None in
     the far field, and "crb" is None when ``crb=False``. Estimator names are
     "<music|mvdr>_<true|ls|bp>".
     """
@@ -207,9 +218,10 @@ def run_baseline(cfg_or_system: Config | SystemConfig | str, snr_db: float, n: i
         raise ValueError(f"the number of scenes must be a positive int but got {n=}")
     batch = simulate(system, n, seed=seed, snr_db=float(snr_db), k=k, device=device)
     seconds: dict[str, float] = {}
-    estimates = baseline_estimates(system, batch, estimators, count=count, rule=rule, seconds=seconds)
+    clock_name, clock = clock_for(batch.y.device)
+    estimates = baseline_estimates(system, batch, estimators, count=count, rule=rule, seconds=seconds, clock=clock)
     return baseline_report(system, batch, estimates, snr_db=snr_db, crb=crb, count=count, rule=rule,
-                           seconds=seconds)
+                           seconds=seconds, clock=clock_name)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -283,7 +295,7 @@ def render_baseline(result: dict[str, Any]):
     if auto:
         columns += ["precision", "recall", "F1", "K right"]
     if speed:
-        columns.append("scenes/s")
+        columns.append("scenes/CPU s" if result.get("clock") == "cpu" else "scenes/s")
     for col in columns:
         table.add_column(col, justify="left" if col == "estimator" else "right", no_wrap=True,
                          min_width=None if col == "estimator" else 8)  # "8.87e-07" whole, never "8.87…"
@@ -309,5 +321,5 @@ def render_baseline(result: dict[str, Any]):
 
 
 __all__ = ["COUNTS", "COVARIANCES", "DEFAULT_ESTIMATORS", "SPECTRA", "baseline_estimates", "baseline_report",
-           "check_count", "count_rule", "describe_rule", "estimator_row", "lead_cells", "oracle_or_none",
+           "check_count", "clock_for", "count_rule", "describe_rule", "estimator_row", "lead_cells", "oracle_or_none",
            "render_baseline", "render_lead", "run_baseline", "synchronize", "table_console"]

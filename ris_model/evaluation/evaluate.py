@@ -16,8 +16,7 @@ Every row is evaluated on exactly the same scenes: the same seed gives the same 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from ris_model.baseline import (
     baseline_estimates,
     baseline_report,
     check_count,
+    clock_for,
     count_rule,
     oracle_or_none,
     synchronize,
@@ -145,7 +145,8 @@ def evaluate_run(
     keeps the count of its start). ``overrides`` change the run's evaluation-time settings
     (:data:`EVALUATION_KEYS`), e.g. ``{"eval.refine_steps": 300}``. ``"scenes_per_s"``
     holds each row's throughput from the snapshots on, measured in this call (a fit's
-    includes its start). With ``lead_resamples``, ``"lead"`` holds the leads of
+    includes its start), per CPU second on a CPU (``"clock": "cpu"``), else per second of
+    wall time (``"wall"``). With ``lead_resamples``, ``"lead"`` holds the leads of
     :data:`LEAD_PAIRS` with 95% paired-bootstrap intervals (:func:`paired_lead`).
     """
     if refine not in (None, "ml", "none"):
@@ -168,15 +169,25 @@ def evaluate_run(
     dev = next(model.parameters()).device
     scenes = simulate(cfg.system, n, seed=seed, snr_db=float(snr_db), k=k)
     seconds: dict[str, float] = {}
-    estimates = baseline_estimates(cfg.system, scenes, count=count, rule=count_rule(cfg), seconds=seconds)
-    estimates[LEARNED] = _timed(seconds, LEARNED, lambda: learned_estimates(cfg, model, scenes, dev, count), dev)
+    clock_name, clock = clock_for(scenes.y.device, dev)
+    estimates = baseline_estimates(cfg.system, scenes, count=count, rule=count_rule(cfg), seconds=seconds,
+                                   clock=clock)
+
+    def timed(name: str, make: Callable[[], Estimates]) -> Estimates:
+        t0 = clock()
+        out = make()
+        synchronize(dev)
+        seconds[name] = clock() - t0
+        return out
+
+    estimates[LEARNED] = timed(LEARNED, lambda: learned_estimates(cfg, model, scenes, dev, count))
     if refine == "ml":
         for row, start in ((LEARNED_FIT, LEARNED), (LS_FIT, "music_ls")):
-            estimates[row] = _timed(seconds, row, lambda s=start: _refined(cfg, estimates[s], scenes, dev), dev)
+            estimates[row] = timed(row, lambda s=start: _refined(cfg, estimates[s], scenes, dev))
             seconds[row] += seconds[start]
     estimates = {name: estimates[name] for name in (*ROW_ORDER, *estimates) if name in estimates}
     result = baseline_report(cfg.system, scenes, estimates, snr_db=snr_db, count=count, rule=count_rule(cfg),
-                             seconds=seconds)
+                             seconds=seconds, clock=clock_name)
     if lead_resamples:
         result["lead"] = _leads(estimates, scenes, lead_resamples)
     result["refine"] = refine
@@ -184,15 +195,6 @@ def evaluate_run(
         if refine == "ml" else None
     result["run_dir"] = str(run_dir)
     return result
-
-
-def _timed(seconds: dict[str, float], name: str, make, device: torch.device) -> Estimates:
-    """``make()``, with its wall time recorded under ``name``."""
-    t0 = time.perf_counter()
-    out = make()
-    synchronize(device)
-    seconds[name] = time.perf_counter() - t0
-    return out
 
 
 def _leads(estimates: dict[str, Estimates], scenes, resamples: int) -> dict[str, Any]:
