@@ -196,3 +196,15 @@ def test_eval_with_k_auto_estimates_the_count_and_reports_detection(trained):
         assert refused.exit_code == 2 and "'auto'" in refused.output and "Traceback" not in refused.output
     too_many = CliRunner().invoke(main, [*args, "--k", "9"])
     assert too_many.exit_code == 2 and "k_max" in too_many.output
+
+
+def test_baseline_command_takes_k_auto_and_refuses_a_bad_count():
+    args = ["baseline", "--preset", "tiny", "--snr", "20", "--n", "2", "--json"]
+    out = json.loads(CliRunner().invoke(main, [*args, "--k", "auto"]).output)
+    assert out["count"] == "auto" and out["count_rule"] == "MDL"
+    assert out["estimators"]["music_true"]["k_right"] == 1.0
+    fixed = json.loads(CliRunner().invoke(main, [*args, "--k", "2"]).output)
+    assert fixed["count"] == "oracle" and fixed["count_rule"] is None
+    for bad, fragment in (("3", "k_max=2"), ("two", "'auto'")):
+        refused = CliRunner().invoke(main, [*args, "--k", bad])
+        assert refused.exit_code == 2 and fragment in refused.output and "Traceback" not in refused.output
