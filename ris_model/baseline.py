@@ -296,9 +296,10 @@ def render_baseline(result: dict[str, Any]):
         columns += ["precision", "recall", "F1", "K right"]
     if speed:
         columns.append("scenes/CPU s" if result.get("clock") == "cpu" else "scenes/s")
+    name_width = max(len(name) for name in (*result["estimators"], "√CRB median"))  # a row's name is never cut
     for col in columns:
         table.add_column(col, justify="left" if col == "estimator" else "right", no_wrap=True,
-                         min_width=None if col == "estimator" else 8)  # "8.87e-07" whole, never "8.87…"
+                         min_width=name_width if col == "estimator" else 8)  # "8.87e-07" whole, never "8.87…"
 
     def share(value: float | None) -> str:
         return "—" if value is None else f"{100 * value:.1f}%"

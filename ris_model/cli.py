@@ -92,7 +92,7 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 def _print_table(table: Any) -> None:
     from ris_model.baseline import table_console
 
-    table_console().print(table)
+    table_console(min_width=150).print(table)  # off a terminal: room for every column of an estimated K
 
 
 @click.group(context_settings={"auto_envvar_prefix": "RIS_MODEL", "help_option_names": ["-h", "--help"]})
