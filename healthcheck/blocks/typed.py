@@ -74,6 +74,7 @@ class _Group:
     __slots__ = ("shape", "idx", "rows", "first")
 
     def __init__(self, shape: LineShape, idx: np.ndarray | None, rows: Sequence[Any], first: int) -> None:
+        # idx is None only for the single group of a one-shape block (its rows are all rows)
         self.shape = shape
         self.idx = idx  # None: every row of the block
         self.rows = rows
@@ -95,6 +96,8 @@ class StructBlock(MetricBlock):
         ``shapes`` and their ``lines`` as dicts."""
         if isinstance(rows, StructRows):
             shapes, lines = rows.shapes, LineDicts(rows.segments)
+        if shapes is None or lines is None:
+            raise TypeError("typed rows other than StructRows need their shapes and lines")
         self.rows = rows
         self.shapes = shapes
         types = list(map(type, rows))
@@ -130,6 +133,7 @@ class StructBlock(MetricBlock):
         block = self._by_shape.get(c)
         if block is None:
             g = self._groups[c]
+            assert g.idx is not None  # several shapes: every group knows its rows
             block = self._by_shape[c] = StructBlock(g.rows, self.shapes, SelectedLines(self.lines, g.idx.tolist()))
         return block
 
@@ -157,14 +161,14 @@ class StructBlock(MetricBlock):
             return self._odd_record_fields()
         for c, g in enumerate(self._groups):
             odd = self._shape_block(c).irregular_rows()
-            if odd:
+            if odd and g.idx is not None:
                 self.irregular[g.idx[odd]] = True
         return np.flatnonzero(self.irregular).tolist()
 
     def take(self, rows: np.ndarray) -> MetricBlock:
         if self._inverse is not None:
             for c, g in enumerate(self._groups):
-                if g.idx.size == rows.size and np.array_equal(g.idx, rows):
+                if g.idx is not None and g.idx.size == rows.size and np.array_equal(g.idx, rows):
                     return self._shape_block(c)
         return super().take(rows)
 

@@ -140,17 +140,17 @@ def grad_heatmap(steps: PlotColumns, bins: int = 200) -> bytes:
         xs = [steps.x[min(a, t - 1)] for a in edges]
     else:
         xs = list(steps.x) + [steps.x[-1] + 1 if steps.x else 1]
-    xs = np.asarray(xs, dtype=float)
-    by_row = not np.isfinite(xs).all()  # a step that is no finite number: place columns by row
+    x_at = np.asarray(xs, dtype=float)
+    by_row = not np.isfinite(x_at).all()  # a step that is no finite number: place columns by row
     if by_row:
-        xs = np.arange(xs.size, dtype=float)
+        x_at = np.arange(float(x_at.size))
     masked = np.ma.masked_where(~np.isfinite(data) | (data <= 0), data)
     positive = data[np.isfinite(data) & (data > 0)]
     fig, ax = plt.subplots(figsize=(_SIZE[0], 0.45 * len(names) + 1.6))
     cmap = plt.get_cmap("viridis").with_extremes(bad="#ff00aa")
     norm = LogNorm(vmin=positive.min(), vmax=max(positive.max(), positive.min() * 1.0001)) \
         if positive.size else None
-    mesh = ax.pcolormesh(xs, np.arange(len(names) + 1), masked, cmap=cmap, norm=norm,
+    mesh = ax.pcolormesh(x_at, np.arange(len(names) + 1), masked, cmap=cmap, norm=norm,
                          shading="flat")
     ax.set_yticks(np.arange(len(names)) + 0.5, [_text(n) for n in names], fontsize=8)
     ax.set_xlabel("row (some steps are not finite numbers)" if by_row else "step")

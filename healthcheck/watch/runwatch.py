@@ -34,6 +34,7 @@ from .reading import (
     BadLine,
     KeyMap,
     LineLayout,
+    MetricsTail,
     NumberedItems,
     RunLogError,
     StructRows,
@@ -154,7 +155,7 @@ class RunWatch:
         self.crashed = False  # the health log records an exception that ended the run
         self.concluded = False  # `conclude` has judged what the files as a whole show
         self._on_line = on_line
-        self._metrics = None
+        self._metrics: MetricsTail | None = None
         self._health = open_health(self.run_dir)
         self._pending: Iterator | None = None
         # the shapes of this run's lines, learned as they are read (typed=False: dicts only)
@@ -226,10 +227,10 @@ class RunWatch:
 
     def _read_metrics(self, max_lines: int | None) -> int:
         count = 0
-        block: NumberedItems | StructRows = NumberedItems()
+        block: Any = NumberedItems()  # NumberedItems or StructRows: both split and extend
         shapes = None  # the typed shapes of the rows in `block`; None: dicts
         while max_lines is None or count < max_lines:
-            items = self._carry or next(self._pending, None)
+            items: Any = self._carry or (next(self._pending, None) if self._pending is not None else None)
             self._carry = None
             if items is None:
                 break
@@ -296,9 +297,10 @@ class RunWatch:
 
     def _event(self, event: HealthEvent, *, judged: bool = False) -> None:
         if not judged:  # the monitor applied the policy to what it judged
-            event, _ = self.policy.apply(event)
-            if event is None:
+            applied, _ = self.policy.apply(event)
+            if applied is None:
                 return
+            event = applied
         news = self.book.add(event)
         if news is not None:
             self.new_events.append(news)
@@ -357,9 +359,9 @@ class RunWatch:
                 bad.append((row, err))
         if bad:  # rare: report each, judge the rest
             line_nos = lines.line_nos  # blank and bad lines made no row: a row's place is not its line
-            for row, err in bad:
+            for row, problem in bad:
                 self._bad(BadLine(getattr(self._metrics, "path", self.run_dir), line_nos[row],
-                                  f"not a metrics line ({err})", _snippet(block.lines[row])))
+                                  f"not a metrics line ({problem})", _snippet(block.lines[row])))
             self.state.skip(len(bad))
             dropped = {row for row, _ in bad}
             block = block.select(np.array([i for i in range(block.n) if i not in dropped], dtype=np.int64))

@@ -57,9 +57,9 @@ class RunState:
 
     name: str
     history: int = 60
-    last_step: dict | None = None
-    last_epoch: dict | None = None
-    last_eval: dict | None = None
+    last_step: Mapping[str, Any] | None = None
+    last_epoch: Mapping[str, Any] | None = None
+    last_eval: Mapping[str, Any] | None = None
     lines: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
     bad_lines: int = 0

@@ -12,6 +12,7 @@ from .source import (
     FORMATS,
     HEALTH_FILE,
     METRICS_FILE,
+    MetricsTail,
     RunLogError,
     check_readable,
     csv_logs,
@@ -24,7 +25,7 @@ from .tensorboard import TensorBoardTail, parse_event
 
 __all__ = [
     "BadLine", "CsvMetricsTail", "FORMATS", "FieldSpec", "FileStatus", "HEALTH_FILE", "JsonLinesTail",
-    "KeyMap", "LineLayout", "LineShape", "LineTail", "METRICS_FILE", "NumberedItems", "RunLogError",
+    "KeyMap", "LineLayout", "LineShape", "LineTail", "METRICS_FILE", "MetricsTail", "NumberedItems", "RunLogError",
     "Segment", "StructRows", "TensorBoardTail", "check_readable", "csv_logs", "detect_format", "numbered_batches",
     "open_health", "open_metrics", "parse_event", "parse_line",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 # Spellings seen in Lightning's CSVLogger / self.log(...) and in SummaryWriter scripts, most
 # specific first: `train_loss_step` is the per-batch value when on_epoch=True is also logged.
@@ -48,7 +49,7 @@ class KeyMap:
     step: str | None = None
     epoch: str | None = None
 
-    def to_lines(self, row: Mapping[str, float], *, step: int, epoch: int | None,
+    def to_lines(self, row: Mapping[str, float | None], *, step: int, epoch: int | None,
                  time: float | None, lr: list[float] | None) -> list[dict]:
         """The metrics lines one flat row stands for (a row can hold a step and an eval)."""
         base = {"schema": 1, "step": step, "epoch": epoch, "time": time, "rank": 0}
@@ -56,7 +57,7 @@ class KeyMap:
         loss_key = self.loss or _first(LOSS_KEYS, row)
         if loss_key is not None and _present(row.get(loss_key)):
             grad = self._grad_norms(row)
-            line = {**base, "kind": "step", "loss": row[loss_key], "terms": {}, "weights": {},
+            line: dict[str, Any] = {**base, "kind": "step", "loss": row[loss_key], "terms": {}, "weights": {},
                     "primary": None, "lr": lr or []}
             if grad:
                 line["grad_norm"] = grad
@@ -83,7 +84,7 @@ class KeyMap:
     def epoch_key(self, names: Mapping[str, object]) -> str | None:
         return self.epoch or _first(EPOCH_KEYS, names)
 
-    def lrs(self, row: Mapping[str, float]) -> list[float]:
+    def lrs(self, row: Mapping[str, float | None]) -> list[float]:
         """Learning rates in column order, one per param group."""
         return [v for k, v in row.items() if _is_lr(k, self.lr) and _present(v)]
 
@@ -97,11 +98,12 @@ class KeyMap:
             bad.append(f"--lr-key={self.lr!r}")
         return bad
 
-    def _grad_norms(self, row: Mapping[str, float]) -> dict[str, float]:
-        out = {}
+    def _grad_norms(self, row: Mapping[str, float | None]) -> dict[str, float]:
+        out: dict[str, float] = {}
         total = _first(GRAD_TOTAL_KEYS, row)
-        if total is not None and _present(row[total]):
-            out["_total"] = row[total]
+        total_value = row[total] if total is not None else None
+        if _present(total_value):
+            out["_total"] = total_value
         for k, v in row.items():
             for p in GRAD_PREFIXES:
                 if k.startswith(p) and k != total and _present(v):
@@ -116,6 +118,6 @@ class KeyMap:
         return not known and not name.startswith(("val", "eval"))
 
 
-def _present(v: object) -> bool:
+def _present(v: float | None) -> TypeGuard[float]:
     """A cell that was logged: NaN is a logged value (and a finding); an empty cell is None."""
     return v is not None

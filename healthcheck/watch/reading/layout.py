@@ -34,11 +34,11 @@ import numpy as np
 try:
     import msgspec
 except ImportError:  # pragma: no cover - without it every read is parsed as dicts
-    msgspec = None
+    msgspec = None  # type: ignore[assignment]
 try:
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover
-    _fast_loads = None
+    _fast_loads = None  # type: ignore[assignment]
 
 # An int is held as it is, within int64 (what a column's arithmetic is exact on): a larger
 # one sends its read the dict way, where the record path decides what it means.
@@ -244,19 +244,21 @@ class LineLayout:
         newlines = _newlines(block)
         if not (newlines.size == count - 1 and block[:1] == b"{" and block[-1:] == b"}"
                 and (data[newlines - 1] == _CLOSE).all() and (data[newlines + 1] == _OPEN).all()):
-            return self._refuse()
+            self._refuse()
+            return None
         try:
             rows = self._decoder.decode_lines(block)
         except (msgspec.DecodeError, ValueError):
-            return self._refuse()
+            self._refuse()
+            return None
         if len(rows) != count or not set(map(type, rows)) <= self._by_type.keys():
-            return self._refuse()
+            self._refuse()
+            return None
         self.refused = 0
         return StructRows(rows, self._by_type, [(RawLines(block, newlines, first_line), 0, count)])
 
     def _refuse(self) -> None:
         self.refused += 1
-        return None
 
 
 _OPEN, _CLOSE = ord("{"), ord("}")

@@ -92,6 +92,7 @@ class CsvMetricsTail:
 
     def _parse(self, raw: bytes) -> dict[str, float | None]:
         cells = next(csv.reader([raw.decode("utf-8").rstrip("\r")]))
+        assert self._header is not None  # _start read the header first
         if len(cells) != len(self._header):
             raise ValueError(f"got {len(cells)}")
         return {name: _cell(c) for name, c in zip(self._header, cells)}

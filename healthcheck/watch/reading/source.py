@@ -28,7 +28,8 @@ _VERSION = re.compile(r"version_(\d+)")  # CSVLogger's folder per run of one exp
 
 
 class MetricsTail(Protocol):
-    path: str
+    @property
+    def path(self) -> str: ...
 
     def poll(self) -> Iterator[dict | BadLine]: ...
 

@@ -48,12 +48,12 @@ def too_long(path: str, line_no: int, raw: bytes) -> BadLine:
 
 
 Item = Union[dict, BadLine]  # noqa: UP007 (a runtime alias; X | Y needs 3.10 types at import)
-_scan_once = json.JSONDecoder().scan_once  # what json.loads runs, with the same defaults
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # what json.loads runs, with the same defaults
 
 try:  # five times faster than the standard parser on a metrics line; optional
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - the standard library path below stays exact
-    _fast_loads = None
+    _fast_loads = None  # type: ignore[assignment]
 
 
 class NumberedItems(list):

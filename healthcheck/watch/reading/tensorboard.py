@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 from .errors import stat_regular
 from .keys import KeyMap
@@ -62,9 +63,10 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
+def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value): int for varints, bytes for everything else."""
     pos, end = 0, len(buf)
+    val: Any
     while pos < end:
         key, pos = _varint(buf, pos)
         num, wire = key >> 3, key & 7
@@ -87,7 +89,8 @@ _DT_FLOAT, _DT_DOUBLE, _DT_INT32, _DT_INT64 = 1, 2, 3, 9
 
 def _tensor_scalar(buf: bytes) -> float | None:
     """The value of a one-element numeric TensorProto; None for anything else."""
-    dtype, values = 0, []
+    dtype: int = 0
+    values: list[float] = []
     for num, _wire, val in _fields(buf):
         if num == 1:
             dtype = val
