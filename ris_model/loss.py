@@ -134,7 +134,7 @@ class HybridLoss(nn.Module):
     # --- terms ------------------------------------------------------------------
     def steering(self, phi: torch.Tensor, theta: torch.Tensor, r: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         real = torch.float64 if dtype == torch.complex128 else torch.float32
-        positions = self.positions.to(real)
+        positions = self.get_buffer("positions").to(real)
         return ris_steering(phi.to(real), theta.to(real), r.to(real) if self.near_field else None,
                             positions, self.k0).to(dtype)
 
@@ -185,7 +185,7 @@ class HybridLoss(nn.Module):
                 r: torch.Tensor, mask: torch.Tensor) -> LossOutput:
         terms = self.terms(pred, R, phi, theta, r, mask)
         weights = self.weights.as_dict()
-        total = sum(weights[name] * value for name, value in terms.items())
+        total = torch.stack([weights[name] * value for name, value in terms.items()]).sum()
         return LossOutput(total=total, terms=terms, weights=weights)
 
 

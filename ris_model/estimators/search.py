@@ -86,8 +86,8 @@ def _resolve_k(k: int | torch.Tensor | None, R: torch.Tensor, system: SystemConf
                order: str, threshold: float) -> torch.Tensor:
     b = R.shape[0]
     if k is None:
-        return estimate_order(R, system.snapshots, method=order, k_min=1, k_max=system.k_max,
-                              threshold=threshold)  # type: ignore[arg-type]
+        return estimate_order(R, system.snapshots, method=order,  # type: ignore[arg-type]
+                              k_min=1, k_max=system.k_max, threshold=threshold)
     k_t = torch.as_tensor(k, device=R.device, dtype=torch.long)
     if k_t.ndim == 0:
         k_t = k_t.expand(b)

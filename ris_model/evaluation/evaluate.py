@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,7 @@ def evaluate_run(
     estimates[LEARNED] = timed(LEARNED, lambda: learned_estimates(cfg, model, scenes, dev, count))
     if refine == "ml":
         for row, start in ((LEARNED_FIT, LEARNED), (LS_FIT, "music_ls")):
-            estimates[row] = timed(row, lambda s=start: _refined(cfg, estimates[s], scenes, dev))
+            estimates[row] = timed(row, partial(_refined, cfg, estimates[start], scenes, dev))
             seconds[row] += seconds[start]
     estimates = {name: estimates[name] for name in (*ROW_ORDER, *estimates) if name in estimates}
     result = baseline_report(cfg.system, scenes, estimates, snr_db=snr_db, count=count, rule=count_rule(cfg),

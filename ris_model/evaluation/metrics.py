@@ -57,9 +57,9 @@ def match_sources(est_phi: torch.Tensor, est_theta: torch.Tensor, est_r: torch.T
     if est_phi.shape[0] != phi.shape[0]:
         raise ValueError(f"estimates and truths must have the same batch size but got "
                          f"{tuple(est_phi.shape)=} and {tuple(phi.shape)=}")
-    dist = angular_distance(est_phi.detach().double().unsqueeze(-1), est_theta.detach().double().unsqueeze(-1),
-                            phi.detach().double().unsqueeze(-2), theta.detach().double().unsqueeze(-2))
-    dist = _as_numpy(dist)  # (B, K_est, K_true)
+    dist = _as_numpy(angular_distance(  # (B, K_est, K_true)
+        est_phi.detach().double().unsqueeze(-1), est_theta.detach().double().unsqueeze(-1),
+        phi.detach().double().unsqueeze(-2), theta.detach().double().unsqueeze(-2)))
     e_phi, e_theta, e_r, e_mask = map(_as_numpy, (est_phi, est_theta, est_r, est_mask))
     t_phi, t_theta, t_r, t_mask = map(_as_numpy, (phi, theta, r, mask))
     scenes, rows, cols = [], [], []

@@ -159,18 +159,18 @@ def refine_sources(estimates: Estimates, scenes: SceneBatch, system: SystemConfi
     region.project(phi, theta, rho)  # padded slots (r = 0 -> rho = inf) come back finite
 
     def steering() -> torch.Tensor:
-        return steering_matrix(system, phi, theta, 1.0 / rho if near else None, mask)
+        return steering_matrix(system, phi, theta, 1.0 / rho if rho is not None else None, mask)
 
     with torch.no_grad():
         log_power = _initial_power(likelihood, steering(), mask).clamp_min(1e-30).log()
     log_power.requires_grad_(True)
     groups = [{"params": [phi, theta], "lr": math.radians(step_deg)}, {"params": [log_power], "lr": 0.05}]
-    if near:
+    if rho is not None:
         groups.append({"params": [rho], "lr": 0.01})
     opt = torch.optim.Adam(groups)
 
     def snapshot() -> list[torch.Tensor]:
-        return [t.detach().clone() for t in (phi, theta, log_power, *([rho] if near else []))]
+        return [t.detach().clone() for t in (phi, theta, log_power, *([rho] if rho is not None else []))]
 
     best = snapshot()
     best_nll = torch.full((len(mask),), math.inf, dtype=torch.float64, device=dev)
