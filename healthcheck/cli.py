@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import click
 
 from .runlog import FORMATS, KeyMap, RunLogError
+from .safe_files import RunFileError
 
 ENV_PREFIX = "HEALTHCHECK"
 SEVERITY_CHOICES = ("warning", "error", "critical")
@@ -54,12 +55,13 @@ def cli(ctx: click.Context, color: bool | None) -> None:
 
 # ------------------------------------------------------------------ shared pieces
 def _usage_errors(fn):
-    """Report `RunLogError` (the user's input is wrong) as a click usage error."""
+    """Report `RunLogError` (the user's input is wrong) and `RunFileError` (an output that
+    cannot be written safely) as a click usage error."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except RunLogError as err:
+        except (RunLogError, RunFileError) as err:
             raise HealthcheckUsageError(str(err)) from None
     return wrapper
 
@@ -182,6 +184,7 @@ def report(run_dir: str, out: str | None, png_dir: str | None, fmt: str, loss_ke
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the gate.json verdict instead of a table.")
 @pass_cli
+@_usage_errors
 def gate(obj: CliContext, preset: str | None, config_file: str | None, overrides: tuple[str, ...],
          run_dir: str, device: str, as_json: bool) -> None:
     """Preflight gate for a ris_model config: checks that it can learn at all (config, loss

@@ -7,7 +7,6 @@ table is measured on one set.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from ris_model.evaluation.bootstrap import SceneTotals, paired_lead
 from ris_model.evaluation.metrics import match_sources
 from ris_model.model import CovarianceNet
 from ris_model.physics import simulate
-from ris_model.training.rundir import load_checkpoint
+from ris_model.training.rundir import load_checkpoint, load_weights, read_run_config
 from ris_model.training.train import resolve_device
 
 _CHUNK = 100
@@ -40,16 +39,18 @@ def load_run_config(run_dir: Path, checkpoint: str = "best") -> Config:
         raise ConfigError(
             f"{str(run_dir)!r} has no config.json or checkpoints/{checkpoint}.pt; is it a ris-model run directory?"
         )
-    return Config.from_json(json.loads(cfg_path.read_text()))
+    return read_run_config(cfg_path)
 
 
 def load_trained(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> tuple[Config, CovarianceNet]:
     """The run's config and model from ``checkpoints/{best,last}.pt`` (weights only)."""
     cfg = load_run_config(run_dir, checkpoint)
     dev = resolve_device(device)
-    state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", map_location=dev)
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    state = load_checkpoint(path, map_location=dev)
     model = CovarianceNet(cfg.system, cfg.model).to(dev)
-    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    ema = state.get("ema") is not None
+    load_weights(model, state["ema"] if ema else state["model"], path, "ema" if ema else "model")
     return cfg, model.eval()
 
 
@@ -128,6 +129,8 @@ def evaluate_run(
         raise ConfigError(f"the number of scenes must be a positive int but got {n=}")
     cfg, model = load_trained(Path(run_dir), checkpoint, device)
     cfg = with_eval_settings(cfg, overrides)
+    if k is not None and not 1 <= k <= cfg.system.k_max:
+        raise ConfigError(f"k={k} sources is not possible in this run: its system has k_max={cfg.system.k_max}")
     refine = cfg.eval.refine
     dev = next(model.parameters()).device
     scenes = simulate(cfg.system, n, seed=seed, snr_db=float(snr_db), k=k)
