@@ -79,8 +79,9 @@ class FiniteFloat(click.ParamType):
         return x
 
 
-# The SNR of simulated scenes, in dB: far beyond any physical link, still finite in 10**(x/10).
-SNR_DB = FiniteFloat(-100.0, 200.0)
+# The SNR of simulated scenes, in dB: the range a config's system.snr_*_db may take. Beyond
+# 80 dB the noise is below float64 resolution and the covariance stops being positive definite.
+SNR_DB = FiniteFloat(-50.0, 80.0)
 
 
 def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -488,7 +488,7 @@ def load_config(
         file_values = read_config_file(file)
         preset = preset or _flatten(file_values).get("system.preset")
     preset = preset or DEFAULT_PRESET
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     # each layer is type- and range-checked as it is applied; rules across keys only hold
     # for the final config (a file may set cov=0 and the CLI the ablation switch)

@@ -50,7 +50,7 @@ def test_a_huge_train_seed_is_refused(tmp_path, seed):
                  "train.seed")
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "1e6"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "1e6", "81", "-51"])
 def test_a_non_finite_or_absurd_snr_is_refused(run, value):
     one_sentence(invoke("baseline", "--preset", "tiny", "--snr", value, "--n", "1"), "--snr")
     one_sentence(invoke("eval", run, "--snr", value, "--n", "1"), "--snr")
