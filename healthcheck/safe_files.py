@@ -165,7 +165,10 @@ def writable_dir(path: str | os.PathLike, *, own: bool = False) -> str:
 
 def report_dirs(run_dir: str | os.PathLike, out: str | os.PathLike, png_dir: str | os.PathLike | None) -> str:
     """Make and check the folders a report writes to, before any of it is built: the
-    figures' folder (default ``RUN_DIR/report``, which must not be a link) and the HTML's."""
+    figures' folder (default ``RUN_DIR/report``, which must not be a link) and the HTML's.
+    A run dir that is not a folder is left for the reader to refuse: nothing is made then."""
+    if not os.path.isdir(run_dir):
+        return os.fspath(png_dir) if png_dir is not None else os.path.join(os.fspath(run_dir), "report")
     own = png_dir is None
     folder = os.fspath(png_dir) if png_dir is not None else os.path.join(os.fspath(run_dir), "report")
     writable_dir(folder, own=own)

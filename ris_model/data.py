@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -197,7 +198,7 @@ def write_dataset(system: SystemConfig, n: int, seed: int, out_dir: str | Path, 
     for idx, lo in enumerate(range(0, n, shard_size)):
         name = f"shard-{idx:05d}.pt"
         part = {key: t[lo:lo + shard_size].contiguous() for key, t in tensors.items()}
-        write_atomic(out / name, lambda fh, part=part: torch.save(part, fh))
+        write_atomic(out / name, functools.partial(_save_to, part))
         shards.append({"file": name, "n": len(part["y"]), "sha256": _file_sha256(out / name)})
     manifest = {
         "schema": SCHEMA, "config_hash": dataset_hash(system, seed, n), "n": n, "seed": seed,
@@ -206,6 +207,10 @@ def write_dataset(system: SystemConfig, n: int, seed: int, out_dir: str | Path, 
     }
     write_atomic(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
     return out
+
+
+def _save_to(obj: Any, fh: Any) -> None:
+    torch.save(obj, fh)
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:

@@ -192,10 +192,18 @@ def load_weights(model: torch.nn.Module, weights: Any, path: str | Path, what: s
                            f"was it written with another config?") from None
 
 
+MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few KiB; a larger one is not ours
+
+
 def read_run_config(path: str | Path) -> Config:
     """The Config in a run's config.json, or a `RunFileError` naming what is wrong with it."""
     path = Path(path)
     try:
+        if not path.is_file():
+            raise RunFileError(f"{path} is not a regular file; a run's config.json is one")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise RunFileError(f"{path} holds {path.stat().st_size:,} bytes, far more than any config.json "
+                               f"(at most {MAX_CONFIG_BYTES:,}); it is not a ris-model config")
         raw = path.read_bytes()
     except OSError as exc:
         raise RunFileError(f"cannot read {path}: {exc.strerror}") from None

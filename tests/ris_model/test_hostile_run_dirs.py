@@ -249,6 +249,29 @@ def test_a_read_only_dataset_dir_is_one_sentence(tmp_path, read_only):
     assert_one_sentence(invoke("simulate", "--preset", "tiny", "--n", "2", "--out", out), "Read-only file system")
 
 
+def test_a_read_only_study_dir_is_one_sentence(tmp_path, read_only):
+    study = tmp_path / "study"
+    study.mkdir()
+    read_only.append(study)
+    assert_one_sentence(invoke("hpo", "--preset", "tiny", "--study-dir", study, "--gate", "skip", "--trials", "1"),
+                        "Read-only file system")
+
+
+def test_a_read_only_report_dir_fails_before_the_report_is_built(tmp_path, read_only, monkeypatch):
+    from healthcheck import report
+    from healthcheck.cli import cli
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"kind": "step", "step": 0, "loss": 1.0}) + "\n")
+    built = []
+    monkeypatch.setattr(report, "collect", lambda *a, **k: built.append(1))
+    read_only.append(run_dir)
+    result = CliRunner().invoke(cli, ["report", str(run_dir)])
+    assert_one_sentence(result, "Read-only file system")
+    assert built == []
+
+
 def test_a_full_disk_stops_the_run_with_one_sentence_a_stop_line_and_no_stray_temporary(copy, monkeypatch):
     real_save = torch.save
 
