@@ -186,9 +186,9 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any], path: str | Path = "checkpoint") -> None:
-        """Restore a checkpoint; one that does not belong to this run's config (other shapes,
-        missing or wrong-typed entries) is a `RunFileError` naming ``path``, and leaves the
-        Trainer as it was only in the sense that it must not be used further."""
+        """Restore a checkpoint. One that does not belong to this run's config (other shapes,
+        missing or wrong-typed entries) is a `RunFileError` naming ``path``; the model may
+        already hold its weights then, so a Trainer whose load failed is not to be used."""
         load_weights(self.model, state["model"], path)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -197,9 +197,8 @@ class Trainer:
             if self.ema and state.get("ema") is not None:
                 load_weights(self.ema.shadow, state["ema"], path, "ema")
             trainer = TrainerState(**state["trainer"])
-            if not all(isinstance(getattr(trainer, f.name), (int, float)) and not isinstance(
-                    getattr(trainer, f.name), bool) for f in dataclasses.fields(trainer)):
-                raise TypeError("the trainer counters are not numbers")
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in dataclasses.astuple(trainer)):
+                raise TypeError("its trainer counters are not all numbers")
             torch.set_rng_state(state["rng"])
             weights = LossWeights.from_mapping(state["loss_weights"])
             sources = dict(state["weight_sources"])
