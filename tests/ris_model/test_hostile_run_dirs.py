@@ -80,13 +80,14 @@ def test_resume_never_writes_through_a_planted_temporary_link(copy, tmp_path, pl
     assert not list(copy.rglob(".*.tmp"))  # our own temporaries were renamed into place
 
 
-@pytest.mark.parametrize("name", ["metrics.jsonl"])
+@pytest.mark.parametrize("name", ["metrics.jsonl", "health.jsonl"])
 def test_a_symlinked_log_is_refused_and_its_target_untouched(copy, tmp_path, name):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
-    (copy / name).unlink()
+    (copy / name).unlink(missing_ok=True)
     os.symlink(victim, copy / name)
-    error = assert_one_sentence(invoke("train", "--run-dir", copy, "--resume", "--epochs", "2", *QUIET),
+    with_health = [a for a in QUIET if a != "--no-health"]
+    error = assert_one_sentence(invoke("train", "--run-dir", copy, "--resume", "--epochs", "2", *with_health),
                                 "symbolic link", name)
     assert "precious" == victim.read_text(), error
 
