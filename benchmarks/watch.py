@@ -10,7 +10,7 @@ Each scan runs in a fresh child process, so its peak RSS (ru_maxrss) is its own;
 sizes ten times apart show whether memory grows with the file. Scans per size: `read`
 (tailer + JSON only), `record` (+ StepRecord), `judge-dicts` (every stream detector on
 every line, each line parsed as a dict: the baseline) and `judge` (what `watch --once`
-does: regular lines decoded into typed rows, `runlog.LineLayout`). Each judge scan runs
+does: regular lines decoded into typed rows, `watch.reading.LineLayout`). Each judge scan runs
 `--repeats` times, alternating, and the median is reported with its ratio to the
 baseline's: the machine's noise moves both alike. Goals: judge 1M lines in <= 5 s, memory
 flat in size, follow lag <= 1 s.
@@ -79,8 +79,8 @@ def write_metrics(path: str, n: int, epoch_every: int = 0) -> None:
 # ----------------------------------------------------------------------------- child
 def child(mode: str, run_dir: str) -> None:
     from healthcheck.record import StepRecord
-    from healthcheck.runlog import JsonLinesTail
     from healthcheck.watch import RunWatch
+    from healthcheck.watch.reading import JsonLinesTail
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import click
 
-from .runlog import FORMATS, KeyMap, RunLogError
 from .safe_files import RunFileError
+from .watch.reading import FORMATS, KeyMap, RunLogError
 
 ENV_PREFIX = "HEALTHCHECK"
 SEVERITY_CHOICES = ("warning", "error", "critical")
@@ -139,7 +139,7 @@ def watch(obj: CliContext, run_dir: str, once: bool, fail_on: str, as_json: bool
     Exit status: 0 healthy, 1 an event at or above --fail-on, 2 a usage error.
     """
     from .events import Severity
-    from .watch import WatchOptions, run_watch
+    from .watch.app import WatchOptions, run_watch
 
     opts = WatchOptions(follow=not once, fail_on=Severity.parse(fail_on), as_json=as_json,
                         interval=interval, timeout=timeout, fmt=fmt,
@@ -163,7 +163,7 @@ def report(run_dir: str, out: str | None, png_dir: str | None, fmt: str, loss_ke
     """Write a self-contained HTML report of a run: loss and terms, weighted term shares,
     gradient norms per module, update ratios, learning rates, health events, the loss
     weights with their sources, and the gate verdict."""
-    from .report import write_report
+    from .report.page import write_report
 
     out = out or os.path.join(run_dir, "report.html")
     path = write_report(run_dir, out, png_dir=png_dir, fmt=fmt,

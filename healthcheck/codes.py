@@ -32,7 +32,7 @@ from .events import Severity
 # modules whose import declares codes outside a detector class; `CODES` imports them on
 # first read (the detectors package declares every built-in detector's codes)
 DECLARED_IN = ("healthcheck.detectors", "healthcheck.monitor", "healthcheck.preflight",
-               "healthcheck.watch")
+               "healthcheck.watch.runwatch")
 
 START, END = "<!-- codes:start -->", "<!-- codes:end -->"
 
@@ -85,7 +85,7 @@ class Code(str):
     def info(self) -> CodeInfo:
         return CodeInfo(self.severity, self.meaning, self.fix, self.repeats, self.raised_to)
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
         # copies and pickles (events, multiprocessing) carry the plain code string
         return (str, (str(self),))
 

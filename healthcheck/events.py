@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from ._jsonl import AppendWriter, dumps, read_jsonl
+from .jsonl import AppendWriter, dumps, read_jsonl
 
 SCHEMA = 1  # version of the health.jsonl line format (docs/run-dir.md)
 
@@ -93,7 +93,7 @@ class HealthEvent:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"schema": SCHEMA}
+        out: dict[str, Any] = {"schema": SCHEMA}
         out.update(asdict(self))
         out["severity"] = str(self.severity)
         return out
@@ -131,7 +131,7 @@ class HealthLogWriter:
     the process dies (OOM, preemption); metrics lines are not fsynced.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self._out = AppendWriter(path, fsync=True)
         self.path = self._out.path
 
@@ -148,7 +148,7 @@ class HealthLogWriter:
         self.close()
 
 
-def read_events(path: str | os.PathLike) -> list[HealthEvent]:
+def read_events(path: str | os.PathLike[str]) -> list[HealthEvent]:
     """All events in a health.jsonl, skipping a torn last line and garbage lines.
 
     Garbage (not JSON, or not an event) is reported once with a warning and skipped.

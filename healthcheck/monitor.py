@@ -37,10 +37,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from .blocks.columns import MetricBlock
+from .blocks.judging import judge_block
 from .codes import CODES, Code, declare
-from .columns import KIND_CODES, KIND_NAMES, MetricBlock
 from .detectors import PHASES, Detector, default_detectors
 from .events import HealthEvent, Severity
 from .live import LiveView
@@ -48,11 +47,8 @@ from .policy import CONTEXTS, Policy
 from .record import StepRecord, as_record
 
 _PHASES_OF_KIND = {"step": ("after_backward", "after_step"), "epoch": ("epoch",), "eval": ("eval",)}
-_KIND_CODE_OF_PHASE = {"after_backward": KIND_CODES["step"], "after_step": KIND_CODES["step"],
-                       "epoch": KIND_CODES["epoch"], "eval": KIND_CODES["eval"]}
-_PHASE_RANK = {p: i for i, p in enumerate(PHASES)}
 _KEEP_EVENTS = 10_000  # emitted events kept in memory for inspection; counts are never capped
-_NO_EVENTS: tuple = ()
+_NO_EVENTS: tuple[HealthEvent, ...] = ()
 
 # what the monitor reports about itself (a detector that failed, the closing summary)
 MONITOR_CODES = declare(
@@ -125,8 +121,8 @@ class Monitor:
         self._findings: dict[tuple[str, str | None], _Finding] = {}
         self._repeats: list[HealthEvent] = []
         self.events: deque[HealthEvent] = deque(maxlen=_KEEP_EVENTS)
-        self._occurrences: Counter = Counter()
-        self._silenced: Counter = Counter()
+        self._occurrences: Counter[Any] = Counter()
+        self._silenced: Counter[Any] = Counter()
         self._failed_sinks: set[int] = set()
         self.should_stop = False
         self.stop_reason: HealthEvent | None = None
@@ -218,93 +214,27 @@ class Monitor:
         return list(self._run(record, phases[0], live))
 
     def observe_block(self, block: MetricBlock) -> list[HealthEvent]:
-        """Judge consecutive metrics lines at once (offline: no live view).
+        """Judge consecutive metrics lines at once (offline: no live view): the same
+        events in the same order as `observe_record` on each line (`blocks.judge_block`)."""
+        return judge_block(self, block)
 
-        The same events in the same order as `observe_record` on each line, but a
-        detector with a `Detector.screen` runs ``check`` only on the rows it names and
-        on the rows before them that rebuild its state (`Detector.memory`); one with a
-        `Detector.check_block` judges the block itself. The rest see every row.
-        """
-        if self.closed:
-            raise RuntimeError("observe() after close(): the monitor has written its summary")
-        found: list[tuple[int, int, int, HealthEvent]] = []
-        own_rows: dict[tuple, tuple[np.ndarray, MetricBlock]] = {}
-        ranks = self._ranks
-        done: set[int] = set()  # detectors judged over the rows of all their phases at once
-        for phase in PHASES:
-            for slot, check, state, every, needs_live in self._runs[phase]:
-                if needs_live or id(slot) in done:
-                    continue
-                # A detector judging lines of several kinds (epoch and eval, say) may carry
-                # what one kind tells to the next: it sees all its rows in file order. Not
-                # one with a screen: its "rows before" rebuild state of the kind they are.
-                phases = _ordered_phases(slot.detector.phases)
-                kinds = tuple(_KIND_CODE_OF_PHASE[p] for p in phases)
-                if len(set(kinds)) != len(kinds) or slot.detector.memory is not None:
-                    phases, kinds = (phase,), (_KIND_CODE_OF_PHASE[phase],)
-                if len(phases) > 1:
-                    done.add(id(slot))
-                key = (kinds, every)
-                if key not in own_rows:
-                    rows = np.zeros(block.n, dtype=bool)
-                    for p, kind in zip(phases, kinds):
-                        in_phase = block.kind == kind
-                        if every > 1:
-                            tick_field = "step" if p in ("after_backward", "after_step") else "epoch"
-                            in_phase &= (block.ticks(tick_field) % every == 0).astype(bool)
-                        rows |= in_phase
-                    idx = np.flatnonzero(rows)
-                    # a detector's screen sees only the rows it judges: "the row before" and
-                    # "the next n rows" are then its rows, not lines of other kinds between them
-                    own_rows[key] = (idx, block if idx.size == block.n else block.take(idx))
-                idx, own = own_rows[key]
-                if not idx.size:
-                    continue
-                judged = self._judge_rows(slot, check, state, own, np.arange(idx.size))
-                phase_of_kind = dict(zip(kinds, phases))
-                for row, event in judged:
-                    at = row if own is block else int(idx[row])
-                    p = phase_of_kind[int(block.kind[at])]
-                    found.append((at, _PHASE_RANK[p], ranks[p][id(slot)], event))
-        found.sort(key=lambda f: f[:3])
-        emitted = []
-        for *_, event in found:
-            out = self._handle(event)
-            if out is not None:
-                emitted.append(out)
-        return emitted
+    # -- what block judging (`blocks.judge_block`) reads and calls ----------------------
+    def phase_plan(self, phase: str) -> tuple[tuple[_Slot, Any, Any, int, bool], ...]:
+        """The enabled detectors of ``phase``, in order: (slot, check, state, every, needs_live)."""
+        return self._runs[phase]
 
-    def _judge_rows(self, slot: _Slot, check: Any, state: Any, block: MetricBlock,
-                    idx: np.ndarray) -> list[tuple[int, HealthEvent]]:
-        det = slot.detector
-        try:
-            judged = det.check_block(block, idx, state)
-        except Exception as err:  # a broken detector must not break judging
-            return self._failed_on_block(slot, block, int(idx[0]), err)
-        if judged is not None:
-            return judged
-        out: list[tuple[int, HealthEvent]] = []
-        rows, flagged = rows_to_check(det, block, idx)
-        for row, counts in zip(rows.tolist(), flagged.tolist()):
-            try:
-                events = check(block.record(row), state, None)
-            except Exception as err:
-                return out + self._failed_on_block(slot, block, row, err)
-            if counts:  # a row replayed only to rebuild the state speaks for nothing
-                out.extend((row, e) for e in events)
-        return out
+    @property
+    def phase_ranks(self) -> dict[str, dict[int, int]]:
+        """Per phase, each enabled slot's place (by id): the order of events found on one row.
+        The current plan's; a slot switched off later keeps its place in this one."""
+        return self._ranks
 
-    def _failed_on_block(self, slot: _Slot, block: MetricBlock, row: int,
-                         err: Exception) -> list[tuple[int, HealthEvent]]:
+    def switch_off(self, slot: _Slot, record: StepRecord, err: Exception) -> HealthEvent:
+        """Switch off the detector of ``slot``, which raised ``err`` on ``record``; returns
+        the event that says so. Calls under way go on over the old plan."""
         slot.enabled = False
-        self._plan()  # observe_block goes on over the old plan; this detector's rows are done
-        try:
-            record = block.record(row)
-        except Exception:  # the row itself is what failed: say so at its step
-            ticks = block.ticks("step")
-            record = StepRecord(kind=KIND_NAMES.get(int(block.kind[row]), "step"),
-                                step=int(ticks[row]) if ticks.dtype != object else 0)
-        return [(row, self._detector_failed(slot.detector, record, err))]
+        self._plan()
+        return self._detector_failed(slot.detector, record, err)
 
     def emit(self, event: HealthEvent) -> HealthEvent | None:
         """Push an event found elsewhere (a preflight check, an adapter) through the same
@@ -378,8 +308,8 @@ class Monitor:
 
     def summary(self) -> dict[str, Any]:
         """Counts of every occurrence (folded ones included) per severity and per code."""
-        by_sev: Counter = Counter()
-        by_code: Counter = Counter()
+        by_sev: Counter[Any] = Counter()
+        by_code: Counter[Any] = Counter()
         for (sev, code), n in self._occurrences.items():
             by_sev[str(sev)] += n
             by_code[code] += n
@@ -466,34 +396,3 @@ def judge_records(
     for record in records:
         monitor.observe_record(record)
     return monitor.findings()
-
-
-def _ordered_phases(phases: frozenset[str]) -> tuple[str, ...]:
-    return tuple(p for p in PHASES if p in phases)
-
-
-def rows_to_check(detector: Detector, block: MetricBlock, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of ``idx`` (ascending) on which ``detector.check`` must run so that it
-    emits what it would emit on all of them, and leaves the same state behind; and which
-    of them are flagged (their events count; the others only rebuild the state).
-
-    Without a screen: all. With one: the rows it flags (and every irregular row), plus
-    the ``memory`` rows before each of them and at the block's end, which rebuild the
-    state the skipped rows would have left (the screen's contract, `Detector.screen`).
-    """
-    memory = detector.memory
-    try:
-        must = None if memory is None else detector.screen(block)
-    except Exception:  # values the screen cannot read (an unhashable primary): ``check`` judges them
-        must = None
-    if must is None:
-        return idx, np.ones(idx.size, dtype=bool)
-    sel = (must | block.irregular)[idx]
-    if memory == 0:
-        return idx[sel], np.ones(int(sel.sum()), dtype=bool)
-    keep = sel.copy()
-    ends = np.append(np.flatnonzero(sel), idx.size)
-    for back in range(1, memory + 1):
-        before = ends - back
-        keep[before[before >= 0]] = True
-    return idx[keep], sel[keep]

@@ -171,7 +171,7 @@ class Policy:
                    regrade=data.get("regrade"), silence=data.get("silence") or ())
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> Policy:
+    def from_file(cls, path: str | os.PathLike[str]) -> Policy:
         """From a .toml, .yaml/.yml or .json file with the keys of `from_dict`."""
         path = os.fspath(path)
         ext = os.path.splitext(path)[1].lower()

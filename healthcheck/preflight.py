@@ -465,7 +465,8 @@ def check_term_grad_reach(subject: Any) -> Check:
     weights = {k: float(v) for k, v in parts.weights.items()}
     required = dict(getattr(subject, "term_reaches", None) or {})
     every = [n for n, _ in params]
-    problems, measured = [], {}
+    problems: list[str] = []
+    measured: dict[str, Any] = {}
     unreached_by: dict[tuple[str, ...], list[str]] = {}  # missed parameters -> terms that miss them
     active = [t for t in parts.terms if weights.get(t, 0.0) > 0]
     for i, term in enumerate(active):

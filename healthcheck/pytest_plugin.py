@@ -236,7 +236,7 @@ def sparkline(values: Sequence[float], width: int = _SPARK_WIDTH) -> str:
     width = max(1, min(width, n))
     buckets = [values[i * n // width:(i + 1) * n // width] or [values[-1]] for i in range(width)]
     log = all(v > 0 for v in values if math.isfinite(v))
-    means = []
+    means: list[float | None] = []
     for b in buckets:
         finite = [v for v in b if math.isfinite(v)]
         if len(finite) < len(b):
@@ -312,7 +312,7 @@ class OverfitResults:
             self._setup_seconds[report.nodeid] = report.duration
         for key, value in report.user_properties:
             if key == RECORD_KEY:
-                record = json.loads(value)
+                record = json.loads(str(value))
                 record.setdefault("seconds", report.duration + self._setup_seconds.get(report.nodeid, 0.0))
                 record["nodeid"] = report.nodeid
                 record["outcome"] = report.outcome
@@ -362,9 +362,9 @@ def _short(nodeid: str) -> str:
 
 
 def _angle(record: Mapping[str, Any]) -> float | None:
-    values = [record.get(k) for k in ("rmse_phi_deg", "rmse_theta_deg") if record.get(k) is not None]
     if "angle_rmse_deg" in record:
         return record["angle_rmse_deg"]
+    values = [float(record[k]) for k in ("rmse_phi_deg", "rmse_theta_deg") if record.get(k) is not None]
     return max(values) if values else None
 
 

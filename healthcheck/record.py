@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._jsonl import AppendWriter, read_jsonl
+from .jsonl import AppendWriter, read_jsonl
 
 METRICS_SCHEMA = 1
 KINDS = ("step", "epoch", "eval")
@@ -224,7 +224,7 @@ class MetricsWriter:
     """Appends records to metrics.jsonl: one line each, flushed (not fsynced: a lost last
     metrics line costs nothing, an fsync per step costs throughput)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self._out = AppendWriter(path, fsync=False)
         self.path = self._out.path
 
@@ -241,7 +241,7 @@ class MetricsWriter:
         self.close()
 
 
-def read_records(path: str | os.PathLike) -> list[StepRecord]:
+def read_records(path: str | os.PathLike[str]) -> list[StepRecord]:
     """Every complete metrics line of a file as a `StepRecord` (torn and garbage lines
     skipped), on the resumed timeline (`resumed_timeline`)."""
     return [StepRecord.from_metrics_line(obj) for obj in resumed_timeline(read_jsonl(path).objects)]

@@ -208,22 +208,22 @@ def _distribution(name: str, dist: Any) -> SearchStrategy[Any]:
     log, step = f.get("log", False), f.get("step")
     _check_bool(f"{where} log", log)
     if f["type"] == "int":
-        low, high = _check_int(f"{where} low", f["low"]), _check_int(f"{where} high", f["high"])
-        step = 1 if step is None else _check_int(f"{where} step", step, 1)
-        _check_order(f"{where} low", low, "high", high)
-        if log and low < 1:
-            raise InvalidArgument(f"{where} log=True needs low >= 1, but got low={low!r}")
-        return st.integers(0, (high - low) // step).map(lambda k: low + k * step)
+        int_low, int_high = _check_int(f"{where} low", f["low"]), _check_int(f"{where} high", f["high"])
+        int_step = 1 if step is None else _check_int(f"{where} step", step, 1)
+        _check_order(f"{where} low", int_low, "high", int_high)
+        if log and int_low < 1:
+            raise InvalidArgument(f"{where} log=True needs low >= 1, but got low={int_low!r}")
+        return st.integers(0, (int_high - int_low) // int_step).map(lambda k: int_low + k * int_step)
     low, high = _check_bound(f"{where} low", f["low"]), _check_bound(f"{where} high", f["high"])
     _check_order(f"{where} low", low, "high", high)
     if step is not None:
-        step = _check_bound(f"{where} step", step)
-        if step <= 0:
+        float_step = _check_bound(f"{where} step", step)
+        if float_step <= 0:
             raise InvalidArgument(f"{where} step must be > 0, but got step={step!r}")
         if log:
             raise InvalidArgument(f"{where} cannot have both step={step!r} and log=True")
-        n = int(math.floor((high - low) / step + 1e-9))
-        return st.integers(0, n).map(lambda k: min(low + k * step, high))
+        n = int(math.floor((high - low) / float_step + 1e-9))
+        return st.integers(0, n).map(lambda k: min(low + k * float_step, high))
     if log:
         if low <= 0:
             raise InvalidArgument(f"{where} log=True needs low > 0, but got low={low!r}")
@@ -387,7 +387,7 @@ def invalid_loss_weights(
             raise InvalidArgument(f"kinds={kinds!r} needs a primary term to break; pass primary=<one of {terms!r}>")
     base = loss_weights(terms=terms, primary=primary, max_weight=max_weight)
     negative = st.floats(max_value=0.0, exclude_max=True, allow_nan=False, allow_infinity=False).filter(lambda v: v < 0)
-    defects: dict[str, Callable[[Any, dict[str, float]], None]] = {
+    defects: dict[str, Callable[[Any, dict[str, float]], object]] = {
         "negative": lambda draw, w: w.__setitem__(draw(st.sampled_from(terms)), draw(negative)),
         "non_finite": lambda draw, w: w.__setitem__(
             draw(st.sampled_from(terms)), draw(st.sampled_from((math.nan, math.inf, -math.inf)))
@@ -395,8 +395,8 @@ def invalid_loss_weights(
         "unknown_term": lambda draw, w: w.__setitem__(
             draw(_typo_names(terms)), draw(_weight_values(0.0, max_weight, positive=False))
         ),
-        "missing_primary": lambda draw, w: w.pop(primary),
-        "zero_primary": lambda draw, w: w.__setitem__(primary, draw(st.sampled_from((0.0, -0.0)))),
+        "missing_primary": lambda draw, w: w.pop(str(primary)),  # kinds needing it checked primary
+        "zero_primary": lambda draw, w: w.__setitem__(str(primary), draw(st.sampled_from((0.0, -0.0)))),
     }
 
     @st.composite

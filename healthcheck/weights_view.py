@@ -26,7 +26,7 @@ from typing import Any
 
 import click
 
-from ._jsonl import read_jsonl
+from .jsonl import read_jsonl
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"

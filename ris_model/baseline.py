@@ -52,7 +52,9 @@ def _covariance(kind: str, batch: SceneBatch, system: SystemConfig) -> torch.Ten
     if kind == "true":
         return batch.R
     if kind == "ls":
-        return r_ls(batch.y, batch.codes, batch.H, batch.noise_var, ridge_scale=system.ls_ridge_scale)
+        cov = r_ls(batch.y, batch.codes, batch.H, batch.noise_var, ridge_scale=system.ls_ridge_scale)
+        assert isinstance(cov, torch.Tensor)  # no return_info: the covariance alone
+        return cov
     return r_bp(batch.y, batch.codes, batch.H)
 
 

@@ -213,14 +213,17 @@ def train(preset, config_file, overrides, run_dir, epochs, device, resume, wandb
 @config_options
 @click.option("--study-dir", type=click.Path(file_okay=False), required=True,
               help="Where the study's trials, SQLite storage and gate.json live.")
-@click.option("--trials", type=click.IntRange(min=1), default=None, help="Finished trials wanted (default hpo.trials).")
+@click.option("--trials", type=click.IntRange(min=1), default=None,
+              help="Finished trials wanted in the whole study, all workers together (default hpo.trials).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs per trial (default hpo.epochs).")
-@click.option("--storage", default=None, help="optuna storage URL (default: sqlite in --study-dir).")
+@click.option("--storage", default=None, metavar="URL",
+              help="Database URL shared by workers, e.g. postgresql://user:pw@host/db (default: SQLite, study dir).")
 @click.option("--study", "study_name", default="ris-model", show_default=True, help="Study name in the storage.")
 @click.option("--gate", "gate_mode", type=click.Choice(["require", "auto", "skip"]), default="require",
               show_default=True, help="require: a passing gate.json for this config; auto: run the gate first.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--seed", type=SEED, default=0, show_default=True, help="TPE sampler seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="Sampler base seed: trial N draws from a stream seeded by (seed, N), so workers never repeat.")
 @user_errors
 def hpo(preset, config_file, overrides, study_dir, trials, epochs, storage, study_name, gate_mode, device, seed):
     """Hyper-parameter search with optuna, gated on health and watched by it."""

@@ -10,8 +10,17 @@
   reported, so its pruner never fired), and every trial runs the health monitor in the
   ``hpo`` context: an error-level event prunes the trial and the reason is stored on it.
 - Storage defaults to SQLite under the study dir; pass a database URL
-  (``postgresql://…``) to let workers on several machines share one study. Trials of a
-  killed worker are failed by optuna's heartbeat and the study resumes where it was.
+  (``postgresql://…``) to let workers on several machines share one study. ``--trials`` is
+  a study-wide total: a worker starts a trial only while finished plus running trials fall
+  short of it, and waits while the rest run elsewhere; of two workers racing for the last
+  place, the one whose trial the storage numbered later stands down. Trials of a killed
+  worker are failed by optuna's heartbeat and redone; a worker ends only when no trial is
+  left running, so its final table never shows a dead trial as RUNNING.
+- The sampler's random stream restarts at every trial from (``--seed``, trial number):
+  trial numbers are unique in a study, so concurrent workers with the same ``--seed`` and
+  a restarted worker never replay each other's draws, and a one-worker study is
+  reproducible (``ris_model.hpo_sampler``). The seed is stored on the trial (``sampler_seed``).
+- A ``--storage`` that cannot be used is one sentence (``ris_model.hpo_storage``).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -34,7 +44,6 @@ from ris_model.training.weights import apply_hpo_factors
 
 GATE_FILE = "gate.json"
 GATE_MODES = ("require", "auto", "skip")
-HEARTBEAT_S, GRACE_S = 5, 15
 
 
 def search_space(cfg: Config) -> dict[str, Any]:
@@ -169,70 +178,123 @@ def storage_url(settings: StudySettings) -> str:
     return settings.storage or f"sqlite:///{(settings.study_dir / 'study.db').resolve()}"
 
 
-def make_storage(url: str):
-    import optuna
-
-    if url.startswith(("sqlite", "postgresql", "mysql")):
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
-            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {},
-        )
-    return url
-
-
-def _open_study(settings: StudySettings, attempts: int = 5) -> Any:
-    """Create or join the study. Workers started together race to create the SQLite schema
-    and the study row; the loser sees a locked database or a duplicate row for a moment,
-    and simply tries again."""
-    import time
-
+def open_study(settings: StudySettings, attempts: int = 5, patience_s: float = 15.0) -> Any:
+    """Create or join the study. Workers started together race to create the schema and the
+    study row; the loser sees a locked database or a duplicate row for a moment, and simply
+    tries again (within ``patience_s``: a server that cannot be reached is not waited for long)."""
     import optuna
     from sqlalchemy.exc import IntegrityError, OperationalError
 
+    from ris_model.hpo_sampler import TrialSeededSampler
+    from ris_model.hpo_storage import StorageError, driver_words, make_storage, shown_url
+
+    url = storage_url(settings)
+    start = time.monotonic()
     for attempt in range(attempts):
         try:
             return optuna.create_study(
                 study_name=settings.study_name,
-                storage=make_storage(storage_url(settings)),
+                storage=make_storage(url),
                 direction="minimize",
-                sampler=optuna.samplers.TPESampler(seed=settings.seed),
+                sampler=TrialSeededSampler(settings.seed),
                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
                 load_if_exists=True,
             )
-        except (IntegrityError, OperationalError):
-            if attempt == attempts - 1:
-                raise
+        except (IntegrityError, OperationalError) as exc:
+            if attempt == attempts - 1 or time.monotonic() - start > patience_s:
+                raise StorageError(f"cannot open the study storage {shown_url(url)!r}: {driver_words(exc)}") from None
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def run_study(base: Config, settings: StudySettings, log: Callable[[str], None] = print) -> Any:
-    """Optimise until the study holds ``settings.trials`` finished (complete or pruned) trials."""
+ORPHAN_S = 60  # a running trial that never named its worker this long after it started is dead
+
+
+def fail_stale_trials(study: Any) -> None:
+    """Fail the running trials whose worker is gone, so nobody waits for them.
+
+    optuna fails a trial whose heartbeat has been silent for the grace period, but never one
+    that has no heartbeat at all: a worker killed between creating its trial and its first
+    heartbeat, or a client without heartbeats. Every worker here names itself on its trial
+    (the ``worker`` attr) right after its heartbeat starts, so a running trial that has not
+    done so ORPHAN_S after it started is failed too.
+    """
+    import datetime
+
     import optuna
-    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    now = datetime.datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = t.datetime_start
+        if "worker" in t.user_attrs or started is None or (now - started).total_seconds() <= ORPHAN_S:
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            pass  # another worker got there first
+
+
+def trial_counts(study: Any) -> tuple[int, int]:
+    """(finished, running) trials of the study; finished is complete or pruned."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return len(trials) - running, running
+
+
+class SurplusTrial(Exception):
+    """A trial started by a worker that lost the race for the study's last open place."""
+
+
+def trials_ahead(study: Any, number: int) -> int:
+    """Finished or running trials numbered below ``number``: the ones that count before it.
+
+    Two workers can both see one place left and both start a trial; the storage numbers
+    trials in creation order, so the later one finds the earlier ahead of it and stands down.
+    """
+    from optuna.trial import TrialState
+
+    live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    return sum(t.number < number for t in live)
+
+
+def run_study(base: Config, settings: StudySettings, log: Callable[[str], None] = print) -> Any:
+    """Work on the study until it holds ``settings.trials`` finished (complete or pruned)
+    trials and none is left running, then return it."""
+    import optuna
+
     from ris_model.batches import build_scenes
+    from ris_model.hpo_sampler import trial_seed
+    from ris_model.hpo_storage import GRACE_S, HEARTBEAT_S, shown_url
     from ris_model.training.plugins import plugin_callbacks
     from ris_model.training.train import Trainer
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings.study_dir.mkdir(parents=True, exist_ok=True)
-    study = _open_study(settings)
-    optuna.storages.fail_stale_trials(study)
+    study = open_study(settings)
+    fail_stale_trials(study)
     space = search_space(base)
     base = base.with_values({"train.epochs": settings.epochs}, "hpo")
     train = build_scenes(base.system, base.train.train_scenes, base.train.seed)
     val = build_scenes(base.system, base.train.val_scenes, base.train.seed + 10_007)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: Any) -> float:
+        trial.set_user_attr("worker", worker)
+        if trials_ahead(study, trial.number) >= settings.trials:
+            trial.set_user_attr("surplus", f"not needed: {settings.trials} trials were finished or running")
+            optuna.logging.set_verbosity(optuna.logging.ERROR)  # no traceback for a planned stand-down
+            raise SurplusTrial
+        trial.set_user_attr("sampler_seed", trial_seed(settings.seed, trial.number))
         params = {name: suggest(trial, name, dist) for name, dist in space.items()}
         cfg = trial_config(base, params, trial.number)
         run_dir = settings.study_dir / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("config_hash", cfg.hash)
         reporter = ReportToTrial(trial)
         options = {"run_dir": run_dir, "context": "hpo", "trial": trial, "rank": 0, "policy_file": None}
@@ -255,15 +317,38 @@ def run_study(base: Config, settings: StudySettings, log: Callable[[str], None] 
         log(f"trial {trial.number}: val {reporter.primary} {reporter.best:.4g} ({counts or 'no health events'})")
         return reporter.best
 
-    done_states = (TrialState.COMPLETE, TrialState.PRUNED)
-    remaining = settings.trials - len(study.get_trials(deepcopy=False, states=done_states))
-    if remaining > 0:
-        log(
-            f"study {settings.study_name!r}: {remaining} of {settings.trials} trials to go "
-            f"(storage {storage_url(settings)})"
-        )
-        study.optimize(objective, callbacks=[MaxTrialsCallback(settings.trials, states=done_states)], catch=())
-    return study
+    finished, running = trial_counts(study)
+    log(
+        f"study {settings.study_name!r}: {max(0, settings.trials - finished)} of {settings.trials} trials to go "
+        f"(storage {shown_url(storage_url(settings))}, worker {worker}, sampler seed {settings.seed})"
+    )
+    waiting = False
+    while True:
+        fail_stale_trials(study)
+        finished, running = trial_counts(study)
+        if finished >= settings.trials and running == 0:
+            return study
+        if finished + running < settings.trials:
+            waiting = False
+            try:
+                study.optimize(objective, n_trials=1, catch=(SurplusTrial,))
+            finally:
+                optuna.logging.set_verbosity(optuna.logging.WARNING)
+            continue
+        if not waiting:
+            waiting = True
+            log(f"waiting for {running} trial(s) running in other workers "
+                f"(one whose worker is silent for {GRACE_S} s is failed and run again)")
+        time.sleep(HEARTBEAT_S)
+
+
+def end_reason(trial: Any) -> str | None:
+    """Why a trial ended other than complete: the pruner's or monitor's reason, a stand-down,
+    or the worker it failed on (a killed worker's trial is failed by the heartbeat)."""
+    reason = trial.user_attrs.get("prune_reason") or trial.user_attrs.get("surplus")
+    if reason is None and trial.state.name == "FAIL":
+        reason = f"failed on worker {trial.user_attrs.get('worker', '?')}"
+    return reason
 
 
 def study_rows(study: Any) -> list[dict[str, Any]]:
@@ -275,7 +360,7 @@ def study_rows(study: Any) -> list[dict[str, Any]]:
                 "state": t.state.name,
                 "value": t.value,
                 "health": t.user_attrs.get("health", {}),
-                "reason": t.user_attrs.get("prune_reason"),
+                "reason": end_reason(t),
                 "params": t.params,
             }
         )

@@ -40,8 +40,8 @@ the equivalence tests run every screen against the record-by-record path.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 from ..codes import CODES, Code, declare
 from ..events import HealthEvent, Severity
@@ -49,11 +49,12 @@ from ..events import HealthEvent, Severity
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from ..columns import MetricBlock
+    from ..blocks.columns import MetricBlock
     from ..live import LiveView
     from ..record import StepRecord
 
 PHASES = ("after_backward", "after_step", "epoch", "eval")
+BlockEvents = list[tuple[int, HealthEvent]]  # what check_block finds: (row, event) pairs
 NO_EVENTS: tuple[HealthEvent, ...] = ()
 
 
@@ -112,21 +113,23 @@ class Detector:
         """Rows of ``block`` this detector must see (see the module doc); None: all."""
         return None
 
-    def check_block(self, block: MetricBlock, rows: np.ndarray, state: Any) -> list | None:
+    def check_block(self, block: MetricBlock, rows: np.ndarray, state: Any) -> BlockEvents | None:
         """Judge ``rows`` of ``block`` in bulk: [(row, event), ...], or None to let the
         monitor run ``check`` row by row."""
         return None
 
     def event(self, code: str, record: StepRecord, *, title: str, detail: str = "",
-              evidence: Mapping[str, float] | None = None, where: str | None = None,
+              evidence: Mapping[str, float | None] | None = None, where: str | None = None,
               severity: Severity | str | None = None) -> HealthEvent:
         """An event stamped with the record's step, epoch, time and rank and the code's
-        default severity and fix text."""
+        default severity and fix text. An evidence value that was not measured (None) is
+        written as NaN rather than failing the detector."""
         info = CODES[code]
+        numbers = {k: math.nan if v is None else v for k, v in (evidence or {}).items()}
         return HealthEvent(
-            code=code, severity=info.severity if severity is None else severity,
+            code=code, severity=info.severity if severity is None else Severity.parse(severity),
             step=record.step, epoch=record.epoch, time=record.time, title=title,
-            detail=detail, evidence=dict(evidence or {}), where=where, hint=info.fix,
+            detail=detail, evidence=numbers, where=where, hint=info.fix,
             rank=record.rank)
 
     def __repr__(self) -> str:
@@ -156,7 +159,7 @@ def check_float(name: str, value: Any, *, lo: float | None = None, hi: float | N
     return v
 
 
-def finite(x: float | None) -> bool:
+def finite(x: float | None) -> TypeGuard[float]:
     return x is not None and math.isfinite(x)
 
 
@@ -167,7 +170,7 @@ def fmt(x: float | None) -> str:
     return f"{x:.4g}"
 
 
-def module_items(norms: Mapping[str, float]):
+def module_items(norms: Mapping[str, float]) -> Iterator[tuple[str, float]]:
     """(module, value) pairs of a per-module norm dict, without the global "_total"."""
     return ((k, v) for k, v in norms.items() if k != "_total")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..codes import Code
 from ..events import HealthEvent, Severity
@@ -19,6 +19,11 @@ from ..live import LiveView
 from ..record import ROOT, StepRecord
 from .base import NO_EVENTS, Detector, Streaks, check_float, check_int, module_items, name_list
 from .screens import any_value
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from ..blocks.columns import MetricBlock
 
 
 @dataclass
@@ -128,7 +133,7 @@ class ZeroGrad(Detector):
         return out or NO_EVENTS
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         return any_value(block, "grad_norm", lambda g: g == 0.0, skip_total=True)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from ..live import LiveView, top_module
 from ..record import StepRecord
 from .base import (
     NO_EVENTS,
+    BlockEvents,
     Detector,
     DetectorState,
     Streaks,
@@ -36,6 +38,9 @@ from .base import (
 )
 from .screens import any_value, module_extremes, not_finite
 from .smoothing import ema_series
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..blocks.columns import MetricBlock
 
 
 class NonFiniteGrad(Detector):
@@ -84,7 +89,7 @@ class NonFiniteGrad(Detector):
         return out or NO_EVENTS
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         return any_value(block, "grad_norm", not_finite)
 
 
@@ -142,7 +147,7 @@ class VanishingGrad(Detector):
         return out or NO_EVENTS
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         # A non-finite module keeps its streak and fewer than two finite ones keep the
         # first/last streak: such rows are looked at. first/last < ratio with first <
         # first_max implies smallest/largest < ratio with smallest < first_max.
@@ -238,7 +243,7 @@ class ExplodingGrad(Detector):
         return out or NO_EVENTS
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def check_block(self, block, rows, state: _ExplodeState):
+    def check_block(self, block: MetricBlock, rows: np.ndarray, state: _ExplodeState) -> BlockEvents | None:
         """A block with no candidate jump and no first/last excess only moves the running
         levels: they are advanced in numpy (log and EMA agree with the per-record path to
         a few ulps) and nothing is emitted. Any candidate sends the block row by row."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from ..live import LiveView
 from ..record import StepRecord
 from .base import NO_EVENTS, Detector, Streaks, check_float, check_int, finite, fmt
 from .screens import any_value, same_primary
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..blocks.columns import MetricBlock
 
 
 class DeadTerm(Detector):
@@ -56,7 +60,7 @@ class DeadTerm(Detector):
         return out or NO_EVENTS
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         return any_value(block, "terms", lambda t: t == 0.0)
 
 
@@ -111,7 +115,7 @@ class PrimaryShare(Detector):
         state.count = state.count + 1 if share < self.min_share else 0
         if state.count < self.patience:
             return NO_EVENTS
-        top = max(parts, key=parts.get)
+        top = max(parts, key=lambda t: parts[t])
         return (self.event(
             "loss.primary_share", record, where=p,
             title=f"primary term {p!r} is only {share:.1%} of the weighted loss",
@@ -120,7 +124,7 @@ class PrimaryShare(Detector):
             evidence={"share": share, "weight": wp, "term": record.terms[p], "steps": state.count}),)
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         # Rows that leave the count alone (no primary weight or term, nothing to share)
         # are flagged too: only a row that resets the count may be passed over.
         same, p = same_primary(block)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,9 +19,12 @@ from ..codes import Code
 from ..events import HealthEvent, Severity
 from ..live import LiveView
 from ..record import StepRecord
-from .base import NO_EVENTS, Detector, DetectorState, check_float, check_int, finite, fmt
+from .base import NO_EVENTS, BlockEvents, Detector, DetectorState, check_float, check_int, finite, fmt
 from .screens import any_value, not_finite
 from .smoothing import ema_series
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..blocks.columns import MetricBlock
 
 
 class NonFiniteLoss(Detector):
@@ -66,7 +70,7 @@ class NonFiniteLoss(Detector):
         return out
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         return not_finite(block.scalar("loss")) | any_value(block, "terms", not_finite)
 
 
@@ -111,7 +115,7 @@ class ZeroLoss(Detector):
                       "nonzero_terms": len(nonzero_terms)}),)
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         return np.abs(block.scalar("loss")) <= self.eps
 
 
@@ -180,7 +184,7 @@ class ConstantLoss(Detector):
             evidence={"loss": loss, "steps": state.count})
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def check_block(self, block, rows, state: _ConstantState):
+    def check_block(self, block: MetricBlock, rows: np.ndarray, state: _ConstantState) -> BlockEvents | None:
         """The same comparisons over the block's loss column, stepping through only the
         rows whose outcome depends on the state.
 
@@ -292,7 +296,7 @@ class Divergence(Detector):
                       "ratio": state.ema / ref, "steps": state.count})
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def check_block(self, block, rows, state: _DivergeState):
+    def check_block(self, block: MetricBlock, rows: np.ndarray, state: _DivergeState) -> BlockEvents | None:
         """A block whose smoothed loss stays clear of the threshold only moves the average
         and the best value: advanced in numpy (the EMA agrees with the per-record path to
         a few ulps). Otherwise the same recursion row by row, without a record per row."""

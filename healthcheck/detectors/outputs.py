@@ -15,15 +15,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..blocks.columns import KIND_NAMES
 from ..codes import Code
-from ..columns import KIND_NAMES
 from ..events import HealthEvent, Severity
 from ..live import LiveView
 from ..record import StepRecord
-from .base import NO_EVENTS, Detector, Streaks, check_float, check_int, finite
+from .base import NO_EVENTS, BlockEvents, Detector, Streaks, check_float, check_int, finite
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..blocks.columns import MetricBlock
 
 
 class ChanceLevel(Detector):
@@ -111,7 +115,7 @@ class CollapsedPredictions(Detector):
             evidence={"share": share, "records": n})
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def check_block(self, block, rows, state: Streaks):
+    def check_block(self, block: MetricBlock, rows: np.ndarray, state: Streaks) -> BlockEvents | None:
         """`check` on the share's column: nothing to do where no line reports it, and a
         record only for a row that fires."""
         _, metrics = block.mapping("metrics")  # built first: building it marks odd rows
@@ -177,7 +181,7 @@ class SaturatedOutputs(Detector):
         return out or NO_EVENTS
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         names, metrics = block.mapping("metrics")
         out = np.zeros(block.n, dtype=bool)
         for key in names:

@@ -8,8 +8,9 @@ well as live; only the optimizer-membership check needs the live optimizer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from .base import (
     name_list,
 )
 from .screens import any_value
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..blocks.columns import MetricBlock
 
 
 @dataclass
@@ -132,7 +136,7 @@ class FrozenParams(Detector):
         return out or NO_EVENTS
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         return _not_applied(block) | any_value(block, "update_norm", lambda u: u == 0.0, skip_total=True)
 
 
@@ -206,7 +210,7 @@ class UpdateRatio(Detector):
         return out or NO_EVENTS
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         bound = self.high if self.error_high is None else min(self.high, self.error_high)
         return _not_applied(block) | _ratio_test(block, lambda r: (r < self.low) | (r > bound))
 
@@ -271,17 +275,18 @@ class BlockedUpdate(Detector):
         return out or NO_EVENTS
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         return _not_applied(block) | _ratio_test(block, lambda r: r < self.low, zero_update_judged=True)
 
 
-def _not_applied(block) -> np.ndarray:
+def _not_applied(block: MetricBlock) -> np.ndarray:
     """Rows the update checks pass by without touching their state: skipped steps, read
     by truth value as the record does ("0" and NaN are skipped, None is not)."""
     return np.fromiter(map(bool, block.field("skipped")), dtype=bool, count=block.n)
 
 
-def _ratio_test(block, test, zero_update_judged: bool = False) -> np.ndarray:
+def _ratio_test(block: MetricBlock, test: Callable[[np.ndarray], np.ndarray],
+                zero_update_judged: bool = False) -> np.ndarray:
     """Rows where some module's ‖Δθ‖/‖θ‖ (both finite, ‖θ‖ non-zero, and ‖Δθ‖ too unless
     ``zero_update_judged``) passes ``test``."""
     names, updates = block.mapping("update_norm")

@@ -60,7 +60,8 @@ class LossSumMismatch(Detector):
         if parts is None:
             state.streak = 0
             return NO_EVENTS
-        loss = float(record.loss)  # _weighted_parts returns None unless it is finite
+        loss = record.loss
+        assert loss is not None  # _weighted_parts returns None unless it is finite
         expected = sum(parts.values())
         scale = sum(abs(v) for v in parts.values())
         tolerance = self.rtol * scale + self.atol

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from ..events import HealthEvent, Severity
 from ..live import LiveView
 from ..record import StepRecord
 from .base import NO_EVENTS, Detector, DetectorState, check_float, check_int
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..blocks.columns import MetricBlock
 
 
 @dataclass
@@ -60,7 +64,7 @@ class InvalidLR(Detector):
         return out or NO_EVENTS
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         lr = block.lr()
         return (~np.isfinite(lr) | (lr < 0)).any(axis=1)
 
@@ -101,7 +105,7 @@ class ZeroLR(Detector):
         return out or NO_EVENTS
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         return (block.lr() == 0.0).any(axis=1)
 
 
@@ -161,6 +165,6 @@ class TinyLR(Detector):
         return out or NO_EVENTS
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         lr = block.lr()
-        return (~(lr >= self.min_lr)).any(axis=1)
+        return np.asarray((~(lr >= self.min_lr)).any(axis=1))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..columns import MetricBlock
+    from ..blocks.columns import MetricBlock
 
 Test = Callable[[np.ndarray], np.ndarray]
 

@@ -12,6 +12,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,12 +20,15 @@ from ..codes import Code
 from ..events import HealthEvent, Severity
 from ..live import LiveView
 from ..record import StepRecord
-from .base import NO_EVENTS, Detector, check_float, check_int
+from .base import NO_EVENTS, BlockEvents, Detector, check_float, check_int
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..blocks.columns import MetricBlock
 
 
 @dataclass
 class _CounterState:
-    history: deque = field(default_factory=deque)
+    history: deque[tuple[int, int]] = field(default_factory=deque)
     batches: int = 0  # counters synthesised from record.skipped when the record has none
     steps: int = 0
 
@@ -98,12 +102,12 @@ class SkippedSteps(Detector):
             evidence={"batches": seen, "steps": taken, "missing_fraction": missing}),)
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    @property
-    def memory(self) -> int:
+    @property  # the window is a setting, so the memory is too
+    def memory(self) -> int:  # type: ignore[override]
         """window + 1: the state is the (batches, steps) counters of that many rows."""
         return self.window + 1
 
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         # A row can fire only within ``window`` rows after a step went missing (batches
         # minus steps grew), or when no step was ever taken; rows near the block's start
         # may follow a miss in the block before.
@@ -114,7 +118,7 @@ class SkippedSteps(Detector):
         miss[: self.memory] = True
         return _spread(miss, self.memory)
 
-    def check_block(self, block, rows, state: _CounterState):
+    def check_block(self, block: MetricBlock, rows: np.ndarray, state: _CounterState) -> BlockEvents | None:
         """A block whose every row has counters, a step taken, and as many batches seen
         per step as before, after a window with none missing either: no row can fire, and
         the state is the last window of counters. Anything else goes row by row."""
@@ -147,7 +151,7 @@ class SkippedSteps(Detector):
 
 @dataclass
 class _OverflowState:
-    flags: deque = field(default_factory=deque)
+    flags: deque[bool] = field(default_factory=deque)
     hits: int = 0
 
 
@@ -193,12 +197,12 @@ class AmpOverflow(Detector):
                       "scale": math.nan if amp.get("scale") is None else amp["scale"]}),)
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    @property
-    def memory(self) -> int:
+    @property  # the window is a setting, so the memory is too
+    def memory(self) -> int:  # type: ignore[override]
         """window: the state is the overflow flags of that many rows."""
         return self.window
 
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         names, amp = block.mapping("amp")
         if "found_inf" not in amp:
             return None if names else np.zeros(block.n, dtype=bool)
@@ -209,7 +213,7 @@ class AmpOverflow(Detector):
         hit[: self.memory] = True
         return _spread(hit, self.memory)
 
-    def check_block(self, block, rows, state: _OverflowState):
+    def check_block(self, block: MetricBlock, rows: np.ndarray, state: _OverflowState) -> BlockEvents | None:
         """No line reports AMP (and none is odd): every row leaves the window alone."""
         names, _ = block.mapping("amp")
         return [] if not names and not block.irregular[rows].any() else None
@@ -245,7 +249,7 @@ class AmpScaleCollapse(Detector):
             evidence={"scale": scale, "min_scale": self.min_scale}),)
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         names, amp = block.mapping("amp")
         if "scale" not in amp:
             return None if names else np.zeros(block.n, dtype=bool)

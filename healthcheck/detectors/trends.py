@@ -45,8 +45,8 @@ def loss_fell(losses: Sequence[float], by: float) -> bool:
 
 @dataclass
 class _WindowState:
-    values: deque = field(default_factory=deque)
-    losses: deque = field(default_factory=deque)
+    values: deque[float] = field(default_factory=deque)
+    losses: deque[float] = field(default_factory=deque)
 
 
 class GradGrowth(Detector):
@@ -80,7 +80,7 @@ class GradGrowth(Detector):
         if record.kind != "step" or record.skipped:
             return NO_EVENTS
         norm, loss = total_norm(record.grad_norm), record.loss
-        if not (finite(norm) and finite(loss)) or norm <= 0:
+        if not finite(norm) or not finite(loss) or norm <= 0:
             return NO_EVENTS
         state.values.append(norm)
         state.losses.append(loss)
@@ -104,9 +104,9 @@ class GradGrowth(Detector):
 class _StallState:
     steps: int = 0
     peak_ratio: float = 0.0
-    first_losses: list = field(default_factory=list)
-    recent_losses: deque = field(default_factory=lambda: deque(maxlen=10))
-    lrs: deque = field(default_factory=deque)
+    first_losses: list[float] = field(default_factory=list)
+    recent_losses: deque[float] = field(default_factory=lambda: deque(maxlen=10))
+    lrs: deque[float] = field(default_factory=deque)
 
 
 class ProgressStall(Detector):
@@ -207,7 +207,7 @@ class DecayErosion(Detector):
         if record.kind != "step" or record.skipped:
             return NO_EVENTS
         norm, loss = total_norm(record.param_norm), record.loss
-        if not (finite(norm) and finite(loss)) or norm <= 0:
+        if not finite(norm) or not finite(loss) or norm <= 0:
             return NO_EVENTS
         state.values.append(norm)
         state.losses.append(loss)

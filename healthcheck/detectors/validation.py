@@ -11,13 +11,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from ..blocks.columns import KIND_NAMES
 from ..codes import Code
-from ..columns import KIND_NAMES
 from ..events import HealthEvent, Severity
 from ..live import LiveView
 from ..record import StepRecord
-from .base import NO_EVENTS, Detector, check_float, check_int, fmt
+from .base import NO_EVENTS, BlockEvents, Detector, check_float, check_int, fmt
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from ..blocks.columns import MetricBlock
 
 
 class _LossOnlyDetector(Detector):
@@ -28,20 +34,20 @@ class _LossOnlyDetector(Detector):
     a block's loss column are then the same for all of them.
     """
 
-    def check(self, record: StepRecord, state, live: LiveView | None) -> Sequence[HealthEvent]:
+    def check(self, record: StepRecord, state: Any, live: LiveView | None) -> Sequence[HealthEvent]:
         loss = record.loss
         if loss is None or not self._fires(state, loss):
             return NO_EVENTS
         return (self._event(record, state, loss),)
 
-    def _fires(self, state, loss: float) -> bool:
+    def _fires(self, state: Any, loss: float) -> bool:
         raise NotImplementedError
 
-    def _event(self, record: StepRecord, state, loss: float) -> HealthEvent:
+    def _event(self, record: StepRecord, state: Any, loss: float) -> HealthEvent:
         raise NotImplementedError
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def check_block(self, block, rows, state):
+    def check_block(self, block: MetricBlock, rows: np.ndarray, state: Any) -> BlockEvents | None:
         """`check` on the loss column: a record only for a row that fires. Irregular rows
         (a loss that is not a number) go the record way."""
         losses = block.scalar("loss")[rows]  # built first: building it marks odd rows
@@ -186,7 +192,7 @@ class ValTrainGap(Detector):
 
     def check(self, record: StepRecord, state: _GapState, live: LiveView | None) -> Sequence[HealthEvent]:
         loss = record.loss
-        if not self._fires(state, record.kind, math.nan if loss is None else loss):
+        if loss is None or not self._fires(state, record.kind, loss):
             return NO_EVENTS
         return (self._event(record, state, loss),)
 
@@ -214,7 +220,7 @@ class ValTrainGap(Detector):
             evidence={"val_loss": loss, "train_loss": train, "ratio": ratio, "evals": state.count})
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def check_block(self, block, rows, state: _GapState):
+    def check_block(self, block: MetricBlock, rows: np.ndarray, state: _GapState) -> BlockEvents | None:
         """`check` on the loss and kind columns: a record only for a row that fires."""
         losses = block.scalar("loss")[rows]  # built first: building it marks odd rows
         if block.irregular[rows].any():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from ..live import LiveView
 from ..record import StepRecord
 from .base import NO_EVENTS, Detector, DetectorState, check_float, fmt
 from .screens import changed, same_primary
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..blocks.columns import MetricBlock
 
 
 class PrimaryWeightZero(Detector):
@@ -61,7 +65,7 @@ class PrimaryWeightZero(Detector):
                            evidence=evidence),)
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         same, p = same_primary(block)
         names, weights = block.mapping("weights")
         if not same:
@@ -127,7 +131,7 @@ class WeightChanged(Detector):
         return out or NO_EVENTS
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         names, _ = block.mapping("weights")
         return changed(block, "weights") if names else np.zeros(block.n, dtype=bool)
 
@@ -205,7 +209,7 @@ class UnplannedWeightChange(Detector):
         return out or NO_EVENTS
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
-    def screen(self, block):
+    def screen(self, block: MetricBlock) -> np.ndarray | None:
         names, _ = block.mapping("weights")
         sources = block.field("weight_sources")
         acting = [bool(s) for s in sources]

@@ -220,7 +220,7 @@ def preflight_events(trainer: Trainer) -> list[HealthEvent]:
         checks = [check_config(trainer.cfg), *run_checks(_BenchmarkSubject(trainer, batch))]
     finally:
         torch.set_rng_state(rng[0])
-        if cuda:
+        if rng[1] is not None:
             torch.cuda.set_rng_state_all(rng[1])
     return [HealthEvent(code=PREFLIGHT_PREFIX + c.name, severity=Severity.ERROR, step=0, epoch=0,
                         title=f"preflight check {c.name} failed", detail=c.detail, hint=c.hint,
@@ -361,8 +361,8 @@ def run_benchmark(faults: Sequence[Fault], *, seeds: int = 3, healthy: int = 10,
         plan.append((healthy_config(preset, steps, 1000 + i, overrides), None))
     t0 = time.perf_counter()
     runs: list[RunResult] = []
-    for cfg, fault in plan:
-        runs.append(run_one(cfg, fault, device=device, keep_dir=keep_dir, detectors=detectors, preflight=preflight))
+    for cfg, planned in plan:
+        runs.append(run_one(cfg, planned, device=device, keep_dir=keep_dir, detectors=detectors, preflight=preflight))
         if on_run is not None:
             on_run(runs[-1], len(runs), len(plan))
     return Benchmark(runs, summarise(runs, time.perf_counter() - t0))
@@ -378,6 +378,8 @@ def load_detectors(path: str | Path) -> list[Detector]:
         raise ValueError(f"a detector file is an existing .py file defining DETECTORS = [...], but got {str(path)!r}")
     name = f"_healthcheck_detectors_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{str(path)!r} cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)

@@ -98,7 +98,7 @@ def check_config(cfg: Config) -> Check:
                  time.perf_counter() - start)
 
 
-def load_checked_config(preset: str | None = None, config_file: str | os.PathLike | None = None,
+def load_checked_config(preset: str | None = None, config_file: str | Path | None = None,
                         overrides: Any = ()) -> tuple[Check, Config | None]:
     """Resolve preset < file < overrides; a config that does not resolve is a failed check."""
     start = time.perf_counter()
@@ -254,7 +254,7 @@ def check_wandb(cfg: Config) -> Check:
 
 # ------------------------------------------------------------------------ the gate
 def run_ris_gate(cfg: Config | None = None, *, preset: str | None = None,
-                 config_file: str | os.PathLike | None = None, overrides: Any = (),
+                 config_file: str | Path | None = None, overrides: Any = (),
                  run_dir: str | os.PathLike | None = None, device: str = "auto",
                  on_check: Callable[[Check], None] | None = None, wandb: bool = True,
                  checks: Iterable[Callable[[Any], Check]] | None = None,

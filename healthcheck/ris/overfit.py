@@ -159,6 +159,7 @@ class OverfitSpec:
         for key, value in recipe_for(self.preset).items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        assert self.scenes is not None and self.snr_db is not None  # the recipe names every knob
         if self.scenes < 1:
             raise ValueError(f"an overfit run needs at least one scene, but got {self.scenes=}")
         lo, hi = self.snr_db
@@ -166,7 +167,8 @@ class OverfitSpec:
             raise ValueError(f"snr_db must be (low, high) with low <= high, but got {self.snr_db=}")
 
     def config(self) -> Config:
-        values = {"train.epochs": self.epochs, "train.batch_size": self.batch_size,
+        assert self.snr_db is not None  # filled in __post_init__
+        values: dict[str, Any] = {"train.epochs": self.epochs, "train.batch_size": self.batch_size,
                   "train.warmup_steps": self.warmup_steps, "train.seed": self.seed,
                   "train.train_scenes": self.scenes, "train.val_scenes": self.scenes,
                   "system.snr_min_db": self.snr_db[0], "system.snr_max_db": self.snr_db[1]}
@@ -180,6 +182,7 @@ def build_overfit_run(spec: OverfitSpec, run_dir: str | Path, *, device: str = "
                       callbacks: Sequence[Callback] = (), policy: Any = None, console: Any = None) -> OverfitRun:
     """A Trainer on ``spec.scenes`` scenes used for training and validation, monitored."""
     cfg = spec.config()
+    assert spec.scenes is not None and spec.seed is not None and spec.snr_db is not None  # __post_init__
     scenes = build_scenes(cfg.system, spec.scenes, seed=spec.seed, snr_db=tuple(spec.snr_db))
     run_dir = Path(run_dir)
     health = RisTrainerHealth.build(run_dir, policy=policy, context="train", console=console)

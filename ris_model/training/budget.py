@@ -43,9 +43,10 @@ class CpuBudget(Callback):
 
     def on_validation_end(self, trainer: Trainer, metrics: Metrics) -> None:
         now = self.clock()
-        epoch = now - self._last
+        start = now if self.start is None else self.start  # on_fit_start ran first in a fit
+        epoch = now - (start if self._last is None else self._last)
         self._last = now
-        used = now - self.start
+        used = now - start
         last_planned = trainer.state.epoch + 1 >= trainer.cfg.train.epochs  # nothing left to stop
         if used + epoch > self.seconds and not last_planned:
             trainer.request_stop(f"{used:.0f} s of {self.seconds:.0f} s used, "

@@ -9,6 +9,7 @@ stopped learning whatever the loss says.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -34,8 +35,8 @@ class ModuleNormMeter:
         # reader that judges single parameters without reducing the gradients again
         self.last_grad_norms: torch.Tensor | None = None
 
-    def _per_module(self, per_param: list[torch.Tensor]) -> torch.Tensor:
-        return self._sum_modules(torch.stack(per_param).float())
+    def _per_module(self, per_param: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self._sum_modules(torch.stack(list(per_param)).float())
 
     def _sum_modules(self, per_param: torch.Tensor) -> torch.Tensor:
         sq = per_param.pow(2)  # (P,)

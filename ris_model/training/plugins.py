@@ -7,6 +7,7 @@ for callbacks. Anyone can plug their own monitor into ``ris-model train`` the sa
 
 from __future__ import annotations
 
+from collections.abc import Set
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -15,7 +16,7 @@ from ris_model.training.callbacks import Callback
 GROUP = "ris_model.callbacks"
 
 
-def plugin_callbacks(options: dict[str, Any], *, disabled: set[str] = frozenset()) -> list[Callback]:
+def plugin_callbacks(options: dict[str, Any], *, disabled: Set[str] = frozenset()) -> list[Callback]:
     """Callbacks from every registered factory ``factory(options) -> list[Callback]``."""
     found: list[Callback] = []
     for ep in entry_points(group=GROUP):

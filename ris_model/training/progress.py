@@ -25,8 +25,8 @@ class ProgressCallback(Callback):
         self.plain = (not self.console.is_terminal) if plain is None else plain
         self.every_s = every_s
         self._last_print = 0.0
-        self._progress = None
-        self._task = None
+        self._progress: Any = None  # a rich Progress once the fit starts on a terminal
+        self._task: Any = None
 
     def on_fit_start(self, trainer):
         total = trainer.total_steps

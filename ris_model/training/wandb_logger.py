@@ -51,7 +51,7 @@ class WandbLogger(Callback):
                  project: str = "ris-model", name: str | None = None,
                  warn: Callable[[str], None] = print) -> None:
         self.warn = warn
-        self.run = None
+        self.run: Any = None  # a wandb Run while logging
         self.mode = mode
         if mode == "off":
             return
@@ -63,7 +63,8 @@ class WandbLogger(Callback):
 
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=project, name=name or run_dir.name, dir=str(run_dir),
-                              mode=self.mode, config=config, reinit="finish_previous")
+                              mode=self.mode,  # type: ignore[arg-type]  # resolve_mode checked it
+                              config=config, reinit="finish_previous")
 
     def _guard(self, what: str, fn: Callable[[], Any]) -> Any:
         try:

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import optuna
 import pytest
@@ -98,14 +99,31 @@ def _done(study_dir, name="shared"):
             if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
 
 
+def _study(study_dir, name="shared"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'study.db'}")
+
+
 def test_two_workers_share_one_sqlite_study(tmp_path):
     # enough trials that the study outlasts the second worker's start-up (imports take seconds)
     workers = [_worker(tmp_path, 10, epochs=2) for _ in range(2)]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
     done = _done(tmp_path)
-    assert len(done) >= 10
+    assert len(done) == 10  # --trials is the study's total, not each worker's
     assert len({t.user_attrs["worker"] for t in done}) == 2  # both processes ran trials
+    assert len({tuple(sorted(t.params.items())) for t in done}) == 10  # the same --seed, no shared draws
+    assert len({t.user_attrs["sampler_seed"] for t in done}) == 10
+
+
+def _running_trial_of(study_dir, pid, timeout=120):
+    """The number of a trial that worker ``pid`` is running, once it is mid-trial."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for t in _study(study_dir).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t.user_attrs.get("worker", "").endswith(f":{pid}"):
+                return t.number
+        time.sleep(0.1)
+    raise AssertionError(f"worker {pid} was never seen mid-trial")
 
 
 def test_a_killed_study_resumes(tmp_path):
@@ -124,6 +142,7 @@ def test_a_killed_study_resumes(tmp_path):
 
     threading.Thread(target=watch_output, daemon=True).start()
     assert finished.wait(timeout=240), "the first worker did not finish two trials"
+    killed = _running_trial_of(tmp_path, first.pid)
     first.send_signal(signal.SIGKILL)
     first.wait()
     before = {t.number: t.value for t in _done(tmp_path)}
@@ -132,8 +151,14 @@ def test_a_killed_study_resumes(tmp_path):
     out = second.communicate(timeout=300)[0]
     assert second.returncode == 0, out
     after = {t.number: t.value for t in _done(tmp_path)}
-    assert len(after) >= len(before) + 2
+    assert len(after) == len(before) + 2
     assert all(after[n] == v for n, v in before.items())  # finished trials are kept, not redone
+    study = _study(tmp_path)
+    states = {t.number: t.state.name for t in study.trials}
+    assert states[killed] == "FAIL" and "RUNNING" not in states.values()  # nor in the final table
+    assert f"{killed} │ FAIL" in out
+    drawn = [tuple(sorted(t.params.items())) for t in study.trials if t.params]
+    assert len(set(drawn)) == len(drawn)  # the restarted worker did not replay its first draws
 
 
 def test_gate_auto_runs_the_gate_then_the_study(tmp_path):

@@ -7,8 +7,8 @@ import math
 from _runfiles import step_line
 from rich.console import Console
 
-from healthcheck.watchstate import RunState, term_shares
-from healthcheck.watchview import SPARK, progress_line, render, sparkline
+from healthcheck.watch.state import RunState, term_shares
+from healthcheck.watch.view import SPARK, progress_line, render, sparkline
 
 
 def test_sparkline_is_monotone_for_a_monotone_series_and_marks_nan():

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 if TYPE_CHECKING:
-    from ._layout import LineLayout, StructRows
+    from .layout import LineLayout, StructRows
 
 _CHUNK = 1 << 20  # 1 MiB: large enough that syscalls don't dominate, small enough to be flat
 _SNIPPET = 80  # characters of a bad line kept for the warning; a line may be megabytes

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .watchstate import term_shares
+from ..watch.state import term_shares
 
 NAN = math.nan
 
@@ -26,7 +26,7 @@ def _f(x: Any) -> float:
 
 
 @dataclass
-class Columns:
+class PlotColumns:
     """Aligned columns: `x` (step) and named value columns, NaN where a line lacked one."""
 
     x: list[float] = field(default_factory=list)
@@ -61,7 +61,7 @@ class _Decimated:
         self.max_points = max_points
         self.stride = 1
         self.seen = 0
-        self.data = Columns()
+        self.data = PlotColumns()
         self._pinned: set[int] = set()  # indices (into data) that thinning must keep
 
     def add(self, x: float, values: Mapping[str, float], pin: bool = False) -> None:
@@ -95,15 +95,15 @@ class Series:
         self.lines = 0
 
     @property
-    def steps(self) -> Columns:
+    def steps(self) -> PlotColumns:
         return self._step.data
 
     @property
-    def epochs(self) -> Columns:
+    def epochs(self) -> PlotColumns:
         return self._epoch.data
 
     @property
-    def evals(self) -> Columns:
+    def evals(self) -> PlotColumns:
         return self._eval.data
 
     def add(self, line: Mapping[str, Any]) -> None:

@@ -21,11 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import reportplots as plots
-from .runlog import KeyMap
-from .safe_files import report_dirs, write_atomic
+from ..safe_files import report_dirs, write_atomic
+from ..watch.reading import KeyMap, check_readable
+from ..watch.runwatch import RunWatch
+from . import plots
 from .series import Series
-from .watch import RunWatch, check_readable
 
 MAX_EVENT_ROWS = 300  # the table; the timeline shows them all
 

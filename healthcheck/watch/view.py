@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .watchstate import RunState, term_shares
+from .state import RunState, term_shares
 
 SPARK = "▁▂▃▄▅▆▇█"
 SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "error": "red", "critical": "bold white on red"}

@@ -11,7 +11,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 
-from .series import Columns
+from .series import PlotColumns
 
 SEVERITY_COLOURS = {"info": "#1f77b4", "warning": "#e6a100", "error": "#d62728",
                     "critical": "#7b0000"}
@@ -62,7 +62,7 @@ def _mark_nonfinite(ax, x: Sequence[float], y: Sequence[float], label: str) -> N
                    color="red", zorder=5, label=f"{label} non-finite ({len(bad)})", clip_on=False)
 
 
-def loss_figure(steps: Columns, evals: Columns) -> bytes:
+def loss_figure(steps: PlotColumns, evals: PlotColumns) -> bytes:
     """Total loss and each unweighted term over steps; validation loss as dots."""
     if not len(steps) and not len(evals):
         return _empty("loss")
@@ -87,7 +87,7 @@ def loss_figure(steps: Columns, evals: Columns) -> bytes:
     return _png(fig)
 
 
-def shares_figure(steps: Columns) -> bytes:
+def shares_figure(steps: PlotColumns) -> bytes:
     """Each term's weighted share weight*term/loss, stacked: who drives the gradient."""
     shares = steps.group("share/")
     if not len(steps) or not shares:
@@ -107,7 +107,7 @@ def shares_figure(steps: Columns) -> bytes:
     return _png(fig)
 
 
-def grad_heatmap(steps: Columns, bins: int = 200) -> bytes:
+def grad_heatmap(steps: PlotColumns, bins: int = 200) -> bytes:
     """Gradient norm per module over steps, log colour; exact zeros and NaN stand out."""
     grads = {k: v for k, v in steps.group("grad/").items() if k != "_total"}
     if not len(steps) or not grads:
@@ -148,7 +148,7 @@ def grad_heatmap(steps: Columns, bins: int = 200) -> bytes:
     return _png(fig)
 
 
-def ratio_figure(steps: Columns) -> bytes:
+def ratio_figure(steps: PlotColumns) -> bytes:
     """Update-to-weight ratio ‖Δθ‖/‖θ‖ per module; ~1e-3 per step is the usual range."""
     ratios = steps.group("ratio/")
     if not len(steps) or not ratios:
@@ -177,7 +177,7 @@ def ratio_figure(steps: Columns) -> bytes:
     return _png(fig)
 
 
-def lr_figure(steps: Columns) -> bytes:
+def lr_figure(steps: PlotColumns) -> bytes:
     """Learning rate per parameter group (a warm-up from 0 shows as a missing start)."""
     lrs = steps.group("lr/")
     if not len(steps) or not lrs:

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..watch.reading import FieldSpec, LineShape, Segment, StructRows, parse_line
 from .columns import KIND_CODES, MAPPINGS, SCALARS, MetricBlock
-from .runlog._layout import FieldSpec, LineShape, Segment, StructRows, parse_line
 
 _FLOAT_KINDS = ("int", "number", "bool")  # fields a float column holds exactly
 _RECORD_INTS = ("rank", "schema", "steps_taken", "batches_seen")  # see MetricBlock._odd_record_fields
@@ -51,7 +51,7 @@ class LineDicts(Sequence):
         return (self[i] for i in range(len(self)))
 
 
-class SomeLines(Sequence):
+class SelectedLines(Sequence):
     """Some rows of a `LineDicts` (a shape's rows, a selection), sharing its parsed dicts."""
 
     def __init__(self, parent: Sequence[dict], index: list[int]) -> None:
@@ -130,7 +130,7 @@ class StructBlock(MetricBlock):
         block = self._by_shape.get(c)
         if block is None:
             g = self._groups[c]
-            block = self._by_shape[c] = StructBlock(g.rows, self.shapes, SomeLines(self.lines, g.idx.tolist()))
+            block = self._by_shape[c] = StructBlock(g.rows, self.shapes, SelectedLines(self.lines, g.idx.tolist()))
         return block
 
     def irregular_rows(self) -> list[int]:
@@ -170,7 +170,7 @@ class StructBlock(MetricBlock):
 
     def select(self, rows: np.ndarray) -> StructBlock:
         picked = rows.tolist()
-        return StructBlock([self.rows[i] for i in picked], self.shapes, SomeLines(self.lines, picked))
+        return StructBlock([self.rows[i] for i in picked], self.shapes, SelectedLines(self.lines, picked))
 
     # -- columns ----------------------------------------------------------------------
     def _merge(self, per_group: list[list[Any]]) -> list[Any]:
@@ -201,7 +201,7 @@ class StructBlock(MetricBlock):
                 out.append([None] * len(g.rows))
                 continue
             if spec.kind == "mapping":  # as dicts, in each line's own order
-                lines = self.lines if g.idx is None else SomeLines(self.lines, g.idx.tolist())
+                lines = self.lines if g.idx is None else SelectedLines(self.lines, g.idx.tolist())
                 out.append([line[key] for line in lines])
             else:
                 out.append(list(map(attrgetter(spec.attr), g.rows)))
@@ -253,4 +253,4 @@ class StructBlock(MetricBlock):
             self.irregular[group.idx] = True
 
 
-__all__ = ["LineDicts", "SomeLines", "StructBlock"]
+__all__ = ["LineDicts", "SelectedLines", "StructBlock"]

@@ -11,7 +11,7 @@ import tracemalloc
 
 import pytest
 
-from healthcheck.runlog import BadLine, JsonLinesTail, LineTail
+from healthcheck.watch.reading import BadLine, JsonLinesTail, LineTail
 
 
 def objs(items):

@@ -1,11 +1,11 @@
-"""`healthcheck watch RUN_DIR`: judge a run from its files, once or while it runs.
+"""`RunWatch`: everything `healthcheck watch` knows about one run dir, advanced by polls.
 
 The training process may judge itself (its monitor writes health.jsonl), but it may also
 be a loop that only logs metrics, an old run, or one whose monitor was switched off. So
 `watch` re-runs every detector that needs no live model (those with ``needs_live``
 False) on the metrics it reads, merges the result with health.jsonl, and reports one
-verdict. Reading is incremental (`runlog`), so following a run costs one `stat` per file
-per poll, and catching up on a long run streams through it in flat memory.
+verdict. Reading is incremental (`watch.reading`), so following a run costs one `stat` per
+file per poll, and catching up on a long run streams through it in flat memory.
 """
 
 from __future__ import annotations
@@ -16,25 +16,33 @@ import itertools
 import json
 import math
 import os
-import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from .codes import CODES, Code, declare
-from .columns import MetricBlock
-from .events import HealthEvent, Severity
-from .monitor import Monitor
-from .policy import Policy
-from .record import StepRecord
-from .runlog import BadLine, KeyMap, RunLogError, detect_format, open_health, open_metrics
-from .runlog._layout import LineLayout, StructRows
-from .runlog._tail import NumberedItems, numbered_batches
-from .typedblock import StructBlock
-from .watchstate import RunState
+from ..blocks.columns import MetricBlock
+from ..blocks.typed import StructBlock
+from ..codes import CODES, Code, declare
+from ..events import HealthEvent, Severity
+from ..monitor import Monitor
+from ..policy import Policy
+from ..record import StepRecord
+from .book import EventBook
+from .reading import (
+    BadLine,
+    KeyMap,
+    LineLayout,
+    NumberedItems,
+    RunLogError,
+    StructRows,
+    detect_format,
+    numbered_batches,
+    open_health,
+    open_metrics,
+)
+from .state import RunState
 
 BAD_LINE = declare(
     Code("watch.bad_line", Severity.WARNING,
@@ -46,107 +54,17 @@ BAD_LINE = declare(
 )[0]
 
 END_CODE = "monitor.summary"  # the monitor writes it when it closes: the run has ended
-MAX_EVENTS = 10_000  # distinct events kept; a per-step repeating code must not grow memory
-_BATCH = 8_192  # lines judged per poll slice (one block), so a catching-up view still redraws
+BLOCK_LINES = 8_192  # lines judged per poll slice (one block), so a catching-up view still redraws
 
 
 # ----------------------------------------------------------------------------- judging
 def stream_detectors(detectors: Iterable[Any] | None = None) -> list[Any]:
     """The detectors that can judge a metrics file: those that need no live model."""
     if detectors is None:
-        from .detectors import default_detectors
+        from ..detectors import default_detectors
 
         detectors = default_detectors()
     return [d for d in detectors if not getattr(d, "needs_live", False)]
-
-
-@dataclass
-class _Entry:
-    event: HealthEvent  # the one shown: highest severity; the monitor's copy at a tie
-    first_step: int | None
-    last_step: int | None
-    counts: dict[str, int]  # per source: both sources may count the same occurrences
-    order: int
-
-
-def _step_min(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def _step_max(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else max(a, b)
-
-
-class EventBook:
-    """Every health event of a run, from both sources, folded and de-duplicated.
-
-    A finding repeated step after step is one entry per (code, where), as the monitor
-    folds it: first and last step, a count, and the highest severity seen. The same
-    finding from health.jsonl (judged in-process) and from re-judging the metrics is the
-    same entry, counted once and shown as the monitor wrote it, since the monitor had the
-    live model at hand. Codes registered with ``repeats`` keep one entry per step.
-    """
-
-    def __init__(self, max_events: int = MAX_EVENTS) -> None:
-        self.max_events = max_events
-        self._entries: dict[tuple, _Entry] = {}
-        self.dropped = 0
-        self._order = itertools.count()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def add(self, event: HealthEvent) -> HealthEvent | None:
-        """Record an event; returns it if it is news: a new finding or a higher severity."""
-        info = CODES.get(event.code)
-        key = (event.code, event.where, event.step) if info is not None and info.repeats \
-            else (event.code, event.where)
-        entry = self._entries.get(key)
-        if entry is None:
-            if len(self._entries) >= self.max_events:
-                self.dropped += 1
-                return None
-            self._entries[key] = _Entry(event, event.step, event.step, {event.source: event.count},
-                                        next(self._order))
-            return event
-        entry.first_step = _step_min(entry.first_step, event.step)
-        entry.last_step = _step_max(entry.last_step, event.step)
-        entry.counts[event.source] = max(entry.counts.get(event.source, 0), event.count)
-        shown = entry.event
-        if event.severity > shown.severity or (
-                event.severity == shown.severity and shown.source == "watch" != event.source):
-            entry.event = event
-            return event if event.severity > shown.severity else None
-        return None
-
-    def count(self, code: str, where: str | None, source: str, count: int, step: int | None) -> None:
-        """Raise a finding's count (the monitor's final tally) without it being news."""
-        entry = self._entries.get((code, where))
-        if entry is not None:
-            entry.counts[source] = max(entry.counts.get(source, 0), count)
-            entry.last_step = _step_max(entry.last_step, step)
-
-    def _sorted(self) -> list[_Entry]:
-        return sorted(self._entries.values(),
-                      key=lambda e: (-1 if e.first_step is None else e.first_step, e.order))
-
-    def events(self) -> list[HealthEvent]:
-        """One event per finding, at its first step, with its count."""
-        return [e.event.with_(step=e.first_step, count=max(e.counts.values()))
-                for e in self._sorted()]
-
-    def dicts(self) -> list[dict]:
-        out = []
-        for e in self._sorted():
-            d = e.event.to_dict()
-            d["step"], d["count"] = e.first_step, max(e.counts.values())
-            if e.last_step is not None and e.last_step != e.first_step:
-                d["last_step"] = e.last_step
-            out.append(d)
-        return out
-
-    def worst(self) -> Severity | None:
-        return max((e.event.severity for e in self._entries.values()), default=None)
 
 
 @contextlib.contextmanager
@@ -164,7 +82,8 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _lists(tail: Any, layout: LineLayout | None, position: Callable[[], int]) -> Iterator[NumberedItems | StructRows]:
+def numbered_reads(tail: Any, layout: LineLayout | None,
+                   position: Callable[[], int]) -> Iterator[NumberedItems | StructRows]:
     """A metrics reader's items a read at a time (`poll_many`, typed where the layout
     fits), or in small lists for a reader that hands them out one by one; each list
     knows the line of the file each item came from (`line_nos`). A reader that counts no
@@ -185,7 +104,7 @@ class RunWatch:
     starts): polls then find nothing until they do. With ``fmt="auto"`` the format is
     detected once a metrics file of some kind appears. ``typed=False`` parses every
     metrics.jsonl line as a dict instead of decoding regular lines into typed rows
-    (`runlog.LineLayout`): the same verdict, slower; a baseline for the benchmark.
+    (`reading.LineLayout`): the same verdict, slower; a baseline for the benchmark.
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, fmt: str = "auto", keys: KeyMap | None = None,
@@ -256,7 +175,7 @@ class RunWatch:
         if not self._open():
             return n
         if self._pending is None:
-            self._pending = _lists(self._metrics, self._layout, self._position)
+            self._pending = numbered_reads(self._metrics, self._layout, self._position)
         with _gc_paused():
             count = self._read_metrics(max_lines)
         if max_lines is None or count < max_lines:
@@ -285,8 +204,8 @@ class RunWatch:
                     block.extend_rows(items)
                 else:
                     block = items
-                while len(block) >= _BATCH:
-                    now, block = block.split(_BATCH)
+                while len(block) >= BLOCK_LINES:
+                    now, block = block.split(BLOCK_LINES)
                     self._take_block(now)
                 continue
             if shapes is not None:  # typed rows so far: judge them, then collect dicts
@@ -305,7 +224,7 @@ class RunWatch:
         for item, line_no in zip(items, items.line_nos):
             if type(item) is dict:
                 block.append_row(item, line_no)
-                if len(block) >= _BATCH:
+                if len(block) >= BLOCK_LINES:
                     self._take_block(block)
                     block = NumberedItems()
             else:
@@ -320,7 +239,7 @@ class RunWatch:
         total = 0
         while True:
             try:
-                total += self.poll(max_lines=_BATCH)
+                total += self.poll(max_lines=BLOCK_LINES)
             except PermissionError as err:
                 raise RunLogError(f"cannot read {err.filename!r}: permission denied") from None
             if not self.catching_up:
@@ -449,179 +368,3 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
-
-
-# ------------------------------------------------------------------------ the command
-def check_readable(run_dir: str, fmt: str) -> None:
-    """Raise `RunLogError` if `run_dir` cannot be judged (a usage error, exit 2).
-
-    A dir holding only config.json or health.jsonl (or nothing) is a run that has not
-    logged a step yet: that is judged (healthy, no steps), not refused.
-    """
-    if not os.path.exists(run_dir):
-        raise RunLogError(f"run dir {run_dir!r} does not exist")
-    if not os.path.isdir(run_dir):
-        raise RunLogError(f"run dir {run_dir!r} is not a directory")
-    if fmt != "auto":
-        if fmt != "jsonl":
-            open_metrics(run_dir, fmt).close()  # raises with the reason
-        return
-    try:
-        detect_format(run_dir)
-    except RunLogError:
-        known = {"config.json", "health.jsonl", "gate.json", "checkpoints", "wandb", "report",
-                 "report.html"}
-        if set(os.listdir(run_dir)) - known:
-            raise
-
-
-@dataclass
-class WatchOptions:
-    """The settings of one `watch` invocation (the CLI's options, typed)."""
-
-    follow: bool = False
-    fail_on: Severity = Severity.ERROR
-    as_json: bool = False
-    interval: float = 0.5
-    timeout: float | None = None
-    fmt: str = "auto"
-    keys: KeyMap = field(default_factory=KeyMap)
-    policy: Policy | None = None
-    color: bool | None = None  # None: rich decides from the terminal and NO_COLOR
-    refresh_per_second: float = 4.0
-    plain_every: float = 10.0
-
-
-def _wait_for_dir(run_dir: str, opts: WatchOptions, say: Callable[[str], None]) -> None:
-    if os.path.isdir(run_dir):
-        return
-    say(f"waiting for {run_dir} to appear" +
-        (f" (up to {opts.timeout:g}s)" if opts.timeout is not None else ""))
-    start = time.monotonic()
-    while not os.path.isdir(run_dir):
-        if opts.timeout is not None and time.monotonic() - start >= opts.timeout:
-            raise RunLogError(f"run dir {run_dir!r} did not appear within --timeout {opts.timeout:g}s")
-        time.sleep(min(opts.interval, 0.5))
-
-
-def run_watch(run_dir: str, opts: WatchOptions, *, out=None, err=None,
-              detectors: Sequence[Any] | None = None, is_tty: bool | None = None) -> int:
-    """Judge `run_dir` as the options say and print the result; returns the exit status.
-
-    Raises `RunLogError` for what the CLI reports as a usage error (exit 2).
-    """
-    out = out or sys.stdout
-    err = err or sys.stderr
-    is_tty = out.isatty() if is_tty is None else is_tty
-
-    def say(msg: str) -> None:
-        print(msg, file=err, flush=True)
-
-    if opts.follow:
-        _wait_for_dir(run_dir, opts, say)
-    else:
-        check_readable(run_dir, opts.fmt)  # a follower waits for the files instead
-    watch = RunWatch(run_dir, fmt=opts.fmt, keys=opts.keys, detectors=detectors, policy=opts.policy)
-    try:
-        if opts.follow:
-            _follow(watch, opts, out, is_tty, say)
-        else:
-            watch.poll_all()
-            if watch.missing_keys:  # nothing was judged: a typo, not a healthy run
-                raise RunLogError(_missing_message(watch))
-        if watch.missing_keys:
-            say(f"warning: {_missing_message(watch)}")
-        verdict = watch.verdict(opts.fail_on)
-    finally:
-        watch.close()
-    if opts.as_json:
-        print(json.dumps(json_safe(verdict), indent=None), file=out, flush=True)
-    elif not opts.follow or not is_tty:
-        _print_final(watch, verdict, out, is_tty, opts.color)
-    return exit_code(verdict)
-
-
-def _missing_message(watch: RunWatch) -> str:
-    columns = watch.columns
-    shown = ", ".join(columns[:12]) + (" …" if len(columns) > 12 else "")
-    return (f"{', '.join(watch.missing_keys)} not found in the {watch.format} log of "
-            f"{watch.run_dir!r}; its columns are: {shown or 'none yet'}")
-
-
-def _console(out, color: bool | None):
-    from rich.console import Console
-
-    return Console(file=out, force_terminal=True if color else None, no_color=color is False)
-
-
-def _print_final(watch: RunWatch, verdict: Mapping[str, Any], out, is_tty: bool,
-                 color: bool | None = None) -> None:
-    from . import watchview
-
-    if is_tty:
-        _console(out, color).print(watchview.render(watch.state, verdict["events"], status=_status(verdict)))
-        return
-    print(watchview.progress_line(watch.state), file=out)
-    for e in verdict["events"]:
-        print(watchview.event_line(e), file=out)
-    print(_status(verdict), file=out, flush=True)
-
-
-def _status(verdict: Mapping[str, Any]) -> str:
-    n = len(verdict["events"])
-    word = "healthy" if verdict["healthy"] else "UNHEALTHY"
-    worst = verdict["worst_severity"] or "none"
-    return f"{word}: {n} event(s), worst {worst}, fail-on {verdict['fail_on']}"
-
-
-def _follow(watch: RunWatch, opts: WatchOptions, out, is_tty: bool, say) -> None:
-    """Poll until the run ends (monitor summary), goes quiet for --timeout, or Ctrl-C."""
-    from . import watchview
-
-    live = None
-    if is_tty and not opts.as_json:
-        from rich.live import Live
-
-        live = Live(console=_console(out, opts.color), auto_refresh=False, transient=False)
-        live.start()
-    min_redraw = 1.0 / opts.refresh_per_second
-    last_draw = last_plain = 0.0
-    last_news = time.monotonic()
-    try:
-        while True:
-            n = watch.poll(max_lines=_BATCH)
-            now = time.monotonic()
-            if n:
-                last_news = now
-            if live is not None and now - last_draw >= min_redraw:
-                live.update(_panel(watch, opts), refresh=True)
-                last_draw = now
-            elif live is None and not opts.as_json:
-                for e in watch.new_events:
-                    print(watchview.event_line(e.to_dict()), file=out, flush=True)
-                if n and now - last_plain >= opts.plain_every:
-                    print(watchview.progress_line(watch.state), file=out, flush=True)
-                    last_plain = now
-            watch.new_events.clear()
-            if watch.catching_up:
-                continue  # no sleep until the backlog is read
-            if watch.ended:
-                return
-            if opts.timeout is not None and now - last_news >= opts.timeout:
-                say(f"no new lines for {opts.timeout:g}s; stopping")
-                return
-            time.sleep(opts.interval)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if live is not None:
-            live.update(_panel(watch, opts), refresh=True)
-            live.stop()
-
-
-def _panel(watch: RunWatch, opts: WatchOptions):
-    from . import watchview
-
-    verdict = watch.verdict(opts.fail_on)
-    return watchview.render(watch.state, verdict["events"][-watchview.MAX_EVENTS:],
-                            status=_status(verdict), now=time.time())

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from healthcheck.cli import cli
-from healthcheck.runlog import BadLine, CsvMetricsTail, KeyMap, TensorBoardTail, detect_format, parse_event
-from healthcheck.runlog._tfevents import crc32c, masked_crc32c
+from healthcheck.watch.reading import BadLine, CsvMetricsTail, KeyMap, TensorBoardTail, detect_format, parse_event
+from healthcheck.watch.reading.tensorboard import crc32c, masked_crc32c
 
 # ---------------------------------------------------------------------------------- CSV
 # What Lightning's CSVLogger writes for self.log("train_loss", on_step=True, on_epoch=True),

@@ -14,8 +14,8 @@ import json
 import pytest
 from _runfiles import append, step_line
 
-from healthcheck.runlog import JsonLinesTail, _source, _tail
-from healthcheck.watch import RunWatch, _lists
+from healthcheck.watch import RunWatch, numbered_reads
+from healthcheck.watch.reading import JsonLinesTail, source, tail
 
 TORN = '{"kind": "step", "step": 1, "lo'  # a writer killed mid-line, then another line after it
 
@@ -44,7 +44,7 @@ def _poll_all(watch: RunWatch, max_lines: int | None) -> None:
 def chunk_size(request, monkeypatch):
     """Reads of the whole file, or of less than a line each (lines split across reads)."""
     if request.param is not None:
-        monkeypatch.setattr(_source, "JsonLinesTail", functools.partial(JsonLinesTail, chunk_size=request.param))
+        monkeypatch.setattr(source, "JsonLinesTail", functools.partial(JsonLinesTail, chunk_size=request.param))
     return request.param
 
 
@@ -101,7 +101,7 @@ def test_bad_records_in_one_typed_read_keep_their_lines(tmp_path, typed):
 @pytest.mark.parametrize("typed", [True, False], ids=["typed", "plain"])
 def test_line_numbers_without_orjson(tmp_path, typed, monkeypatch):
     # the standard library reader hands lines out one by one; they are numbered as they go
-    monkeypatch.setattr(_tail, "_fast_loads", None)
+    monkeypatch.setattr(tail, "_fast_loads", None)
     (tmp_path / "metrics.jsonl").write_text(
         _line(0) + "\n" + TORN + "\n" + _line(1) + _line(2, steps_taken="abc") + "\n"
         + "".join(_line(i, lr=[10 ** 400]) if i == 5 else _line(i) for i in range(3, 20)))
@@ -122,6 +122,6 @@ def test_a_reader_without_lines_numbers_its_items_across_polls():
             yield from self.polls.pop(0)
 
     stream, position = Stream([[{"a": 1}, {"a": 2}], [{"a": 3}]]), itertools.count(1).__next__
-    first = [n for batch in _lists(stream, None, position) for n in batch.line_nos]
-    second = [n for batch in _lists(stream, None, position) for n in batch.line_nos]
+    first = [n for batch in numbered_reads(stream, None, position) for n in batch.line_nos]
+    second = [n for batch in numbered_reads(stream, None, position) for n in batch.line_nos]
     assert (first, second) == ([1, 2], [3])

@@ -1,4 +1,4 @@
-"""Typed decoding of metrics lines (`runlog.LineLayout`): used only where it is exact.
+"""Typed decoding of metrics lines (`watch.reading.LineLayout`): used only where it is exact.
 
 A read is decoded into typed rows only when every line has a shape learned before;
 anything else goes the dict way, and `watch` must say the same either way.
@@ -12,10 +12,9 @@ import math
 import pytest
 from _runfiles import step_line
 
-from healthcheck.runlog import JsonLinesTail
-from healthcheck.runlog._layout import LineLayout, StructRows
-from healthcheck.typedblock import LineDicts, StructBlock
+from healthcheck.blocks.typed import LineDicts, StructBlock
 from healthcheck.watch import RunWatch
+from healthcheck.watch.reading import JsonLinesTail, LineLayout, StructRows
 
 
 def _read(lines: list[dict]) -> bytes:

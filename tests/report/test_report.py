@@ -13,7 +13,7 @@ from _runfiles import health_event, write_health
 from click.testing import CliRunner
 
 from healthcheck.cli import cli
-from healthcheck.report import FIGURES, collect
+from healthcheck.report.page import FIGURES, collect
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -12,10 +12,10 @@ import os
 from collections.abc import Iterator
 from typing import Protocol
 
-from ._csv import CsvMetricsTail
-from ._keys import KeyMap
-from ._tail import BadLine, FileStatus, JsonLinesTail
-from ._tfevents import TensorBoardTail, find_event_files
+from .keys import KeyMap
+from .lightning_csv import CsvMetricsTail
+from .tail import BadLine, FileStatus, JsonLinesTail
+from .tensorboard import TensorBoardTail, find_event_files
 
 FORMATS = ("auto", "jsonl", "csv", "tensorboard")
 METRICS_FILE = "metrics.jsonl"
@@ -88,3 +88,26 @@ def open_health(run_dir: str | os.PathLike) -> JsonLinesTail:
 
 __all__ = ["FORMATS", "RunLogError", "MetricsTail", "FileStatus", "detect_format",
            "open_metrics", "open_health"]
+
+
+def check_readable(run_dir: str, fmt: str) -> None:
+    """Raise `RunLogError` if `run_dir` cannot be judged (a usage error, exit 2).
+
+    A dir holding only config.json or health.jsonl (or nothing) is a run that has not
+    logged a step yet: that is judged (healthy, no steps), not refused.
+    """
+    if not os.path.exists(run_dir):
+        raise RunLogError(f"run dir {run_dir!r} does not exist")
+    if not os.path.isdir(run_dir):
+        raise RunLogError(f"run dir {run_dir!r} is not a directory")
+    if fmt != "auto":
+        if fmt != "jsonl":
+            open_metrics(run_dir, fmt).close()  # raises with the reason
+        return
+    try:
+        detect_format(run_dir)
+    except RunLogError:
+        known = {"config.json", "health.jsonl", "gate.json", "checkpoints", "wandb", "report",
+                 "report.html"}
+        if set(os.listdir(run_dir)) - known:
+            raise

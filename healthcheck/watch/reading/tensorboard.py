@@ -13,8 +13,8 @@ import os
 import struct
 from collections.abc import Iterator
 
-from ._keys import KeyMap
-from ._tail import BadLine
+from .keys import KeyMap
+from .tail import BadLine
 
 _EVENT_GLOB = "events.out.tfevents."
 

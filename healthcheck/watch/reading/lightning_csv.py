@@ -14,8 +14,8 @@ import math
 import os
 from collections.abc import Iterator
 
-from ._keys import KeyMap
-from ._tail import BadLine, LineTail
+from .keys import KeyMap
+from .tail import BadLine, LineTail
 
 
 def _cell(text: str) -> float | None:

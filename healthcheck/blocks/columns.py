@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .record import StepRecord
+from ..record import StepRecord
 
 KIND_CODES = {"step": 0, "epoch": 1, "eval": 2}  # any other kind is read as a step
 KIND_NAMES = {code: name for name, code in KIND_CODES.items()}

@@ -16,13 +16,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from healthcheck.columns import MetricBlock
+from healthcheck.blocks.columns import MetricBlock
+from healthcheck.blocks.typed import StructBlock
 from healthcheck.detectors import ConstantLoss, ExplodingGrad, SaturatedOutputs, ValConstant
 from healthcheck.monitor import Monitor
 from healthcheck.record import StepRecord
-from healthcheck.runlog._layout import LineLayout
-from healthcheck.typedblock import StructBlock
 from healthcheck.watch import stream_detectors
+from healthcheck.watch.reading import LineLayout
 
 MODULES = ("encoder", "trunk", "head")
 
