@@ -16,7 +16,6 @@ from typing import Any
 from rich.console import Console
 
 from ris_model.config import Config, ConfigError, load_config, parse_set_args
-from ris_model.safe_files import RunWriteError
 from ris_model.training.rundir import prepare_run_dir, read_run_config
 
 EXIT_OK, EXIT_STOPPED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -82,7 +81,7 @@ def train_command(*, preset: str | None, config_file: str | None, overrides: lis
                       f"  W&B: {mode if wandb.active or mode == 'off' else 'off (failed to start)'}", highlight=False)
     try:
         result = trainer.fit()
-    except RunWriteError:
+    except OSError:  # the run dir stopped taking writes: the CLI says so in one sentence
         wandb.finish(exit_code=EXIT_USAGE)
         dist.close()
         raise

@@ -31,7 +31,6 @@ from ris_model.batches import TrainingScenes, build_scenes
 from ris_model.config import Config, ConfigError, LossWeights
 from ris_model.loss import HybridLoss, LossOutput
 from ris_model.model import CovarianceNet, count_parameters
-from ris_model.safe_files import RunWriteError
 from ris_model.training.callbacks import Callback, CallbackList, Metrics
 from ris_model.training.distributed import DistContext
 from ris_model.training.measure import ModuleNormMeter
@@ -222,8 +221,9 @@ class Trainer:
     # --------------------------------------------------------------------- loop
     def fit(self) -> FitResult:
         """Train to the last epoch or a stop request. SIGINT and SIGTERM (what schedulers
-        send) ask for a clean stop; a write that fails (full disk) stops the run too, with
-        the stop line written if the disk still takes it, and is raised as `RunWriteError`."""
+        send) ask for a clean stop. A write that fails (a full disk; an ``OSError`` from the
+        run dir or a callback's file) stops the run too: a checkpoint and the stop line are
+        written if the disk still takes them, then the error is raised."""
         tc = self.cfg.train
         self.log(f"model: CovarianceNet, {self.n_parameters:,} trainable parameters")
         self.run.write_config(self.config_blob())
@@ -231,7 +231,7 @@ class Trainer:
             self._log_resume()
         self.callbacks.on_fit_start(self)
         interrupted = False
-        failure: RunWriteError | None = None
+        failure: OSError | None = None
         previous = {}
         if self.dist.is_main and _can_handle_signals():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -250,7 +250,7 @@ class Trainer:
         except KeyboardInterrupt:
             interrupted = True
             self.request_stop("KeyboardInterrupt during the epoch", StopReason.INTERRUPTED)
-        except RunWriteError as exc:
+        except OSError as exc:
             failure = exc
             self.request_stop(str(exc), StopReason.WRITE_FAILED)
         finally:
@@ -258,12 +258,11 @@ class Trainer:
                 signal.signal(sig, handler)
         if self._stop is not None:
             interrupted = interrupted or self._stop.reason is StopReason.INTERRUPTED
-            try:
-                if failure is None:
-                    self._checkpoint("last.pt")
-                self._log_stop()
-            except RunWriteError as exc:
-                failure = failure or exc
+            for write in (lambda: self._checkpoint("last.pt"), self._log_stop):
+                try:
+                    write()
+                except OSError as exc:  # a full disk may refuse the checkpoint and take the line
+                    failure = failure or exc
         self.callbacks.on_fit_end(self)
         self.run.close()
         if failure is not None:

@@ -292,6 +292,21 @@ def test_a_full_disk_stops_the_run_with_one_sentence_a_stop_line_and_no_stray_te
     assert stop["kind"] == "stop" and stop["stop_reason"] == "write_failed"
 
 
+def test_a_failing_write_in_a_callback_stops_the_run_with_a_checkpoint_and_a_stop_line(tmp_path, cfg):
+    class HealthLogOnAFullDisk(Callback):
+        def on_after_optimizer_step(self, trainer, metrics):
+            if metrics["step"] == 1:
+                raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "health.jsonl"))
+
+    trainer = Trainer(cfg, tmp_path / "run", device="cpu", callbacks=[HealthLogOnAFullDisk()])
+    with pytest.raises(OSError, match="No space left"):
+        trainer.fit()
+    stop = lines(tmp_path / "run")[-1]
+    assert stop["kind"] == "stop" and stop["stop_reason"] == "write_failed" and stop["step"] == 2
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["trainer"]["batches_seen"] == 2
+
+
 # ---------------------------------------------------------------- resume bookkeeping
 @pytest.fixture(scope="module")
 def cfg():
