@@ -2,7 +2,7 @@
 
     python benchmarks/detection.py [--preset tiny] [--steps N] [--seeds S] [--faults NAME ...]
         [--healthy N] [--faults-from FILE.py ...] [--json OUT] [--keep-runs DIR] [--list]
-        [--detectors-from FILE.py ...] [--no-preflight]
+        [--detectors-from FILE.py ...] [--no-preflight] [--subject NAME|all]
 
 Each run is a short monitored fit of the ris_model Trainer (EPOCHS epochs, N steps in
 all) with a policy that records every event and never stops. A faulty run is detected
@@ -23,6 +23,15 @@ monitor_only_false_alarm_rate, monitor_only_median_latency_steps, step0_median_l
 monitor_only_step0_median_latency_steps}, "runs": [{fault, seed, detected, first_step, codes,
 monitor_detected, monitor_first_step}]}`` (``fault`` is null for healthy runs; the
 ``monitor_*`` values leave the preflight events out).
+
+``--subject`` picks what is trained: ``ris`` (the default, above), one of the plain-PyTorch
+subjects of ``healthcheck.testing.subjects`` (``charlm``, ``imgcls``, ``autoencoder``:
+each fault x ``--subject-seeds`` seeds and every healthy variant, ``--subject-steps``
+steps a run, the monitor alone), or ``all`` (every one). The JSON then gains
+``by_subject`` ({subject: {recall, monitor_only_recall, false_alarms, false_alarm_rate,
+median_latency_steps, missed, ...}}), ``subject_runs`` and ``monitor_cost`` (the
+monitor's cost per step of the ``charlm`` loop). ``--cost`` measures only that cost, on
+every plain subject or the one ``--subject`` names.
 """
 
 from __future__ import annotations
@@ -77,6 +86,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-preflight", action="store_true", help="score the monitor alone: no preflight checks before each fit"
     )
     p.add_argument("--list", action="store_true", help="list the faults and exit")
+    p.add_argument("--subject", default="ris", metavar="NAME",
+                   help="ris (default), charlm, imgcls, autoencoder, or all")
+    p.add_argument("--subject-steps", type=int, default=200, help="steps per plain-subject run (default 200)")
+    p.add_argument("--subject-seeds", type=int, default=2, help="seeds per plain-subject fault (default 2)")
+    p.add_argument("--cost", action="store_true",
+                   help="only measure the monitor's cost per step on the plain subjects (--subject picks one)")
     args = p.parse_args(argv)
     for name in ("steps", "seeds", "healthy", "threads"):
         if getattr(args, name) < (1 if name in ("steps", "threads") else 0):
@@ -102,6 +117,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(highlight=False)
     if not console.is_terminal:  # logs and pipes: wide enough that the code lists stay readable
         console = Console(highlight=False, width=max(console.width, 200))
+    from healthcheck.testing.subjects import SUBJECTS
+
+    if args.cost:
+        import torch
+
+        from healthcheck.testing.detection import monitor_cost
+
+        torch.set_num_threads(args.threads)
+
+        costs = [monitor_cost(name) for name in (SUBJECTS if args.subject in ("all", "ris") else [args.subject])]
+        show_cost(console, costs)
+        write_json(args, console, {"monitor_cost": costs})
+        return 0
+    if args.subject not in ("ris", "all", *SUBJECTS):
+        console.print(f"[bold red]error:[/] --subject must be ris, all or one of {', '.join(SUBJECTS)}, "
+                      f"but got {args.subject!r}")
+        return 2
+    plain = run_plain_subjects(args, console, list(SUBJECTS) if args.subject == "all" else [args.subject]
+                               ) if args.subject != "ris" and not args.list else None
+    if args.subject not in ("ris", "all"):
+        write_json(args, console, plain)
+        return 0
     try:
         faults = collect_faults(args)
     except (ValueError, TypeError) as err:
@@ -175,12 +212,84 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {err}")
         return 2
     show_results(console, faults, bench)
-    if args.json:
+    out = bench.to_json()
+    if plain is not None and bench.runs:
+        s = bench.summary
+        plain["by_subject"]["ris"] = {"recall": s["recall"], "monitor_only_recall": s["monitor_only_recall"],
+                                      "false_alarm_rate": s["false_alarm_rate"],
+                                      "monitor_only_false_alarm_rate": s["monitor_only_false_alarm_rate"],
+                                      "median_latency_steps": s["median_latency_steps"]}
+        out.update(plain)
+    write_json(args, console, out)
+    return 0
+
+
+def write_json(args: argparse.Namespace, console, data: dict | None) -> None:
+    if args.json and data is not None:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(bench.to_json(), indent=1) + "\n")
+        out.write_text(json.dumps(data, indent=1) + "\n")
         console.print(f"wrote {out}")
-    return 0
+
+
+def show_cost(console, costs: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title="monitor cost per step (median over interleaved rounds)", title_justify="left")
+    for col in ("subject", "variant", "median step (ms)", "vs bare", "inside the health calls (ms/step)"):
+        table.add_column(col)
+    for cost in costs:
+        for name, v in cost["variants"].items():
+            table.add_row(cost["subject"], name, f"{1e3 * v['median_step_s']:.2f}", f"{100 * v['vs_bare']:+.1f}%",
+                          f"{1e3 * v['inside_calls_s']:.3f}")
+    console.print(table)
+
+
+def run_plain_subjects(args: argparse.Namespace, console, names: list[str]) -> dict:
+    """Train the plain-PyTorch subjects' faults and healthy variants; print and return the
+    per-subject summary as the JSON's ``by_subject``, ``subject_runs`` and ``monitor_cost``."""
+    from rich.table import Table
+
+    from healthcheck.testing.detection import monitor_cost, run_subjects
+
+    def on_run(r, done, n):
+        verdict = f"error at step {r.first_step} ({r.first_code})" if r.detected else "no error"
+        console.print(f"[{done}/{n}] {r.subject} {r.fault or 'healthy:' + r.variant} s{r.seed}: {verdict}, "
+                      f"{r.wall_s:.1f}s", highlight=False)
+
+    runs, summary = run_subjects(names, seeds=args.subject_seeds, steps=args.subject_steps,
+                                 faults=args.faults, on_run=on_run, threads=args.threads)
+    table = Table(title="plain-PyTorch subjects: detection per fault (monitor alone)", title_justify="left")
+    for col in ("subject", "fault", "detected", "latency", "codes fired (error+ first)"):
+        table.add_column(col)
+    rows: dict[tuple, list] = {}
+    for r in runs:
+        rows.setdefault((r.subject, r.fault or f"healthy:{r.variant}"), []).append(r)
+    for (subject, fault), rs in rows.items():
+        hits = sum(r.detected for r in rs)
+        lats = sorted({r.latency for r in rs if r.latency is not None})
+        codes = sorted({c for r in rs for c, sev in r.codes.items()},
+                       key=lambda c: -max(("info", "warning", "error", "critical").index(r.codes.get(c, "info"))
+                                          for r in rs))
+        style = ("red" if hits else "green") if fault.startswith("healthy") else (
+            "green" if hits == len(rs) else "red" if hits == 0 else "yellow")
+        table.add_row(subject, fault, f"[{style}]{hits}/{len(rs)}[/]", ",".join(map(str, lats)) or "-",
+                      " ".join(codes) or "-")
+    console.print(table)
+    st = Table(title="plain-PyTorch subjects: summary", title_justify="left")
+    for col in ("subject", "recall", "false alarms (healthy runs)", "median latency", "missed"):
+        st.add_column(col)
+    for name, s in [*summary["by_subject"].items(), ("all", summary["all"])]:
+        recall = "n/a" if s["recall"] is None else f"{100 * s['recall']:.0f}%"
+        st.add_row(name, f"{recall} of {s['faulty_runs']}", f"{s['false_alarms']} of {s['healthy_runs']}",
+                   str(s["median_latency_steps"]), " ".join(s["missed"]) or "-")
+    console.print(st)
+    cost = monitor_cost("charlm") if "charlm" in names else None
+    if cost is not None:
+        show_cost(console, [cost])
+    console.print(f"wall time {summary['wall_s']} s")
+    return {"by_subject": summary["by_subject"], "subjects_all": summary["all"],
+            "subject_runs": [r.to_json() for r in runs], "monitor_cost": cost}
 
 
 # ------------------------------------------------------------------------------ output

@@ -17,6 +17,7 @@ import sys
 # machines (a 10x slowdown measured on 2 loaded cores); must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from dataclasses import dataclass
+from typing import Any
 
 import click
 
@@ -29,6 +30,10 @@ SEVERITY_CHOICES = ("warning", "error", "critical")
 
 class HealthcheckUsageError(click.UsageError):
     """A bad argument or an unreadable run dir: exit 2 with one clear sentence."""
+
+    def show(self, file: Any = None) -> None:
+        """The sentence alone on stderr: it says what to fix; the usage text would not."""
+        click.echo(f"Error: {self.format_message()}", file=file, err=True)
 
 
 @dataclass
@@ -54,16 +59,36 @@ def cli(ctx: click.Context, color: bool | None) -> None:
 
 
 # ------------------------------------------------------------------ shared pieces
+INTERNAL_ERROR = 3  # the exit status of a bug in healthcheck: never 1, which means "unhealthy"
+
+
 def _usage_errors(fn):
     """Report `RunLogError` (the user's input is wrong) and `RunFileError` (an output that
-    cannot be written safely) as a click usage error."""
+    cannot be written safely) as a click usage error (exit 2), and any other exception as
+    an internal error (exit 3), so that no crash can read as a verdict.
+    HEALTHCHECK_TRACEBACK=1 shows the traceback of an internal error."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except (RunLogError, RunFileError) as err:
-            raise HealthcheckUsageError(str(err)) from None
+            raise HealthcheckUsageError(_clean(str(err))) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as err:
+            if os.environ.get("HEALTHCHECK_TRACEBACK"):
+                raise
+            click.echo(f"Error: internal error in healthcheck ({type(err).__name__}: {_clean(str(err))[:300]}); "
+                       "this is a bug: please report it with the run dir, or rerun with "
+                       "HEALTHCHECK_TRACEBACK=1 for the traceback", err=True)
+            raise SystemExit(INTERNAL_ERROR) from None
     return wrapper
+
+
+def _clean(text: str) -> str:
+    from .watch.view import clean
+
+    return clean(text)
 
 
 def _key_options(fn):
@@ -98,7 +123,10 @@ def _policy_option(fn):
 
 def _policy(path: str | None):
     from .policy import Policy, PolicyError
+    from .watch.reading.errors import stat_regular
 
+    if path:
+        stat_regular(path)  # a FIFO would block the read: a RunLogError, exit 2
     try:
         return Policy.from_env(base=Policy.from_file(path) if path else None)
     except PolicyError as err:
@@ -136,7 +164,8 @@ def watch(obj: CliContext, run_dir: str, once: bool, fail_on: str, as_json: bool
     """Judge a run from its files: re-run the stream detectors on its metrics, merge
     health.jsonl, and show the verdict (live while it trains with --follow).
 
-    Exit status: 0 healthy, 1 an event at or above --fail-on, 2 a usage error.
+    Exit status: 0 healthy, 1 an event at or above --fail-on, 2 a usage error, 3 an
+    internal error.
     """
     from .events import Severity
     from .watch.app import WatchOptions, run_watch
@@ -226,6 +255,7 @@ def main() -> None:
 def _register_weights() -> None:
     from .weights_view import weights_command
 
+    weights_command.callback = _usage_errors(weights_command.callback)
     cli.add_command(weights_command)
 
 

@@ -32,7 +32,7 @@ from .events import Severity
 # modules whose import declares codes outside a detector class; `CODES` imports them on
 # first read (the detectors package declares every built-in detector's codes)
 DECLARED_IN = ("healthcheck.detectors", "healthcheck.monitor", "healthcheck.preflight",
-               "healthcheck.watch.runwatch")
+                "healthcheck.watch.runwatch", "healthcheck.integrations.torch_loop")
 
 START, END = "<!-- codes:start -->", "<!-- codes:end -->"
 
@@ -116,17 +116,16 @@ def declare(*codes: Code) -> tuple[Code, ...]:
 
 
 def register_code(code: str, severity: str | Severity, meaning: str, fix: str, *,
-                  repeats: bool = False) -> None:
+                  repeats: bool = False, raised_to: tuple[str | Severity, ...] = ()) -> None:
     """Add a code for a user-written detector, so policies can name it.
 
     A code is ``family.name`` in lower case; registering an existing code with different
-    text is an error (published codes don't change meaning).
+    text is an error (published codes don't change meaning). ``raised_to``: the higher
+    tiers the detector may emit it at, as for `Code`.
     """
-    _check_name(code)
-    if not meaning or not fix:
-        raise ValueError(f"code {code!r} needs both a meaning and a fix text")
+    declared = Code(code, severity, *raised_to, meaning=meaning, fix=fix, repeats=repeats)
     _load()
-    _add(code, CodeInfo(Severity.parse(severity), meaning, fix, repeats))
+    _add(code, declared.info)
 
 
 def _load() -> None:

@@ -130,7 +130,7 @@ def read_jsonl(path: str | os.PathLike, offset: int = 0) -> JsonlChunk:
             continue
         try:
             obj = json.loads(raw)
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, too deep
             out.garbage.append(number)
             continue
         if isinstance(obj, dict):

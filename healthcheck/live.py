@@ -57,6 +57,10 @@ class LiveView:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         self.model = model
         self.optimizer = optimizer
+        # facts the training process measured for this step beyond norms (see `signals`):
+        # {"uncleared_grads": names, "term_reach": {term: (|term|, grad norm)},
+        #  "pairing": (true-pairing loss, shuffled-pairing loss)}; absent: not measured
+        self.signals: dict[str, object] = {}
         self.refresh()
 
     def refresh(self) -> None:
@@ -205,11 +209,12 @@ class ModuleNorms:
         import torch
 
         current = [p.detach() for p in self._params]
-        have_update = self._have_snapshot and self._before is not None
-        if have_update:
+        before = self._before if self._have_snapshot else None
+        if before is not None:
             with torch.no_grad():
-                torch._foreach_sub_(self._before, current)  # before - after, in place
-        values = _to_host(_norm_tensors(current + (self._before if have_update else [])))
+                torch._foreach_sub_(before, current)  # before - after, in place
+        have_update = before is not None
+        values = _to_host(_norm_tensors(current + (before or [])))
         self._have_snapshot = False
         n = len(self._params)
         params = self._per_module(values[:n])

@@ -27,6 +27,7 @@ from typing import Any
 import click
 
 from .jsonl import read_jsonl
+from .watch.reading.errors import RunLogError, stat_regular
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -92,7 +93,7 @@ def _load_config(run_dir: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
             blob = json.load(fh)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise WeightsViewError(f"{path} is not valid JSON ({err}); was the run killed while writing it?") from None
     if not isinstance(blob, dict):
         raise WeightsViewError(f"{path} holds a JSON {type(blob).__name__}, not the object a run writes")
@@ -140,8 +141,14 @@ def read_weights(run_dir: str | os.PathLike, *, primary: str | None = None) -> W
     configured = _table(_table(_table(blob.get("config")).get("loss")).get("weights"))
     config_sources = _table(blob.get("sources"))
     history = _history(blob)
+    metrics = os.path.join(run_dir, METRICS_FILE)
+    if os.path.lexists(metrics):
+        try:
+            stat_regular(metrics)  # a FIFO would block the read forever, a device never end
+        except RunLogError as err:
+            raise WeightsViewError(str(err)) from None
     steps = [{**line, "step": _int(line.get("step")), "epoch": _int(line.get("epoch"))}
-             for line in read_jsonl(os.path.join(run_dir, METRICS_FILE)).objects
+             for line in read_jsonl(metrics).objects
              if line.get("kind") == "step" and line.get("rank", 0) == 0 and isinstance(line.get("weights"), Mapping)]
     if primary is None:
         named = [blob.get("primary")] + [s.get("primary") for s in reversed(steps)]

@@ -12,6 +12,7 @@ from .outputs import ChanceLevel, CollapsedPredictions, ExpectedRange, Saturated
 from .parameters import BlockedUpdate, FrozenParams, NotInOptimizer, UpdateRatio
 from .relations import LossSumMismatch
 from .schedule import InvalidLR, TinyLR, ZeroLR
+from .signals import GradNotCleared, NoDataSignal, TermUnreached
 from .steps import AmpOverflow, AmpScaleCollapse, SkippedSteps
 from .trends import DecayErosion, GradGrowth, ProgressStall
 from .validation import ValConstant, ValPlateau, ValTrainGap
@@ -27,7 +28,8 @@ def default_detectors() -> list[Detector]:
     return [
         # before the optimizer step: what must stop a step comes first
         NonFiniteLoss(), PrimaryWeightZero(), InvalidLR(), NonFiniteGrad(),
-        ZeroLoss(), LossSumMismatch(), DeadTerm(), PrimaryShare(), WeightChanged(), UnplannedWeightChange(),
+        ZeroLoss(), LossSumMismatch(), TermUnreached(), GradNotCleared(), NoDataSignal(),
+        DeadTerm(), PrimaryShare(), WeightChanged(), UnplannedWeightChange(),
         NoneGrad(), ZeroGrad(), DeadUnits(), VanishingGrad(), ExplodingGrad(), GradGrowth(), NotInOptimizer(),
         ZeroLR(), TinyLR(), WeightDecay(),
         # after the step
@@ -40,9 +42,11 @@ def default_detectors() -> list[Detector]:
 __all__ = [
     "AmpOverflow", "AmpScaleCollapse", "BlockedUpdate", "ChanceLevel", "CollapsedPredictions", "ConstantLoss",
     "DeadTerm", "DeadUnits", "DecayErosion", "default_detectors", "Detector", "DetectorState", "Divergence",
-    "ExpectedRange", "ExplodingGrad", "FrozenParams", "GradGrowth", "InvalidLR", "LossSumMismatch", "NO_EVENTS",
-    "NoneGrad", "NonFiniteGrad", "NonFiniteLoss", "NotInOptimizer", "PHASES", "PrimaryShare",
-    "PrimaryWeightZero", "ProgressStall", "SaturatedOutputs", "SkippedSteps", "TinyLR", "UnplannedWeightChange",
+    "ExpectedRange", "ExplodingGrad", "FrozenParams", "GradGrowth", "GradNotCleared", "InvalidLR",
+    "LossSumMismatch", "NO_EVENTS",
+    "NoDataSignal", "NoneGrad", "NonFiniteGrad", "NonFiniteLoss", "NotInOptimizer", "PHASES", "PrimaryShare",
+    "PrimaryWeightZero", "ProgressStall", "SaturatedOutputs", "SkippedSteps", "TermUnreached", "TinyLR",
+    "UnplannedWeightChange",
     "UpdateRatio", "ValConstant", "ValPlateau", "ValTrainGap", "VanishingGrad", "WeightChanged", "WeightDecay",
     "ZeroGrad", "ZeroLoss", "ZeroLR",
 ]

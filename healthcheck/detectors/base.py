@@ -125,6 +125,11 @@ class Detector:
         default severity and fix text. An evidence value that was not measured (None) is
         written as NaN rather than failing the detector."""
         info = CODES[code]
+        if severity is not None and Severity.parse(severity) not in (info.severity, *info.raised_to):
+            raise ValueError(
+                f"{self.name} emits {code!r} at {Severity.parse(severity)}, a tier the code does not declare "
+                f"(default {info.severity}, raised to {[str(s) for s in info.raised_to]}): add it to the "
+                "Code(...) declaration so the codes table shows it")
         numbers = {k: math.nan if v is None else v for k, v in (evidence or {}).items()}
         return HealthEvent(
             code=code, severity=info.severity if severity is None else Severity.parse(severity),

@@ -33,8 +33,9 @@ class NonFiniteLoss(Detector):
     DeepDiagnosis's "numerical errors" symptom and TheDeepChecker's on-training NaN check.
     Runs after backward, so the monitor can ask for a stop before ``optimizer.step()``
     writes NaN into the weights; and on eval records (``where`` then starts with "val/").
-    Each non-finite term is named; the total is named only when every term is finite (a
-    weight, not a term, is then the culprit). No threshold: one non-finite value is enough.
+    Each non-finite term is named; the total is named only when no term is non-finite (a
+    weight, not a term, is then the culprit, or no terms were logged to tell). No
+    threshold: one non-finite value is enough.
     """
 
     codes = (Code("loss.nonfinite", Severity.CRITICAL,
@@ -60,12 +61,20 @@ class NonFiniteLoss(Detector):
                 detail=(f"Term {name!r} = {value} (weight {fmt(record.weights.get(name))}), "
                         f"total loss = {fmt(loss)} at step {record.step}."),
                 evidence={"term": value, "loss": math.nan if loss is None else loss}))
-        if not bad_terms:
+        if not bad_terms and record.terms:
             out.append(self.event(
                 "loss.nonfinite", record, where=prefix + "total",
                 title=f"total loss is {loss} while every term is finite",
                 detail=("Every term is finite, so a weight or the way terms are combined "
                         f"made the total {loss}: weights = {record.weights}."),
+                evidence={"loss": loss}))
+        elif not bad_terms:  # no terms were logged: nothing is known about them
+            out.append(self.event(
+                "loss.nonfinite", record, where=prefix + "total",
+                title=f"total loss is {loss}",
+                detail=(f"The {'validation' if prefix else 'back-propagated'} loss is {loss} at step "
+                        f"{record.step}; no loss terms were logged to say which part of it is. "
+                        "Logging the terms (after_backward(loss, terms=...)) names the culprit."),
                 evidence={"loss": loss}))
         return out
 

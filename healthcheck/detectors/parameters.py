@@ -38,21 +38,27 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class _SeenState:
-    n_params: int = -1
+    layout: tuple[int, int] = (-1, -1)  # (trainable parameters, parameters the optimizer holds)
+    missing: tuple[str, ...] = ()  # the names last reported
 
 
 class NotInOptimizer(Detector):
-    """A trainable parameter is in no optimizer param group (``param.not_in_optimizer``).
+    """Trainable parameters in no optimizer param group (``param.not_in_optimizer``).
 
-    Judged at the first record (before the first step: docs/failure-catalogue.md row 13, an optimizer built
-    before some parameters existed) and again whenever the number of trainable parameters
-    changes. Events are grouped by owning submodule.
+    Judged at the first record (before the first step: docs/failure-catalogue.md row 13, an
+    optimizer built before some parameters existed) and again whenever the number of
+    trainable parameters or of parameters the optimizer holds changes. One cause, one
+    event: every parameter left out is listed in a single event (with how many there are
+    and which modules own them), emitted again only when that list changes, so a model
+    whose every BatchNorm layer was left out gets one line, not one per layer and step.
     """
 
     codes = (Code("param.not_in_optimizer", Severity.ERROR,
-                  meaning="A trainable parameter is not in any optimizer parameter group.",
+                  meaning="Trainable parameters are not in any optimizer parameter group (one event "
+                          "lists them all, repeated only when the list changes).",
                   fix="Build the optimizer after every submodule exists, and from "
-                      "model.parameters() rather than a hand-made subset."),)
+                      "model.parameters() rather than a hand-made subset.",
+                  repeats=True),)  # emitted only when the list changes: each one is news
     phases = frozenset({"after_backward"})
     needs_live = True
 
@@ -60,24 +66,43 @@ class NotInOptimizer(Detector):
         return _SeenState()
 
     def check(self, record: StepRecord, state: _SeenState, live: LiveView | None) -> Sequence[HealthEvent]:
-        if live is None or live.optimizer is None or len(live.named_params) == state.n_params:
+        if live is None or live.optimizer is None:
             return NO_EVENTS
-        state.n_params = len(live.named_params)
+        layout = (len(live.named_params), sum(len(g["params"]) for g in live.optimizer.param_groups))
+        if layout == state.layout:  # every step: counting is cheap, the id set is built on change
+            return NO_EVENTS
+        state.layout = layout
         held = live.optimizer_param_ids()
         missing = [(n, p, o) for (n, p), o in zip(live.named_params, live.owners) if id(p) not in held]
-        if not missing:
+        names = tuple(n for n, _, _ in missing)
+        if names == state.missing:
             return NO_EVENTS
-        numel = {n: p.numel() for n, p, _ in missing}
-        out = []
-        for owner, names in group_names([n for n, _, _ in missing], [o for _, _, o in missing]).items():
-            size = sum(numel[n] for n in names)
-            out.append(self.event(
-                "param.not_in_optimizer", record, where=owner,
-                title=f"{len(names)} trainable parameter(s) of {owner!r} are not in the optimizer",
-                detail=(f"{name_list(names)} ({size} values) require grad but belong to no "
-                        "optimizer param group: they will never be updated."),
-                evidence={"params": len(names), "numel": size}))
-        return out
+        state.missing = names
+        if not names:
+            return NO_EVENTS
+        size = sum(p.numel() for _, p, _ in missing)
+        owners = list(group_names(list(names), [o for _, _, o in missing]))
+        where = _common_module(owners)
+        return (self.event(
+            "param.not_in_optimizer", record, where=where,
+            title=(f"{len(names)} trainable parameter(s) of {len(owners)} module(s) are not in the optimizer"
+                   if len(owners) > 1 else
+                   f"{len(names)} trainable parameter(s) of {owners[0]!r} are not in the optimizer"),
+            detail=(f"{name_list(list(names))} ({len(names)} parameters, {size} values, in "
+                    f"{len(owners)} module(s): {name_list(owners)}) require grad but belong to no "
+                    "optimizer param group: they will never be updated."),
+            evidence={"params": len(names), "numel": size, "modules": len(owners)}),)
+
+
+def _common_module(owners: Sequence[str]) -> str:
+    """The deepest module that owns all of ``owners`` ("model" when only the root does)."""
+    parts = [o.split(".") for o in owners]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return ".".join(common) or "model"
 
 
 class FrozenParams(Detector):

@@ -23,6 +23,7 @@ from .base import NO_EVENTS, Detector, check_float, check_int, fmt
 @dataclass
 class _MismatchState:
     streak: int = 0
+    batches_seen: int | None = None  # the previous step's counter
 
 
 class LossSumMismatch(Detector):
@@ -54,7 +55,11 @@ class LossSumMismatch(Detector):
         return _MismatchState()
 
     def check(self, record: StepRecord, state: _MismatchState, live: LiveView | None) -> Sequence[HealthEvent]:
-        if record.kind != "step" or record.skipped:
+        if record.kind != "step":
+            return NO_EVENTS
+        accumulated = _batches(record, state.batches_seen)
+        state.batches_seen = record.batches_seen
+        if record.skipped:
             return NO_EVENTS
         parts = _weighted_parts(record)
         if parts is None:
@@ -65,7 +70,6 @@ class LossSumMismatch(Detector):
         expected = sum(parts.values())
         scale = sum(abs(v) for v in parts.values())
         tolerance = self.rtol * scale + self.atol
-        accumulated = _batches(record)
         if any(abs(loss - expected / k) <= tolerance / k for k in {1, accumulated}):
             state.streak = 0
             return NO_EVENTS
@@ -96,9 +100,13 @@ def _weighted_parts(record: StepRecord) -> dict[str, float] | None:
     return parts
 
 
-def _batches(record: StepRecord) -> int:
+def _batches(record: StepRecord, before: int | None) -> int:
+    """How many batches this step accumulated: the growth of ``batches_seen`` since the
+    step before, or for a run's first step, its count beyond the steps attempted."""
     if record.batches_seen is None:
         return 1
+    if before is not None and before < record.batches_seen:
+        return record.batches_seen - before
     return max(1, record.batches_seen - record.step)
 
 

@@ -34,31 +34,37 @@ class _CounterState:
 
 
 class SkippedSteps(Detector):
-    """Fewer steps applied than batches seen over ``window`` batches (``steps.skipped``).
+    """Fewer steps applied than attempted over ``window`` attempts (``steps.skipped``).
 
-    Uses ``steps_taken`` / ``batches_seen``, or counts ``skipped`` flags when the record
-    has no counters. More than ``max_fraction`` (half) of the expected steps missing is a
-    warning; not a single step applied in the window is an error. ``accumulation`` is the
-    number of batches per optimizer step when gradients are accumulated.
+    A record is one optimizer-step attempt, however many batches it accumulated (what
+    `TrainingHealth` with ``batches=N``, the Lightning and Hugging Face callbacks and the
+    ris Trainer write): its ``step`` counts attempts and ``steps_taken`` the steps applied,
+    so gradient accumulation needs no setting. Without counters the ``skipped`` flags are
+    counted. More than ``max_fraction`` (half) of the attempts not applied is a warning;
+    not a single step applied in the window is an error.
+
+    ``accumulation``: only for a source that writes one record per batch and applies a
+    step every ``accumulation`` batches; the window then counts ``batches_seen``.
 
     Without waiting for a window: no step at all applied since the run started, after
-    ``first_batches`` x ``accumulation`` batches (2: one batch can be a warm-up that begins
-    with a vetoed step; two in a row cannot), is an error at once. Judged only on the
-    record's own counters (a run from its start) and not under AMP, whose scaler may skip
-    its first steps while it calibrates its scale (``amp.*`` judge those).
+    ``first_batches`` attempts (2: one can be a warm-up that begins with a vetoed step;
+    two in a row cannot), is an error at once. Judged only on the record's own counters
+    (a run from its start) and not under AMP, whose scaler may skip its first steps while
+    it calibrates its scale (``amp.*`` judge those).
     """
 
     codes = (Code("steps.skipped", Severity.WARNING, Severity.ERROR,
-                  meaning="Fewer optimizer steps were applied than batches seen over a window.",
-                  fix="A gate that vetoes steps, AMP overflows, or an accumulation setting the "
-                      "detector does not know of."),)
+                  meaning="Fewer optimizer steps were applied than attempted over a window.",
+                  fix="A gate that vetoes steps, AMP overflows, or a loop that accumulates gradients "
+                      "without saying so: report one step per optimizer step "
+                      "(after_backward(..., batches=N))."),)
     phases = frozenset({"after_step"})
 
-    def __init__(self, window: int = 20, max_fraction: float = 0.5, accumulation: int = 1,
+    def __init__(self, window: int = 20, max_fraction: float = 0.5, accumulation: int | None = None,
                  first_batches: int | None = 2) -> None:
         self.window = check_int("window", window, 2)
         self.max_fraction = check_float("max_fraction", max_fraction, lo=0.0, hi=1.0)
-        self.accumulation = check_int("accumulation", accumulation, 1)
+        self.accumulation = None if accumulation is None else check_int("accumulation", accumulation, 1)
         self.first_batches = None if first_batches is None else check_int("first_batches", first_batches, 1)
 
     def new_state(self) -> _CounterState:
@@ -67,7 +73,7 @@ class SkippedSteps(Detector):
     def check(self, record: StepRecord, state: _CounterState, live: LiveView | None) -> Sequence[HealthEvent]:
         if record.kind != "step":
             return NO_EVENTS
-        b, s = record.batches_seen, record.steps_taken
+        b, s = self._attempts(record), record.steps_taken
         if b is None or s is None:
             if record.skipped is None:
                 return NO_EVENTS
@@ -75,31 +81,42 @@ class SkippedSteps(Detector):
             state.steps += 0 if record.skipped else 1
             b, s = state.batches, state.steps
         state.history.append((b, s))
+        per_step = self.accumulation or 1
+        unit = "batches" if self.accumulation else "attempts"
         if (self.first_batches is not None and record.steps_taken == 0 and record.batches_seen is not None
-                and record.amp is None and b >= self.first_batches * self.accumulation):
+                and record.amp is None and b >= self.first_batches * per_step):
             return (self.event(
                 "steps.skipped", record, where="optimizer", severity=Severity.ERROR,
-                title=f"no optimizer step applied in the first {b} batches",
-                detail=(f"{b} batches were processed since the run started and not one optimizer step "
-                        f"was applied (accumulation={self.accumulation})."),
+                title=f"no optimizer step applied in the first {b} {unit}",
+                detail=(f"{b} optimizer-step {unit} were made since the run started and not one "
+                        f"step was applied ({record.batches_seen} batches seen)."),
                 evidence={"batches": b, "steps": 0, "missing_fraction": 1.0}),)
         b0, s0 = state.history[0]
         seen, taken = b - b0, s - s0
         if seen < self.window:
             return NO_EVENTS
-        expected = seen / self.accumulation
+        expected = seen / per_step
         missing = max(0.0, 1.0 - taken / expected)
         if taken > 0 and missing <= self.max_fraction:
             return NO_EVENTS
         severity = Severity.ERROR if taken == 0 else None
         return (self.event(
             "steps.skipped", record, where="optimizer", severity=severity,
-            title=(f"no optimizer step applied in the last {seen} batches" if taken == 0 else
+            title=(f"no optimizer step applied in the last {seen} {unit}" if taken == 0 else
                    f"only {taken} of {expected:.0f} expected optimizer steps applied"),
-            detail=(f"Over the last {seen} batches, {taken} optimizer steps were applied "
-                    f"({missing:.0%} missing; accumulation={self.accumulation}). In total "
-                    f"{s} steps for {b} batches."),
+            detail=(f"Over the last {seen} {unit}, {taken} optimizer steps were applied "
+                    f"({missing:.0%} missing"
+                    + (f"; accumulation={self.accumulation}" if self.accumulation else "")
+                    + f"). In total {s} steps applied, {record.batches_seen} batches seen."),
             evidence={"batches": seen, "steps": taken, "missing_fraction": missing}),)
+
+    def _attempts(self, record: StepRecord) -> int | None:
+        """The counter the window runs on: step attempts so far (``step`` + 1), or batches
+        seen for a one-record-per-batch source with a fixed ``accumulation``; None when the
+        record carries no counters."""
+        if record.batches_seen is None:
+            return None
+        return record.batches_seen if self.accumulation else record.step + 1
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
     @property  # the window is a setting, so the memory is too
@@ -111,7 +128,7 @@ class SkippedSteps(Detector):
         # A row can fire only within ``window`` rows after a step went missing (batches
         # minus steps grew), or when no step was ever taken; rows near the block's start
         # may follow a miss in the block before.
-        seen, taken = block.scalar("batches_seen"), block.scalar("steps_taken")
+        seen, taken = self._block_attempts(block), block.scalar("steps_taken")
         gap = seen - taken
         miss = ~np.isfinite(gap) | (taken == 0)
         miss[1:] |= gap[1:] != gap[:-1]
@@ -122,7 +139,7 @@ class SkippedSteps(Detector):
         """A block whose every row has counters, a step taken, and as many batches seen
         per step as before, after a window with none missing either: no row can fire, and
         the state is the last window of counters. Anything else goes row by row."""
-        seen, taken = block.scalar("batches_seen")[rows], block.scalar("steps_taken")[rows]
+        seen, taken = self._block_attempts(block)[rows], block.scalar("steps_taken")[rows]
         if block.irregular[rows].any():  # (after building the columns, which marks odd rows)
             return None
         if not (np.isfinite(seen).all() and np.isfinite(taken).all()):
@@ -140,13 +157,20 @@ class SkippedSteps(Detector):
         d_seen, d_taken = b_all[at] - b_all[first], s_all[at] - s_all[first]
         judged = d_seen >= self.window
         with np.errstate(divide="ignore", invalid="ignore"):
-            missing = np.maximum(0.0, 1.0 - d_taken / (d_seen / self.accumulation))
+            missing = np.maximum(0.0, 1.0 - d_taken / (d_seen / (self.accumulation or 1)))
         if (judged & ((d_taken <= 0) | (missing > self.max_fraction))).any():
             return None
         keep = self.window + 1
         for b, s in zip(seen[-keep:].tolist(), taken[-keep:].tolist()):
             state.history.append((int(b), int(s)))
         return []
+
+    def _block_attempts(self, block: MetricBlock) -> np.ndarray:
+        """`_attempts` of every row (NaN where the row has no ``batches_seen``)."""
+        seen = block.scalar("batches_seen")
+        if self.accumulation:
+            return seen
+        return np.where(np.isnan(seen), np.nan, np.trunc(block.scalar("step")) + 1)
 
 
 @dataclass

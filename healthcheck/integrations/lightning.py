@@ -5,16 +5,27 @@ raises a clear ImportError if neither ``lightning`` nor ``pytorch_lightning`` is
 
 Where each phase is judged:
 
-* ``on_before_backward``: the loss tensor is kept (no sync).
+* ``on_before_backward`` / ``on_after_backward``: the loss and the terms of each batch are
+  summed (no sync).
 * ``on_before_optimizer_step``: "after_backward" — gradients are complete (accumulated,
-  and unscaled by Lightning's AMP plugin), the step has not happened.
+  and unscaled by Lightning's AMP plugin), the step has not happened. With
+  ``accumulate_grad_batches=N`` this is one record for N batches: its loss is their mean
+  (Lightning back-propagates each batch's loss divided by N), its terms their mean, and
+  step numbers count optimizer steps, as ``trainer.global_step`` does.
 * ``on_train_batch_end``: "after_step" for batches that ended with an optimizer step.
 * ``on_train_epoch_end``: "epoch"; ``on_validation_epoch_end``: "eval", reading the
   validation loss from ``trainer.callback_metrics[val_loss_key]``.
 
 Loss terms and weights: a LightningModule may set ``self.health_terms`` /
 ``self.health_weights`` (dicts, tensors allowed) in ``training_step``; they are read at
-the next optimizer step. A stop sets ``trainer.should_stop`` (any rank stopping stops all).
+each backward and averaged over the batches of one optimizer step. A stop sets
+``trainer.should_stop`` (any rank stopping stops all).
+
+Probes (`TrainingHealth.before_backward`): a module that also sets ``self.health_output``
+(the model's output tensor, still attached to its graph) in ``training_step`` gets the
+term-reach probe at ``on_before_backward``, and with ``self.health_targets`` and
+``self.health_pairing_loss`` (``loss(output, targets)``) the data-pairing probe. Gradients
+not cleared between steps are watched for every module, without any attribute.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ def _callback_base() -> type:
         from lightning.pytorch import Callback
     except ImportError:
         try:
-            from pytorch_lightning import Callback
+            from pytorch_lightning import Callback  # type: ignore[assignment]
         except ImportError:
             raise ImportError(_MISSING) from None
     return Callback
@@ -40,7 +51,7 @@ def _callback_base() -> type:
 def _build() -> type:
     from .torch_loop import TrainingHealth
 
-    class HealthCallback(_callback_base()):
+    class HealthCallback(_callback_base()):  # type: ignore[misc]  # Lightning's, found at run time
         """Runs a `TrainingHealth` inside a Lightning fit. Arguments as for `TrainingHealth`,
         plus ``val_loss_key`` and the names of the module attributes carrying terms and
         weights. Only rank 0 writes files and prints."""
@@ -55,7 +66,8 @@ def _build() -> type:
             self.weights_attr = weights_attr
             self.health_kwargs = health_kwargs
             self.health: TrainingHealth | None = None
-            self._loss: Any = None
+            self._loss: Any = None  # Σ of this step's back-propagated (already 1/N-scaled) losses
+            self._terms: dict[str, Any] = {}  # Σ of each term over this step's batches
             self._backwards = 0
 
         def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -72,21 +84,34 @@ def _build() -> type:
                                          **kwargs)
 
         def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
-            """Called before loss.backward(): keep the loss (detached, no sync)."""
-            self._loss = loss.detach()
+            """Called before loss.backward(): add the loss to this step's (detached, no sync)
+            and run the probes on the output the module left in ``health_output``, if any."""
+            self._loss = loss.detach() if self._loss is None else self._loss + loss.detach()
+            output = getattr(pl_module, "health_output", None)
+            if self.health is not None and output is not None:
+                self.health.before_backward(
+                    output, terms=getattr(pl_module, self.terms_attr, None),
+                    weights=getattr(pl_module, self.weights_attr, None),
+                    targets=getattr(pl_module, "health_targets", None),
+                    loss_fn=getattr(pl_module, "health_pairing_loss", None))
+                pl_module.health_output = None  # the graph is the step's, not the module's
 
         def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
-            """Called after loss.backward(): count accumulated batches."""
+            """Called after loss.backward(): count the batch and add its terms."""
             self._backwards += 1
+            for name, value in (getattr(pl_module, self.terms_attr, None) or {}).items():
+                value = value.detach() if hasattr(value, "detach") else value
+                self._terms[name] = value if name not in self._terms else self._terms[name] + value
 
         def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
             """Called before optimizer.step(): judge gradients while a stop can still help."""
             if self.health is None or self._loss is None:
                 return
-            self.health.after_backward(
-                self._loss, terms=getattr(pl_module, self.terms_attr, None),
-                weights=getattr(pl_module, self.weights_attr, None), batches=max(self._backwards, 1))
-            self._backwards = 0
+            n = max(self._backwards, 1)
+            terms = {name: value / n for name, value in self._terms.items()} or None
+            loss, self._loss, self._terms, self._backwards = self._loss, None, {}, 0
+            self.health.after_backward(loss, terms=terms, weights=getattr(pl_module, self.weights_attr, None),
+                                       batches=n)
             self._sync_stop(trainer)
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
@@ -120,8 +145,9 @@ def _build() -> type:
                 self.health.close()
 
         def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-            """Called when fit raises: still close the files cleanly."""
+            """Called when fit raises: record ``run.crashed``, then close the files cleanly."""
             if self.health is not None:
+                self.health.record_crash(exception)
                 self.health.close()
 
         def _sync_stop(self, trainer: Any) -> None:

@@ -1,18 +1,29 @@
 """Health checks for a plain PyTorch loop, in three lines.
 
 ```python
-health = healthcheck.TrainingHealth(model, optimizer, run_dir="runs/x")
-for x, y in loader:
-    optimizer.zero_grad()
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    health.after_backward(loss, terms={...}, weights={...}, primary="mse")
-    optimizer.step()
-    health.after_step()
-    if health.should_stop:
-        break
-health.close()                    # or: with TrainingHealth(...) as health: ...
+with healthcheck.TrainingHealth(model, optimizer, run_dir="runs/x") as health:
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        health.after_backward(loss, terms={...}, weights={...}, primary="mse")
+        optimizer.step()
+        health.after_step()
+        if health.should_stop:
+            break
 ```
+
+Leaving the ``with`` block writes the closing summary; an exception inside it is recorded
+as ``run.crashed`` first and then propagates. ``evaluate`` and ``end_epoch`` add validation
+and epoch records (the ``val.*`` checks need them).
+
+Two optional probes need the step's output before ``loss.backward()`` frees its graph:
+``health.before_backward(output, terms=..., weights=..., targets=y, loss_fn=criterion)``
+checks, every ``probe_every`` steps, that each positive-weight term has a gradient with
+respect to the model's output (`healthcheck.signals.term_reach`) and that the output fits
+its own targets better than targets shuffled within the batch
+(`healthcheck.signals.pairing_gap`). Gradients carried over from one optimizer step into
+the next (a forgotten ``zero_grad``) are watched without any call (``watch_grad_clearing``).
 
 `TrainingHealth` measures what the detectors read (per-module gradient, update and
 parameter norms, with one host sync per phase), writes metrics.jsonl and health.jsonl in
@@ -26,13 +37,17 @@ from __future__ import annotations
 
 import math
 import os
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ..events import HealthEvent
+from ..codes import CODES, Code, declare
+from ..events import HealthEvent, Severity
 from ..live import LiveView, ModuleNorms
 from ..monitor import Monitor
 from ..record import MetricsWriter, StepRecord
+from ..signals import GradClearWatch, pairing_gap, term_reach
 from ..sinks import default_sinks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,6 +57,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..policy import Policy
 
 METRICS_FILE = "metrics.jsonl"
+
+LOOP_CODES = declare(
+    Code("run.crashed", Severity.ERROR,
+         meaning="The training loop raised an exception: the run ended there (type and message "
+                 "in the event).",
+         fix="Read the exception in the detail; the metrics and health logs were closed cleanly "
+             "up to the step where it happened."),
+)
 
 
 class HealthStop(RuntimeError):
@@ -64,6 +87,24 @@ def _floats(values: Sequence[Any]) -> list[float]:
     return [next(read) if hasattr(v, "detach") else float(v) for v in values]
 
 
+_EAGER_METHODS = ("before_backward", "after_backward", "after_step", "end_epoch", "evaluate", "close", "record_crash")
+
+
+def _keep_out_of_compiled_graphs(health: TrainingHealth) -> None:
+    """Make the monitor's calls run eagerly when a ``torch.compile``d training step makes
+    them: dynamo would otherwise trace the monitor's own tensor work (fused norms, host
+    reads, file writes) into the user's graph, which costs compile time and, on some torch
+    releases, fails outright. ``torch.compiler.disable`` (torch >= 2.1) marks each bound
+    method: dynamo then breaks the graph there and runs it as plain Python."""
+    import torch
+
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    if disable is None:  # pragma: no cover - older than the supported range
+        return
+    for name in _EAGER_METHODS:
+        setattr(health, name, disable(getattr(health, name)))
+
+
 class TrainingHealth:
     """Monitor a hand-written training loop. See the module docstring for the three calls.
 
@@ -81,6 +122,9 @@ class TrainingHealth:
         track_updates: measure ‖Δθ‖ (costs one copy of the trainable parameters).
         guard: on a stop at after_backward, set gradients to None so the step is a no-op.
         raise_on_stop: raise `HealthStop` instead of only setting ``should_stop``.
+        watch_grad_clearing: hook the parameters and the optimizer's step to see gradients
+            that are not cleared between optimizer steps (``grad.not_cleared``).
+        probe_every: `before_backward` measures every this many steps (0: never).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -90,7 +134,7 @@ class TrainingHealth:
                  sinks: Iterable[Any] | None = None, extra_sinks: Iterable[Any] = (),
                  console: bool = True, primary: str | None = None, scaler: Any = None,
                  track_updates: bool = True, guard: bool = True, raise_on_stop: bool = False,
-                 rank: int = 0) -> None:
+                 rank: int = 0, watch_grad_clearing: bool = True, probe_every: int = 10) -> None:
         self.model = model
         self.optimizer = optimizer
         self.run_dir = None if run_dir is None else os.fspath(run_dir)
@@ -107,6 +151,7 @@ class TrainingHealth:
         self.metrics = None if self.run_dir is None else MetricsWriter(os.path.join(self.run_dir, METRICS_FILE))
         self.epoch = 0
         self.batches_seen = 0
+        self.steps_attempted = 0  # after_backward calls: the ``step`` of records and events
         self.steps_taken = 0
         self._pending: StepRecord | None = None
         self._guarded = False
@@ -114,23 +159,70 @@ class TrainingHealth:
         self._epoch_sum = 0.0
         self._epoch_terms: dict[str, float] = {}
         self._epoch_n = 0
+        if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 0:
+            raise ValueError(f"probe_every must be an integer >= 0, but got {probe_every=}")
+        self.probe_every = probe_every
+        self._clear_watch = (GradClearWatch(self.live.named_params, optimizer)
+                             if watch_grad_clearing else None)
+        self._signals: dict[str, Any] = {}
+        self._probe_gen: Any = None
+        _keep_out_of_compiled_graphs(self)
 
     # -- the three calls ----------------------------------------------------------------
+    def before_backward(self, output: Any, terms: Mapping[str, Any] | None = None,
+                        weights: Mapping[str, Any] | None = None, *, targets: Any = None,
+                        loss_fn: Any = None) -> None:
+        """Optional, before ``loss.backward()``: probe this step's ``output`` (a tensor or a
+        tuple of them, still attached to its graph) every ``probe_every`` steps.
+
+        ``terms`` (the loss terms as tensors) and ``weights``: the gradient of each term
+        with a positive weight with respect to ``output`` must be finite and non-zero where
+        the term is not zero (``loss.term_unreached``); pass only terms computed from the
+        output (a penalty on the parameters has no reach to it by design). ``targets`` and
+        ``loss_fn(output, targets)``: the loss against the true targets must come out
+        measurably lower than against targets shuffled within the batch once the model has
+        had time to learn (``data.no_signal``). Costs a backward through the loss only (not
+        the model) and two loss evaluations, on probed steps.
+        """
+        if not self.probe_every or self.batches_seen % self.probe_every:
+            return
+        import torch
+
+        if terms:
+            self._signals["term_reach"] = term_reach(output, terms, {
+                k: float(v) for k, v in (weights or {}).items()})
+        if targets is not None and loss_fn is not None:
+            if self._probe_gen is None:
+                self._probe_gen = torch.Generator().manual_seed(self.rank)
+            gap = pairing_gap(output, targets, loss_fn, self._probe_gen)
+            if gap is not None:
+                self._signals["pairing"] = gap
+
     def after_backward(self, loss: Any, terms: Mapping[str, Any] | None = None,
                        weights: Mapping[str, Any] | None = None, *, primary: str | None = None,
                        weight_sources: Mapping[str, str] | None = None,
                        metrics: Mapping[str, Any] | None = None, batches: int = 1) -> Sequence[HealthEvent]:
-        """Call after ``loss.backward()``, before ``optimizer.step()``. ``terms`` are the
-        unweighted loss terms, ``weights`` their effective weights; ``batches`` is how many
-        batches this step accumulated."""
+        """Call once per optimizer step, when its gradients are complete: after the last
+        ``loss.backward()`` it accumulates, before gradient clipping and ``optimizer.step()``
+        (so a gradient spike is seen as it was, and a stop still keeps the step from changing
+        the weights). With ``scaler=`` the gradients are unscaled here, so clipping after
+        this call needs no ``scaler.unscale_``. ``terms`` are the unweighted loss terms,
+        ``weights`` their effective weights; ``batches`` is how many batches this step
+        accumulated: step numbers then count optimizer steps, ``batches_seen`` batches.
+        ``loss`` may be None where the loop cannot see it (the loss checks then skip it)."""
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+            raise ValueError(f"batches must be an integer >= 1 (batches accumulated into this step), "
+                             f"but got {batches=}")
         if self._pending is not None:  # after_step was not called for the previous batch
             self._finish(skipped=True)
         terms = dict(terms or {})
         weights = dict(weights or {})
         metrics = dict(metrics or {})
-        values = _floats([loss, *terms.values(), *weights.values(), *metrics.values()])
+        values = _floats([0.0 if loss is None else loss, *terms.values(), *weights.values(), *metrics.values()])
         it = iter(values)
-        loss_f = next(it)
+        loss_f: float | None = next(it)
+        if loss is None:
+            loss_f = None
         terms_f, weights_f, metrics_f = ({k: next(it) for k in d} for d in (terms, weights, metrics))
         amp = None
         if self.scaler is not None and self.scaler.is_enabled():
@@ -140,7 +232,8 @@ class TrainingHealth:
                 pass  # already unscaled by the loop (e.g. for clipping)
             self._scale_before = float(self.scaler.get_scale())
             amp = {"scale": self._scale_before, "found_inf": None}
-        step = self.batches_seen
+        step = self.steps_attempted
+        self.steps_attempted += 1
         self.batches_seen += batches
         record = StepRecord(
             kind="step", step=step, epoch=self.epoch, loss=loss_f,
@@ -151,6 +244,11 @@ class TrainingHealth:
             batches_seen=self.batches_seen, metrics=metrics_f, rank=self.rank)
         self._pending = record
         self.norms.snapshot()
+        self.live.signals, self._signals = self._signals, {}
+        if self._clear_watch is not None:
+            uncleared = self._clear_watch.take()
+            if uncleared:
+                self.live.signals["uncleared_grads"] = uncleared
         events = self.monitor.observe(record, "after_backward", self.live)
         if self.monitor.should_stop and self.guard:
             self.optimizer.zero_grad(set_to_none=True)
@@ -183,7 +281,7 @@ class TrainingHealth:
             terms_f = dict(zip(t, _floats(list(t.values()))))
         m = dict(metrics or {})
         record = StepRecord(
-            kind="epoch", step=self.batches_seen, epoch=self.epoch, loss=loss_f, terms=terms_f,
+            kind="epoch", step=self.steps_attempted, epoch=self.epoch, loss=loss_f, terms=terms_f,
             lr=[float(g["lr"]) for g in self.optimizer.param_groups], steps_taken=self.steps_taken,
             batches_seen=self.batches_seen, metrics=dict(zip(m, _floats(list(m.values())))),
             rank=self.rank)
@@ -200,7 +298,7 @@ class TrainingHealth:
         t, m = dict(terms or {}), dict(metrics or {})
         vals = _floats([loss, *t.values(), *m.values()])
         record = StepRecord(
-            kind="eval", step=self.batches_seen, epoch=self.epoch, loss=vals[0],
+            kind="eval", step=self.steps_attempted, epoch=self.epoch, loss=vals[0],
             terms=dict(zip(t, vals[1:1 + len(t)])), metrics=dict(zip(m, vals[1 + len(t):])),
             rank=self.rank)
         events = self.monitor.observe(record, "eval", self.live)
@@ -233,14 +331,41 @@ class TrainingHealth:
         if self._pending is not None:
             self._finish(skipped=True)
         summary = self.monitor.close()
+        if self._clear_watch is not None:
+            self._clear_watch.remove()
         if self.metrics is not None:
             self.metrics.close()
         return summary
 
+    def record_crash(self, exc: BaseException) -> HealthEvent | None:
+        """Record that the loop raised ``exc`` (``run.crashed``: its type and message, where it
+        was raised). The ``with`` form calls this itself; an adapter whose framework reports
+        exceptions (Lightning's ``on_exception``) calls it before `close`. Not for a
+        `HealthStop` (the policy's own stop) or an interrupt (Ctrl-C, SystemExit): those end
+        the run on purpose, and only close it."""
+        if not isinstance(exc, Exception) or isinstance(exc, HealthStop) or self.monitor.closed:
+            return None
+        frames = traceback.extract_tb(exc.__traceback__)
+        at = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+        message = str(exc).strip() or "(no message)"
+        kind = type(exc).__qualname__
+        return self.monitor.emit(HealthEvent(
+            code="run.crashed", severity=CODES["run.crashed"].severity, step=self.steps_attempted,
+            epoch=self.epoch, title=f"training raised {kind}: {message.splitlines()[0][:200]}",
+            detail=f"{kind}: {message}{at}; {self.steps_taken} optimizer steps applied, "
+                   f"{self.batches_seen} batches seen.",
+            where=kind, hint=CODES["run.crashed"].fix, rank=self.rank))
+
     def __enter__(self) -> TrainingHealth:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Leaving the block, by its end or an exception: an exception is recorded as
+        ``run.crashed``, then what is pending is written and the logs are closed; the
+        exception then propagates as it would without the monitor."""
+        if exc is not None:
+            self.record_crash(exc)
         self.close()
 
     # -- internals ----------------------------------------------------------------------

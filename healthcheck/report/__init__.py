@@ -15,7 +15,7 @@ _EXPORTS = {
     "write_report": "page",
     "collect": "page",
     "FIGURES": "page",
-    "ReportData": "page",
+    "RunData": "page",
     "Series": "series",
     "PlotColumns": "series",
 }
@@ -26,5 +26,5 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .page import FIGURES, ReportData, collect, write_report
+    from .page import FIGURES, RunData, collect, write_report
     from .series import PlotColumns, Series

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..safe_files import report_dirs, write_atomic
 from ..watch.reading import KeyMap, check_readable
+from ..watch.reading.fields import kind_of, mapping, step_of
 from ..watch.runwatch import RunWatch
 from . import plots
 from .series import Series
@@ -41,11 +42,11 @@ class WeightLog:
     sources: dict[str, str] = field(default_factory=dict)  # latest `weight_sources` of a step line
 
     def add(self, line: Mapping[str, Any]) -> None:
-        w = line.get("weights")
-        if line.get("kind", "step") != "step" or not isinstance(w, Mapping) or not w:
+        w = mapping(line.get("weights"))
+        if kind_of(line.get("kind")) != "step" or not w:
             return
         if not self.first:
-            self.first, self.first_step = dict(w), line.get("step")
+            self.first, self.first_step = dict(w), step_of(line.get("step"))
         for k, v in w.items():
             if k in self.last and not _same(self.last[k], v):
                 self.changes[k] = self.changes.get(k, 0) + 1
@@ -76,7 +77,7 @@ def _read_json(path: str, problems: list[str]) -> dict | None:
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         problems.append(f"{os.path.basename(path)} could not be read: {err}")
         return None
     if not isinstance(data, dict):
@@ -100,6 +101,7 @@ def collect(run_dir: str, *, fmt: str = "auto", keys: KeyMap | None = None,
                      on_line=on_line)
     try:
         watch.poll_all()
+        watch.conclude()
         verdict = watch.verdict()
     finally:
         watch.close()
@@ -184,7 +186,8 @@ def _gate_html(data: RunData) -> str:
         out.append(f' <span class="badge bad">the run\'s config hash is {_e(run_hash)}: the gate '
                    f'judged a different config</span>')
     out.append("</p>")
-    checks = gate.get("checks") or []
+    checks = [c for c in gate.get("checks") or [] if isinstance(c, Mapping)] \
+        if isinstance(gate.get("checks"), list) else []
     if checks:
         rows = []
         for c in checks:
@@ -223,8 +226,8 @@ def _events_html(data: RunData) -> str:
 
 def _weights_html(data: RunData) -> str:
     cfg = data.config or {}
-    configured = ((cfg.get("config") or {}).get("loss") or {}).get("weights") or {}
-    sources = cfg.get("sources") or {}
+    configured = _dict(_dict(_dict(cfg.get("config")).get("loss")).get("weights"))
+    sources = _dict(cfg.get("sources"))
     wl = data.weights
     names = list(dict.fromkeys([*configured, *wl.first, *wl.last]))
     if not names:
@@ -248,6 +251,11 @@ def _weights_html(data: RunData) -> str:
     return "".join(out)
 
 
+def _dict(x: Any) -> Mapping:
+    """A part of config.json or gate.json that should be an object: {} when it is not."""
+    return x if isinstance(x, Mapping) else {}
+
+
 def _cell(v: Any) -> str:
     if isinstance(v, (dict, list)):
         return f"<code>{_e(json.dumps(v, sort_keys=True))}</code>"
@@ -258,7 +266,7 @@ def _config_html(data: RunData) -> str:
     cfg = data.config
     if cfg is None:
         return "<p>No config.json.</p>"
-    changed = {k: v for k, v in (cfg.get("sources") or {}).items() if v != "default"}
+    changed = {k: v for k, v in _dict(cfg.get("sources")).items() if v != "default"}
     out = []
     if changed:
         out.append(_table(["key", "source"], [[f"<code>{_e(k)}</code>", _e(v)] for k, v in sorted(changed.items())]))

@@ -55,6 +55,12 @@ def _log_if_positive(ax, columns: Sequence[Sequence[float]]) -> None:
         ax.set_yscale("log")
 
 
+def _text(name: object) -> str:
+    """A name from the run as a matplotlib label shows it: "$x_$" as written, not parsed as
+    mathtext (which fails on it); our own labels keep mathtext, log-axis ticks need it."""
+    return str(name).replace("$", r"\$")
+
+
 def _mark_nonfinite(ax, x: Sequence[float], y: Sequence[float], label: str) -> None:
     bad = [xi for xi, yi in zip(x, y) if not math.isfinite(yi)]
     if bad:
@@ -74,7 +80,7 @@ def loss_figure(steps: PlotColumns, evals: PlotColumns) -> bytes:
         shown.append(steps.cols["loss"])
         _mark_nonfinite(ax, steps.x, steps.cols["loss"], "loss")
         for name, col in sorted(steps.group("term/").items()):
-            ax.plot(steps.x, col, lw=0.9, alpha=0.85, label=f"term {name}")
+            ax.plot(steps.x, col, lw=0.9, alpha=0.85, label=_text(f"term {name}"))
             shown.append(col)
     if len(evals):
         ax.plot(evals.x, evals.cols["loss"], "o-", ms=3, color="tab:purple", lw=0.8, label="val loss")
@@ -96,7 +102,7 @@ def shares_figure(steps: PlotColumns) -> bytes:
     fig, ax = plt.subplots(figsize=_SIZE)
     names = sorted(shares)
     ys = [[v if math.isfinite(v) else 0.0 for v in shares[n]] for n in names]
-    ax.stackplot(steps.x, ys, labels=names, alpha=0.85)
+    ax.stackplot(steps.x, ys, labels=[_text(n) for n in names], alpha=0.85)
     ax.axhline(1.0, color="black", lw=0.6, ls="--")
     ax.set_ylim(bottom=min(0.0, min(min(y) for y in ys)))
     ax.set_xlabel("step")
@@ -133,6 +139,10 @@ def grad_heatmap(steps: PlotColumns, bins: int = 200) -> bytes:
         xs = [steps.x[min(a, t - 1)] for a in edges]
     else:
         xs = list(steps.x) + [steps.x[-1] + 1 if steps.x else 1]
+    xs = np.asarray(xs, dtype=float)
+    by_row = not np.isfinite(xs).all()  # a step that is no finite number: place columns by row
+    if by_row:
+        xs = np.arange(xs.size, dtype=float)
     masked = np.ma.masked_where(~np.isfinite(data) | (data <= 0), data)
     positive = data[np.isfinite(data) & (data > 0)]
     fig, ax = plt.subplots(figsize=(_SIZE[0], 0.45 * len(names) + 1.6))
@@ -141,8 +151,8 @@ def grad_heatmap(steps: PlotColumns, bins: int = 200) -> bytes:
         if positive.size else None
     mesh = ax.pcolormesh(xs, np.arange(len(names) + 1), masked, cmap=cmap, norm=norm,
                          shading="flat")
-    ax.set_yticks(np.arange(len(names)) + 0.5, names, fontsize=8)
-    ax.set_xlabel("step")
+    ax.set_yticks(np.arange(len(names)) + 0.5, [_text(n) for n in names], fontsize=8)
+    ax.set_xlabel("row (some steps are not finite numbers)" if by_row else "step")
     ax.set_title("gradient norm per module (log colour; magenta = 0 or non-finite)", loc="left")
     fig.colorbar(mesh, ax=ax, pad=0.01)
     return _png(fig)
@@ -160,7 +170,7 @@ def ratio_figure(steps: PlotColumns) -> bytes:
     frozen = []
     for name, col in sorted(ratios.items()):
         line = ax.plot(steps.x, [v if v > 0 or not positive else math.nan for v in col], lw=1.0,
-                       label=name)[0]
+                       label=_text(name))[0]
         zeros = [x for x, v in zip(steps.x, col) if v == 0]
         if zeros and positive:  # log axis: a frozen module is drawn on the floor, in its colour
             frozen.append(name)
@@ -169,7 +179,7 @@ def ratio_figure(steps: PlotColumns) -> bytes:
     ax.axhspan(1e-4, 1e-2, color="green", alpha=0.08, label="typical 1e-4..1e-2")
     if positive:
         ax.set_yscale("log")
-    note = f"  (exactly 0, drawn on the floor: {', '.join(frozen)})" if frozen else ""
+    note = _text(f"  (exactly 0, drawn on the floor: {', '.join(frozen)})") if frozen else ""
     ax.set_title("update ratio ‖Δθ‖/‖θ‖ per module" + note, loc="left")
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
@@ -222,7 +232,7 @@ def events_figure(events: Sequence[Mapping], last_step: float | None) -> bytes:
             labelled.add(key)
             nearby = stacked.setdefault((y, round(e["step"] / span, 1)), 0)  # labels that would overlap
             stacked[(y, round(e["step"] / span, 1))] += 1
-            ax.annotate(str(e.get("code")), (e["step"], y), textcoords="offset points",
+            ax.annotate(_text(e.get("code")), (e["step"], y), textcoords="offset points",
                         xytext=(4, 5 + 8 * nearby), fontsize=7)
     ax.set_yticks(list(SEVERITY_LEVEL.values()), list(SEVERITY_LEVEL))
     ax.set_ylim(-0.6, 3.9)

@@ -14,15 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..watch.reading.fields import kind_of, mapping, nan_if_none, numbers
 from ..watch.state import term_shares
 
 NAN = math.nan
 
 
 def _f(x: Any) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return NAN
-    return float(x)
+    return NAN if isinstance(x, bool) else nan_if_none(x)
 
 
 @dataclass
@@ -108,30 +107,30 @@ class Series:
 
     def add(self, line: Mapping[str, Any]) -> None:
         self.lines += 1
-        kind = line.get("kind", "step")
+        kind = kind_of(line.get("kind"))
         x = _f(line.get("step"))
         loss = _f(line.get("loss"))
         values = {"loss": loss}
-        for name, v in (line.get("terms") or {}).items():
+        for name, v in mapping(line.get("terms")).items():
             values[f"term/{name}"] = _f(v)
         if kind == "eval":
-            for name, v in (line.get("metrics") or {}).items():
+            for name, v in mapping(line.get("metrics")).items():
                 values[f"metric/{name}"] = _f(v)
             self._eval.add(x, values, pin=not math.isfinite(loss))
             return
         if kind == "epoch":
             self._epoch.add(x, values, pin=not math.isfinite(loss))
             return
-        for name, v in (line.get("weights") or {}).items():
+        for name, v in mapping(line.get("weights")).items():
             values[f"weight/{name}"] = _f(v)
         for name, v in term_shares(line).items():
             values[f"share/{name}"] = v
-        for name, v in (line.get("grad_norm") or {}).items():
+        for name, v in mapping(line.get("grad_norm")).items():
             values[f"grad/{name}"] = _f(v)
-        upd, par = line.get("update_norm") or {}, line.get("param_norm") or {}
+        upd, par = mapping(line.get("update_norm")), mapping(line.get("param_norm"))
         for name, u in upd.items():
             p = _f(par.get(name))
             values[f"ratio/{name}"] = _f(u) / p if p and math.isfinite(p) else NAN
-        for i, v in enumerate(line.get("lr") or []):
+        for i, v in enumerate(numbers(line.get("lr"))):
             values[f"lr/{i}"] = _f(v)
         self._step.add(x, values, pin=not math.isfinite(loss))

@@ -10,6 +10,10 @@ weight never reach the weights.
 Under DDP every rank runs its own monitor (events carry the rank, all ranks append to
 the one health.jsonl) and the trainer agrees on a stop across ranks.
 
+Gradients carried over from one optimizer step into the next (``grad.not_cleared``) are
+watched with hooks on the trainer's parameters and optimizer (`GradClearWatch`) from fit
+start to fit end.
+
 At fit start the callback adds what only the trainer knows: the range each loss term
 can take (`term_ranges`), judged on every step and every evaluation
 (``value.out_of_range``), so a scale bug shows at step 0 instead of as a curve.
@@ -29,6 +33,7 @@ from ..live import LiveView
 from ..monitor import Monitor
 from ..policy import Policy
 from ..record import as_record
+from ..signals import GradClearWatch
 from ..sinks import ConsoleSink, JsonlSink, OptunaSink, WandbSink
 
 HEALTH_FILE = "health.jsonl"
@@ -63,6 +68,7 @@ class RisTrainerHealth(Callback):
         self._ranges_added = False
         self._seen: tuple[Any, Any] = (None, None)  # (trainer's names, live names) last mapped
         self._order: list[int] | None = None  # live parameter i is the trainer's _order[i]
+        self._clear_watch: GradClearWatch | None = None
 
     @classmethod
     def build(cls, run_dir: str | Path | None, *, policy: Policy | None = None, context: str = "train",
@@ -83,12 +89,17 @@ class RisTrainerHealth(Callback):
     # -- hooks ------------------------------------------------------------------------
     def on_fit_start(self, trainer) -> None:
         self.live = LiveView(trainer.model, trainer.optimizer)
+        self._remove_watch()
+        self._clear_watch = GradClearWatch(self.live.named_params, trainer.optimizer)
         if not self._ranges_added:  # a second fit() keeps the detectors it already has
             self.monitor.add_detectors(range_detectors(trainer.cfg.system.n_elements))
             self._ranges_added = True
 
     def on_after_backward(self, trainer, metrics) -> None:
         self._offer_grad_norms(trainer, metrics)
+        if self.live is not None and self._clear_watch is not None:
+            uncleared = self._clear_watch.take()
+            self.live.signals = {"uncleared_grads": uncleared} if uncleared else {}
         self._observe(trainer, metrics, "after_backward")
 
     def on_after_optimizer_step(self, trainer, metrics) -> None:
@@ -101,8 +112,14 @@ class RisTrainerHealth(Callback):
         self._observe(trainer, metrics, "eval")
 
     def on_fit_end(self, trainer) -> None:
+        self._remove_watch()
         if not self.monitor.closed:
             self.monitor.close()
+
+    def _remove_watch(self) -> None:
+        if self._clear_watch is not None:
+            self._clear_watch.remove()
+            self._clear_watch = None
 
     def _offer_grad_norms(self, trainer, metrics: Mapping[str, Any]) -> None:
         """Hand the per-parameter gradient norms the trainer measured for this step to the

@@ -19,6 +19,7 @@ from ..events import Severity
 from ..policy import Policy
 from .reading import KeyMap, RunLogError, check_readable
 from .runwatch import BLOCK_LINES, RunWatch, exit_code, json_safe
+from .view import clean
 
 
 @dataclass
@@ -61,7 +62,7 @@ def run_watch(run_dir: str, opts: WatchOptions, *, out=None, err=None,
     is_tty = out.isatty() if is_tty is None else is_tty
 
     def say(msg: str) -> None:
-        print(msg, file=err, flush=True)
+        print(clean(msg), file=err, flush=True)  # column names and paths come from the run
 
     if opts.follow:
         _wait_for_dir(run_dir, opts, say)
@@ -73,8 +74,11 @@ def run_watch(run_dir: str, opts: WatchOptions, *, out=None, err=None,
             _follow(watch, opts, out, is_tty, say)
         else:
             watch.poll_all()
+            if watch.picked_log:
+                say(watch.picked_log)
             if watch.missing_keys:  # nothing was judged: a typo, not a healthy run
                 raise RunLogError(_missing_message(watch))
+            watch.conclude()
         if watch.missing_keys:
             say(f"warning: {_missing_message(watch)}")
         verdict = watch.verdict(opts.fail_on)
@@ -121,7 +125,9 @@ def _status(verdict: Mapping[str, Any]) -> str:
 
 
 def _follow(watch: RunWatch, opts: WatchOptions, out, is_tty: bool, say) -> None:
-    """Poll until the run ends (monitor summary), goes quiet for --timeout, or Ctrl-C."""
+    """Poll until the run ends (monitor summary), goes quiet for --timeout, or Ctrl-C.
+    The first two conclude the run (`RunWatch.conclude`); Ctrl-C does not: the run may
+    go on."""
     from . import view
 
     live = None
@@ -133,10 +139,15 @@ def _follow(watch: RunWatch, opts: WatchOptions, out, is_tty: bool, say) -> None
     min_redraw = 1.0 / opts.refresh_per_second
     last_draw = last_plain = 0.0
     last_news = time.monotonic()
+    announced = False
     try:
         while True:
             n = watch.poll(max_lines=BLOCK_LINES)
             now = time.monotonic()
+            if not announced and watch.format is not None:
+                announced = True
+                if watch.picked_log:
+                    say(watch.picked_log)
             if n:
                 last_news = now
             if live is not None and now - last_draw >= min_redraw:
@@ -152,9 +163,11 @@ def _follow(watch: RunWatch, opts: WatchOptions, out, is_tty: bool, say) -> None
             if watch.catching_up:
                 continue  # no sleep until the backlog is read
             if watch.ended:
+                watch.conclude()
                 return
             if opts.timeout is not None and now - last_news >= opts.timeout:
                 say(f"no new lines for {opts.timeout:g}s; stopping")
+                watch.conclude()
                 return
             time.sleep(opts.interval)
     except KeyboardInterrupt:

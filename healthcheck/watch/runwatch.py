@@ -37,6 +37,7 @@ from .reading import (
     NumberedItems,
     RunLogError,
     StructRows,
+    csv_logs,
     detect_format,
     numbered_batches,
     open_health,
@@ -53,8 +54,36 @@ BAD_LINE = declare(
          repeats=True),
 )[0]
 
+# What a run's files must show before its verdict means anything (`RunWatch.conclude`).
+NO_STEPS, ENDED_EARLY = declare(
+    Code("watch.no_steps", Severity.ERROR,
+         meaning="The run's files hold no optimizer step (no step line, or no line at all): "
+                 "nothing was trained, so nothing can be judged healthy.",
+         fix="The process died before its first step (its own log says why), or its "
+             "metrics go elsewhere: point watch at the dir they are written to, or name "
+             "the format and columns (--format, --loss-key)."),
+    Code("watch.ended_early", Severity.WARNING,
+         meaning="The run's monitor started a health log but never wrote its closing "
+                 "summary, and the run is not being followed: it ended early. The event "
+                 "says how its last line ended: clean stop (a complete line), crash (a torn "
+                 "line, or a run.crashed event) or unknown (no line to tell by).",
+         fix="If it crashed, its own log says why; if it is still running, follow it "
+             "(--follow). --fail-on warning makes this fail the check."),
+)
 END_CODE = "monitor.summary"  # the monitor writes it when it closes: the run has ended
+CRASH_CODE = "run.crashed"  # what a loop's monitor records for an exception that ended it
 BLOCK_LINES = 8_192  # lines judged per poll slice (one block), so a catching-up view still redraws
+
+
+# what reading a malformed row as a record raises: it is a bad line, not a crash
+ROW_ERRORS = (TypeError, ValueError, AttributeError, OverflowError, KeyError, RecursionError)
+
+
+def _snippet(line: Any) -> str:
+    try:
+        return json.dumps(line, default=str)[:80]
+    except (ValueError, TypeError, RecursionError):
+        return repr(line)[:80]
 
 
 # ----------------------------------------------------------------------------- judging
@@ -122,6 +151,8 @@ class RunWatch:
         self.policy = policy if policy is not None else Policy.from_env()
         self.monitor = Monitor(stream_detectors(detectors), self.policy, source="watch")
         self.ended = False  # the monitor wrote its closing summary
+        self.crashed = False  # the health log records an exception that ended the run
+        self.concluded = False  # `conclude` has judged what the files as a whole show
         self._on_line = on_line
         self._metrics = None
         self._health = open_health(self.run_dir)
@@ -146,6 +177,17 @@ class RunWatch:
         """The column (CSV) or tag (TensorBoard) names seen so far."""
         m = self._metrics
         return list(getattr(m, "header", None) or sorted(getattr(m, "tags", None) or ()))
+
+    @property
+    def picked_log(self) -> str | None:
+        """A sentence naming the metrics.csv read when the run dir holds CSVLogger's
+        folders rather than the file itself (the newest of them); None otherwise."""
+        path = getattr(self._metrics, "path", None)
+        if self.format != "csv" or path is None or os.path.dirname(path) == self.run_dir.rstrip(os.sep):
+            return None
+        logs = csv_logs(self.run_dir)
+        others = f", the newest of {len(logs)}" if len(logs) > 1 else ""
+        return f"reading {os.path.relpath(path, self.run_dir)} below {self.run_dir}{others}"
 
     @property
     def missing_keys(self) -> list[str]:
@@ -282,49 +324,53 @@ class RunWatch:
             return
         if event.code == END_CODE:
             self.ended = True
+        elif event.code == CRASH_CODE:
+            self.crashed = True
         self._event(event)
 
     def _take_metrics(self, item: dict | BadLine, line_no: int) -> None:
         if isinstance(item, BadLine):
             self._bad(item)
             return
+        try:  # one reading of a row for all: a row the judging refuses, nobody sees
+            record = StepRecord.from_metrics_line(item)
+        except ROW_ERRORS as err:  # malformed, not fatal
+            self._bad(BadLine(getattr(self._metrics, "path", self.run_dir), line_no,
+                              f"not a metrics line ({err})", _snippet(item)))
+            self.state.skip()
+            return
         self.state.add(item)
         if self._on_line is not None:
             self._on_line(item)
-        try:
-            record = StepRecord.from_metrics_line(item)
-        except (TypeError, ValueError, AttributeError, OverflowError) as err:  # malformed, not fatal
-            self._bad(BadLine(getattr(self._metrics, "path", self.run_dir), line_no,
-                              f"not a metrics line ({err})", json.dumps(item, default=str)[:80]))
-            return
         for event in self.monitor.observe_record(record):
             self._event(event, judged=True)
 
     def _take_block(self, lines: NumberedItems | StructRows) -> None:
         """Consecutive metrics lines (dicts, or typed `StructRows`), judged as one
         `MetricBlock` (the same verdict as line by line, see `Monitor.observe_block`)."""
-        if isinstance(lines, StructRows):
-            block = StructBlock(lines)
-            self.state.add_many(block.lines, kinds=block.kind_names())
-        else:
-            block = MetricBlock(lines)
-            self.state.add_many(lines)
-        if self._on_line is not None:
-            for line in block.lines:
-                self._on_line(line)
+        block = StructBlock(lines) if isinstance(lines, StructRows) else MetricBlock(lines)
         bad = []
         for row in block.irregular_rows():
             try:
                 block.record(row)
-            except (TypeError, ValueError, AttributeError, OverflowError) as err:  # malformed, not fatal
+            except ROW_ERRORS as err:  # malformed, not fatal
                 bad.append((row, err))
         if bad:  # rare: report each, judge the rest
             line_nos = lines.line_nos  # blank and bad lines made no row: a row's place is not its line
             for row, err in bad:
                 self._bad(BadLine(getattr(self._metrics, "path", self.run_dir), line_nos[row],
-                                  f"not a metrics line ({err})", json.dumps(block.lines[row], default=str)[:80]))
+                                  f"not a metrics line ({err})", _snippet(block.lines[row])))
+            self.state.skip(len(bad))
             dropped = {row for row, _ in bad}
             block = block.select(np.array([i for i in range(block.n) if i not in dropped], dtype=np.int64))
+        # one reading of a row for all: the view and the report see the rows judged, no other
+        if isinstance(block, StructBlock):
+            self.state.add_many(block.lines, kinds=block.kind_names())
+        else:
+            self.state.add_many(block.lines)
+        if self._on_line is not None:
+            for line in block.lines:
+                self._on_line(line)
         for event in self.monitor.observe_block(block):
             self._event(event, judged=True)
 
@@ -334,6 +380,53 @@ class RunWatch:
             self._metrics.close()
 
     # -- the verdict ------------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        """Step lines read and judged so far (a line of any kind but epoch and eval is a
+        step; a line the judging refused is none)."""
+        return self.state.kinds.get("step", 0)
+
+    @property
+    def last_line(self) -> str:
+        """How the run's last line ended: "clean stop" (a complete line), "crash" (a torn
+        line, or the health log records a crash) or "unknown" (no line to tell by)."""
+        torn = any(getattr(getattr(t, "status", None), "torn_bytes", 0)
+                   for t in (self._metrics, self._health) if t is not None)
+        if torn or self.crashed:
+            return "crash"
+        return "clean stop" if self.state.lines else "unknown"
+
+    @property
+    def ended_early(self) -> bool:
+        """Concluded without the monitor's closing summary, though the monitor had
+        started a health log (a run logged without a monitor has no summary to miss)."""
+        return self.concluded and not self.ended and os.path.isfile(self._health.path)
+
+    def conclude(self) -> None:
+        """Judge what only the files as a whole show, once the run is no longer followed:
+        a run without a single step (`watch.no_steps`) and one whose monitor never wrote
+        its closing summary (`watch.ended_early`). Call it after the last poll."""
+        if self.concluded:
+            return
+        self.concluded = True
+        last = self.state.last_step
+        step = last.get("step") if isinstance(last, Mapping) else None
+        step = step if isinstance(step, int) and not isinstance(step, bool) else None
+        if not self.steps:
+            info = CODES[NO_STEPS]
+            self._event(HealthEvent(
+                code=str(NO_STEPS), severity=info.severity, source="watch",
+                title=f"no optimizer step in the run's files ({self.state.lines} line(s) read)",
+                evidence={"lines": self.state.lines, "steps": 0}, hint=info.fix, time=time.time()))
+        if self.ended_early:
+            info = CODES[ENDED_EARLY]
+            how = self.last_line
+            self._event(HealthEvent(
+                code=str(ENDED_EARLY), severity=info.severity, source="watch", step=step,
+                title=f"the run ended without its closing summary; last line: {how}",
+                detail=f"last_line: {how}", evidence={"steps": self.steps}, hint=info.fix,
+                time=time.time()))
+
     def verdict(self, fail_on: Severity | str = Severity.ERROR) -> dict:
         """The JSON verdict: healthy means no event at or above `fail_on`."""
         fail_on = Severity.parse(fail_on)
@@ -351,6 +444,8 @@ class RunWatch:
             "reader": {"format": self.format, "lines": self.state.lines,
                        "bad_lines": self.state.bad_lines, "events_dropped": self.book.dropped,
                        "torn_bytes": getattr(status, "torn_bytes", 0), "ended": self.ended,
+                       "steps": self.steps, "ended_early": self.ended_early,
+                       "last_line": self.last_line if self.ended_early else None,
                        "detectors": [d.name for d in self.monitor.detectors]},
         }
 

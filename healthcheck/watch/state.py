@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .reading.fields import kind_of, mapping, number, numbers, step_of
+
 _RATE_WINDOW = 50  # step lines the rate is averaged over: smooth, yet follows a slowdown
 
 
@@ -35,12 +37,12 @@ def term_shares(line: Mapping[str, Any]) -> dict[str, float]:
     signals of a mis-wired loss, so the view shows them as they are, not normalised.
     """
     loss = _num(line.get("loss"))
-    terms = line.get("terms") or {}
-    weights = line.get("weights") or {}
+    terms = mapping(line.get("terms"))
+    weights = mapping(line.get("weights"))
     out = {}
-    for name, value in terms.items():
-        v, w = _num(value), _num(weights.get(name))
-        if v is None or w is None:
+    for name, v in terms.items():
+        w = weights.get(name)
+        if w is None:
             continue
         if loss is None or loss == 0 or not math.isfinite(loss):
             out[name] = math.nan
@@ -78,7 +80,7 @@ class RunState:
         self.updated = now
         if self.first_seen is None:
             self.first_seen = now
-        kind = line.get("kind", "step")
+        kind = kind_of(line.get("kind"))
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         if kind == "step":
             self._take_step(line)
@@ -86,6 +88,11 @@ class RunState:
             self.last_epoch = line
         elif kind == "eval":
             self.last_eval = line
+
+    def skip(self, n: int = 1) -> None:
+        """Count lines read that nobody shows: rows the judging could not read as records
+        (reported as bad lines). The view, the verdict and the report see the same rows."""
+        self.lines += n
 
     def add_many(self, lines: Sequence[Mapping[str, Any]], now: float | None = None,
                  kinds: list[str] | None = None) -> None:
@@ -100,7 +107,7 @@ class RunState:
         if self.first_seen is None:
             self.first_seen = now
         if kinds is None:
-            kinds = [line.get("kind", "step") for line in lines]
+            kinds = [kind_of(line.get("kind")) for line in lines]
         present = set(kinds)
         for kind in present:
             self.kinds[kind] = self.kinds.get(kind, 0) + kinds.count(kind)
@@ -146,22 +153,23 @@ class RunState:
     @property
     def step(self) -> int | None:
         line = self.last_step or self.last_epoch or self.last_eval
-        return None if line is None else line.get("step")
+        return None if line is None else step_of(line.get("step"))
 
     @property
     def epoch(self) -> int | None:
         line = self.last_step or self.last_epoch or self.last_eval
-        return None if line is None else line.get("epoch")
+        return None if line is None else step_of(line.get("epoch"))
 
     def last(self) -> dict:
-        """The compact summary of the latest values, as the JSON verdict's `last`."""
+        """The compact summary of the latest values, as the JSON verdict's `last`: each
+        field read as a record reads it (`reading.fields`)."""
         s = self.last_step or {}
-        out = {"step": self.step, "epoch": self.epoch, "time": s.get("time"),
-               "loss": s.get("loss"), "terms": s.get("terms") or {},
-               "weights": s.get("weights") or {}, "shares": term_shares(s) if s else {},
-               "lr": s.get("lr") or [], "grad_norm": s.get("grad_norm") or {},
+        out = {"step": self.step, "epoch": self.epoch, "time": number(s.get("time")),
+               "loss": number(s.get("loss")), "terms": mapping(s.get("terms")),
+               "weights": mapping(s.get("weights")), "shares": term_shares(s) if s else {},
+               "lr": numbers(s.get("lr")), "grad_norm": mapping(s.get("grad_norm")),
                "steps_per_s": self.rate, "lines": self.lines, "bad_lines": self.bad_lines}
         if self.last_eval is not None:
-            out["val_loss"] = self.last_eval.get("loss")
-            out["val_metrics"] = self.last_eval.get("metrics") or {}
+            out["val_loss"] = number(self.last_eval.get("loss"))
+            out["val_metrics"] = mapping(self.last_eval.get("metrics"))
         return out

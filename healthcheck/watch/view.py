@@ -12,11 +12,22 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .reading.fields import mapping, numbers
 from .state import RunState, term_shares
 
 SPARK = "▁▂▃▄▅▆▇█"
 SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "error": "red", "critical": "bold white on red"}
 MAX_EVENTS = 8  # latest events in the panel; the full list is in the verdict
+
+
+# Control characters (C0, DEL, C1) in run data, written as escapes: a term name in a
+# metrics file must not be able to clear the screen or retitle the watcher's terminal.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def clean(x: Any) -> str:
+    """``str(x)`` safe to print on a terminal: control characters escaped."""
+    return str(x).translate(_CONTROL)
 
 
 def sparkline(values: Iterable[float]) -> str:
@@ -47,7 +58,7 @@ def fmt(x: Any, digits: int = 4) -> str:
     if x is None:
         return "–"
     if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return str(x)
+        return clean(x)
     if isinstance(x, int):
         return f"{x:,}"
     if not math.isfinite(x):
@@ -91,22 +102,23 @@ def render(state: RunState, events: Sequence[Mapping[str, Any]], *, status: str 
     parts: list = [head, loss]
     side: list = []  # the terms and the modules tables, side by side
     shares = term_shares(s)
-    if s.get("terms"):
+    terms = mapping(s.get("terms"))
+    if terms:
         t = Table(box=None, pad_edge=False, show_edge=False, expand=False)
         for col in ("term", "value", "weight", "share"):
             t.add_column(col, justify="left" if col == "term" else "right", style=None)
         t.add_column("", justify="left")
-        weights = s.get("weights") or {}
-        for name, value in s["terms"].items():
+        weights = mapping(s.get("weights"))
+        for name, value in terms.items():
             share = shares.get(name, math.nan)
             bar = "█" * int(round(10 * share)) if math.isfinite(share) and share > 0 else ""
             style = "red" if name == s.get("primary") and not (share > 0) else None
-            t.add_row(name, fmt(value), fmt(weights.get(name)),
+            t.add_row(Text(clean(name)), fmt(value), fmt(weights.get(name)),
                       "–" if not math.isfinite(share) else f"{100 * share:.1f}%",
                       Text(bar[:10], style="cyan"), style=style)
         side.append(t)
 
-    grad, upd, par = s.get("grad_norm") or {}, s.get("update_norm") or {}, s.get("param_norm") or {}
+    grad, upd, par = (mapping(s.get(k)) for k in ("grad_norm", "update_norm", "param_norm"))
     if grad or upd:
         t = Table(box=None, pad_edge=False, show_edge=False)
         for col in ("module", "grad norm", "update/param"):
@@ -116,7 +128,7 @@ def render(state: RunState, events: Sequence[Mapping[str, Any]], *, status: str 
             ratio = u / p if isinstance(u, (int, float)) and isinstance(p, (int, float)) and p else None
             g = grad.get(name)
             style = "red" if isinstance(g, (int, float)) and (g == 0 or not math.isfinite(g)) else None
-            t.add_row(name, fmt(g), fmt(ratio), style=style)
+            t.add_row(Text(clean(name)), fmt(g), fmt(ratio), style=style)
         side.append(t)
     if side:
         grid = Table.grid(padding=(0, 4))
@@ -125,7 +137,7 @@ def render(state: RunState, events: Sequence[Mapping[str, Any]], *, status: str 
         grid.add_row(*side)
         parts.append(grid)
 
-    lr = s.get("lr") or []
+    lr = numbers(s.get("lr"))
     if lr:
         line = Text("lr ", style="dim")
         for i, v in enumerate(lr):
@@ -140,17 +152,17 @@ def render(state: RunState, events: Sequence[Mapping[str, Any]], *, status: str 
             t.add_column(col, justify="right" if col == "step" else "left", overflow="fold")
         for e in list(events)[-MAX_EVENTS:]:
             sev = _ev(e, "severity", "info")
-            msg = Text(str(_ev(e, "title", "")))
+            msg = Text(clean(_ev(e, "title", "")))
             if _ev(e, "hint"):
-                msg.append(f"\n→ {_ev(e, 'hint')}", style="dim")
+                msg.append(f"\n→ {clean(_ev(e, 'hint'))}", style="dim")
             count = _ev(e, "count", 1) or 1
-            code = str(_ev(e, "code", "")) + (f" ×{count}" if count > 1 else "")
-            t.add_row(Text(sev, style=SEVERITY_STYLE.get(sev, "")), code,
-                      fmt(_ev(e, "step")), str(_ev(e, "where") or ""), msg)
+            code = clean(_ev(e, "code", "")) + (f" ×{count}" if count > 1 else "")
+            t.add_row(Text(clean(sev), style=SEVERITY_STYLE.get(sev, "")), Text(code),
+                      fmt(_ev(e, "step")), Text(clean(_ev(e, "where") or "")), msg)
         parts.append(t)
     else:
         parts.append(Text("no health events", style="green"))
-    return Panel(Group(*parts), title=f"healthcheck watch · {state.name}",
+    return Panel(Group(*parts), title=Text(f"healthcheck watch · {clean(state.name)}"),
                  subtitle=status or None, title_align="left", subtitle_align="right")
 
 
@@ -158,10 +170,10 @@ def render(state: RunState, events: Sequence[Mapping[str, Any]], *, status: str 
 def progress_line(state: RunState) -> str:
     """One line a CI log can grep: where the run is and what the loss does."""
     s = state.last_step or {}
-    lr = ",".join(fmt(v, 3) for v in (s.get("lr") or [])) or "–"
-    gn = (s.get("grad_norm") or {}).get("_total")
+    lr = ",".join(fmt(v, 3) for v in numbers(s.get("lr"))) or "–"
+    gn = mapping(s.get("grad_norm")).get("_total")
     rate = "–" if state.rate is None else f"{state.rate:.3g}/s"
-    return (f"[{state.name}] step={fmt(state.step)} epoch={fmt(state.epoch)} rate={rate} "
+    return (f"[{clean(state.name)}] step={fmt(state.step)} epoch={fmt(state.epoch)} rate={rate} "
             f"loss={fmt(s.get('loss'))} lr={lr} grad_norm={fmt(gn)} lines={state.lines}")
 
 
@@ -169,5 +181,6 @@ def event_line(e: Mapping[str, Any]) -> str:
     hint = f" | hint: {e['hint']}" if e.get("hint") else ""
     count = f" (x{e['count']})" if (e.get("count") or 1) > 1 else ""
     where = f" [{e['where']}]" if e.get("where") else ""
-    return (f"{str(e.get('severity', 'info')).upper():8} {e.get('code')}{where} step={fmt(e.get('step'))}: "
+    line = (f"{str(e.get('severity', 'info')).upper():8} {e.get('code')}{where} step={fmt(e.get('step'))}: "
             f"{e.get('title', '')}{count}{hint}")
+    return clean(line)

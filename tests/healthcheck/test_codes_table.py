@@ -78,3 +78,39 @@ def test_a_code_copies_and_pickles_as_its_string():
     code = ZeroLoss.codes[0]
     assert isinstance(code, Code)
     assert copy.deepcopy(code) == "loss.zero" and pickle.loads(pickle.dumps(code)) == "loss.zero"
+
+
+@pytest.mark.parametrize("code", ["grad.dead_units", "steps.skipped", "grad.growing", "lr.tiny"])
+def test_codes_emitted_at_two_tiers_show_both(code):
+    info = CODES[code]
+    assert info.severity is Severity.WARNING and info.raised_to == (Severity.ERROR,)
+    assert f"| `{code}` | warning | error |" in codes.codes_table_markdown()
+
+
+def test_a_detector_cannot_emit_a_tier_its_code_does_not_declare(monkeypatch):
+    from hc_fakes import healthy_step
+
+    from healthcheck.detectors import NO_EVENTS, Detector
+
+    monkeypatch.setattr(codes, "_CODES", dict(codes._CODES))  # the class registers its code
+
+    class Loud(Detector):
+        codes = (Code("loud.tier", Severity.WARNING, meaning="A test code emitted at one tier.",
+                      fix="Declare every tier the detector emits."),)
+
+        def check(self, record, state, live):
+            if not record.step:
+                return NO_EVENTS
+            return (self.event("loud.tier", record, title="loud", severity=Severity.ERROR),)
+
+    det = Loud()
+    assert det.event("loud.tier", healthy_step(0), title="ok").severity is Severity.WARNING
+    with pytest.raises(ValueError, match="does not declare"):
+        det.check(healthy_step(1), det.new_state(), None)
+
+
+def test_register_code_takes_raised_tiers(monkeypatch):
+    monkeypatch.setattr(codes, "_CODES", dict(codes._CODES))
+    codes.register_code("custom.tiered", "warning", "A user's code with two tiers.",
+                        "Whatever the user's detector says.", raised_to=("error",))
+    assert "| `custom.tiered` | warning | error |" in codes.codes_table_markdown()

@@ -40,6 +40,8 @@ def _fit(tmp_path, fault=None, max_epochs=2):
 
         def training_step(self, batch, idx):
             x, y = batch
+            if fault == "crash" and self.global_step == 3:
+                raise ValueError("a corrupt sample")
             if fault == "nan" and self.global_step == 5:
                 x = x.clone()
                 x[0, 0] = math.nan
@@ -87,3 +89,12 @@ def test_callback_stops_the_trainer_before_a_nan_step(tmp_path):
     assert trainer.should_stop and cb.health.stop_reason.code == "loss.nonfinite"
     assert trainer.global_step < 24
     assert all(torch.isfinite(p).all() for p in trainer.lightning_module.parameters())
+
+
+def test_callback_records_a_crash_and_closes_the_log(tmp_path):
+    with pytest.raises(ValueError, match="corrupt sample"):
+        _fit(tmp_path, "crash")
+    events = read_events(tmp_path / "health.jsonl")
+    crash = [e for e in events if e.code == "run.crashed"]
+    assert len(crash) == 1 and crash[0].where == "ValueError" and crash[0].step == 3
+    assert events[-1].code == "monitor.summary"

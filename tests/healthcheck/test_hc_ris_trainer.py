@@ -86,3 +86,29 @@ def test_healthy_terms_stay_silent():
         health.on_after_backward(trainer, step_metrics(i, cov=1.6 - 0.03 * i, ortho=0.0))
     assert list(health.monitor.events) == []
     assert all(isinstance(d, type(range_detectors(4)[0])) for d in health.monitor.detectors)
+
+
+def _fit_steps(trainer, health, steps, clear):
+    """What the trainer's loop does around the callback: backward, hook, step, hook."""
+    for step in range(steps):
+        if clear:
+            trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.model(torch.randn(4, 2)).pow(2).mean().backward()
+        health.on_after_backward(trainer, step_metrics(step))
+        trainer.optimizer.step()
+        health.on_after_optimizer_step(trainer, step_metrics(step))
+    health.on_fit_end(trainer)
+
+
+@pytest.mark.parametrize("clear", [True, False])
+def test_gradients_not_cleared_between_steps_fire_from_the_second_step(clear):
+    from healthcheck.detectors import GradNotCleared
+
+    health = RisTrainerHealth(Monitor([GradNotCleared()], policy=RECORD_ALL))
+    trainer = fake_trainer(16)
+    health.on_fit_start(trainer)
+    _fit_steps(trainer, health, 3, clear)
+    got = [(e.code, e.where, e.step) for e in health.monitor.events if e.code != "monitor.summary"]
+    assert got[:1] == ([] if clear else [("grad.not_cleared", "_root", 1)])
+    assert {code for code, _, _ in got} <= {"grad.not_cleared"}
+    assert not trainer.model.weight._backward_hooks  # fit end takes the hooks off

@@ -61,7 +61,7 @@ def test_report_of_an_empty_run(tmp_path):
     report(run, "--out", out, "--png-dir", tmp_path / "pngs")
     html = out.read_text()
     assert len(embedded_pngs(html)) == len(FIGURES)
-    assert "No health events" in html and "No gate.json" in html
+    assert "watch.no_steps" in html and "No gate.json" in html
     assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == sorted(f"{n}.png" for n in FIGURES)
 
 

@@ -86,14 +86,15 @@ def test_silence_and_regrade_by_code(run_factory):
     assert {e["severity"] for e in v["events"] if e["code"] == "loss.nonfinite"} == {"warning"}
 
 
-def test_empty_run_is_healthy(tmp_path):
+def test_empty_run_is_judged_not_refused(tmp_path):
     run = tmp_path / "empty"
     run.mkdir()
     (run / "config.json").write_text("{}")
-    res, v = verdict_of(run)
-    assert res.exit_code == 0 and v["healthy"] and v["events"] == [] and v["last"]["step"] is None
+    res, v = verdict_of(run)  # a verdict (no step: unhealthy), not a usage error
+    assert res.exit_code == 1 and [e["code"] for e in v["events"]] == ["watch.no_steps"]
+    assert v["last"]["step"] is None
     (run / "metrics.jsonl").write_text("")
-    assert invoke(run).exit_code == 0
+    assert invoke(run).exit_code == 1
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -14,6 +14,7 @@ from .source import (
     METRICS_FILE,
     RunLogError,
     check_readable,
+    csv_logs,
     detect_format,
     open_health,
     open_metrics,
@@ -24,6 +25,6 @@ from .tensorboard import TensorBoardTail, parse_event
 __all__ = [
     "BadLine", "CsvMetricsTail", "FORMATS", "FieldSpec", "FileStatus", "HEALTH_FILE", "JsonLinesTail",
     "KeyMap", "LineLayout", "LineShape", "LineTail", "METRICS_FILE", "NumberedItems", "RunLogError",
-    "Segment", "StructRows", "TensorBoardTail", "check_readable", "detect_format", "numbered_batches",
+    "Segment", "StructRows", "TensorBoardTail", "check_readable", "csv_logs", "detect_format", "numbered_batches",
     "open_health", "open_metrics", "parse_event", "parse_line",
 ]

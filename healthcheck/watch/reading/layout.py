@@ -97,11 +97,21 @@ def _spec(key: str, attr: str, value: Any) -> tuple[FieldSpec, Any]:
     return FieldSpec(key, attr, "any"), Any
 
 
+def _nameable(name: Any) -> bool:
+    """A key msgspec can decode by name: a str without a quote, a backslash or a control
+    character (a field name it refuses). Lines with other keys are read as dicts."""
+    return type(name) is str and not any(c in name for c in '"\\') and all(c >= " " for c in name)
+
+
 def learn_shape(line: Mapping[str, Any]) -> LineShape | None:
-    """The shape of one parsed line, or None when it cannot be typed (no string kind)."""
+    """The shape of one parsed line, or None when it cannot be typed (no string kind, or
+    a key or mapping name no Struct field can carry)."""
     kind = line.get("kind")
-    if type(kind) is not str or kind == _SENTINEL_TAG:
+    if type(kind) is not str or kind == _SENTINEL_TAG or not _nameable(kind):
         return None
+    for key, value in line.items():
+        if not _nameable(key) or (type(value) is dict and not all(map(_nameable, value))):
+            return None
     fields: dict[str, FieldSpec] = {}
     struct_fields = []
     for i, (key, value) in enumerate(line.items()):
@@ -208,7 +218,10 @@ class LineLayout:
                 latest[kind] = line
         changed = False
         for line in latest.values():
-            shape = learn_shape(line)
+            try:
+                shape = learn_shape(line)
+            except (ValueError, TypeError):  # a shape msgspec cannot type: those stay dicts
+                shape = None
             if shape is not None:
                 self._by_kind[shape.kind] = shape
                 changed = True

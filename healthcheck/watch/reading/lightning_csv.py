@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 
 from .keys import KeyMap
-from .tail import BadLine, LineTail
+from .tail import TOO_LONG, BadLine, LineTail, too_long
 
 
 def _cell(text: str) -> float | None:
@@ -56,8 +56,16 @@ class CsvMetricsTail:
 
     def poll(self) -> Iterator[dict | BadLine]:
         for line_no, raw in self._lines.poll():
+            if raw.startswith(TOO_LONG):
+                yield too_long(self.path, line_no, raw)
+                continue
             if line_no == 1:
-                self._start(raw)
+                try:
+                    self._start(raw)
+                except csv.Error as err:  # binary or garbled: no columns to read rows by
+                    self._header = None
+                    yield BadLine(self.path, line_no, f"not a CSV header ({err})",
+                                  raw[:80].decode("utf-8", "replace"))
                 continue
             if self._header is None or not raw.strip():
                 continue
@@ -67,7 +75,7 @@ class CsvMetricsTail:
             self._rows_done += 1
             try:
                 row = self._parse(raw)
-            except ValueError as err:
+            except (ValueError, csv.Error) as err:
                 yield BadLine(self.path, line_no, f"not a CSV row of {len(self._header)} "
                               f"columns ({err})", raw[:80].decode("utf-8", "replace"))
                 continue

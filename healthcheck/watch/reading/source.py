@@ -8,10 +8,13 @@ whose `poll()` yields metrics lines of docs/run-dir.md or `BadLine`s, whatever t
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 from collections.abc import Iterator
 from typing import Protocol
 
+from .errors import RunLogError, stat_regular
 from .keys import KeyMap
 from .lightning_csv import CsvMetricsTail
 from .tail import BadLine, FileStatus, JsonLinesTail
@@ -21,10 +24,7 @@ FORMATS = ("auto", "jsonl", "csv", "tensorboard")
 METRICS_FILE = "metrics.jsonl"
 HEALTH_FILE = "health.jsonl"
 CSV_FILE = "metrics.csv"
-
-
-class RunLogError(ValueError):
-    """The run dir cannot be read as asked; the message is one sentence for the user."""
+_VERSION = re.compile(r"version_(\d+)")  # CSVLogger's folder per run of one experiment
 
 
 class MetricsTail(Protocol):
@@ -35,22 +35,38 @@ class MetricsTail(Protocol):
     def close(self) -> None: ...
 
 
-def _find_csv(run_dir: str) -> str | None:
-    """metrics.csv in run_dir, or in its newest `version_N/` (CSVLogger's layout)."""
+def csv_logs(run_dir: str) -> list[str]:
+    """The metrics.csv files `run_dir` holds for watch, newest first (most recently
+    written; the higher version number breaks a tie).
+
+    Its own metrics.csv if it has one; else CSVLogger's layout from either folder a user
+    may hold: the logger's ``save_dir/name`` (``version_N/metrics.csv`` below it) or its
+    ``save_dir`` (``name/version_N/metrics.csv``).
+    """
     direct = os.path.join(run_dir, CSV_FILE)
     if os.path.isfile(direct):
-        return direct
-    candidates = []
-    for name in os.listdir(run_dir):
-        path = os.path.join(run_dir, name, CSV_FILE)
-        if os.path.isfile(path):
-            candidates.append((os.path.getmtime(path), path))
-    return max(candidates)[1] if candidates else None
+        return [direct]
+    for pattern in (("*", CSV_FILE), ("*", "*", CSV_FILE)):
+        found = [p for p in glob.glob(os.path.join(glob.escape(run_dir), *pattern)) if os.path.isfile(p)]
+        if found:
+            return sorted(found, key=_newest, reverse=True)
+    return []
+
+
+def _newest(path: str) -> tuple[float, int]:
+    version = _VERSION.fullmatch(os.path.basename(os.path.dirname(path)))
+    return os.path.getmtime(path), int(version.group(1)) if version else -1
+
+
+def _find_csv(run_dir: str) -> str | None:
+    logs = csv_logs(run_dir)
+    return logs[0] if logs else None
 
 
 def detect_format(run_dir: str) -> str:
     """The format of the metrics in `run_dir`: "jsonl", "csv" or "tensorboard"."""
-    if os.path.isfile(os.path.join(run_dir, METRICS_FILE)):
+    jsonl = os.path.join(run_dir, METRICS_FILE)
+    if os.path.lexists(jsonl) and stat_regular(jsonl) is not None:  # not regular: a RunLogError
         return "jsonl"
     if _find_csv(run_dir):
         return "csv"
@@ -74,7 +90,8 @@ def open_metrics(run_dir: str | os.PathLike, fmt: str = "auto",
     if fmt == "csv":
         path = _find_csv(run_dir)
         if path is None:
-            raise RunLogError(f"run dir {run_dir!r} holds no metrics.csv (nor version_*/metrics.csv)")
+            raise RunLogError(f"run dir {run_dir!r} holds no metrics.csv (nor version_*/metrics.csv "
+                              f"or */version_*/metrics.csv)")
         return CsvMetricsTail(path, keys)
     if not find_event_files(run_dir):
         raise RunLogError(f"run dir {run_dir!r} holds no events.out.tfevents.* file")
@@ -86,8 +103,8 @@ def open_health(run_dir: str | os.PathLike) -> JsonLinesTail:
     return JsonLinesTail(os.path.join(os.fspath(run_dir), HEALTH_FILE))
 
 
-__all__ = ["FORMATS", "RunLogError", "MetricsTail", "FileStatus", "detect_format",
-           "open_metrics", "open_health"]
+__all__ = ["FORMATS", "RunLogError", "MetricsTail", "FileStatus", "check_readable", "csv_logs",
+           "detect_format", "open_metrics", "open_health"]
 
 
 def check_readable(run_dir: str, fmt: str) -> None:

@@ -15,10 +15,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
+from .errors import stat_regular
+
 if TYPE_CHECKING:
     from .layout import LineLayout, StructRows
 
 _CHUNK = 1 << 20  # 1 MiB: large enough that syscalls don't dominate, small enough to be flat
+MAX_LINE = 8 << 20  # bytes: a longer line is no metrics line; it is skipped as it arrives
+# what a skipped long line becomes in the stream: a line no JSON or CSV reader accepts,
+# recognised and reported as too long (`too_long`)
+TOO_LONG = b"\x00line too long: "
 _SNIPPET = 80  # characters of a bad line kept for the warning; a line may be megabytes
 _HEAD = 64  # bytes of the file's start remembered to notice it was rewritten in place
 
@@ -34,6 +40,11 @@ class BadLine:
 
     def message(self) -> str:
         return f"{self.path}:{self.line_no}: {self.reason}: {self.text!r}"
+
+
+def too_long(path: str, line_no: int, raw: bytes) -> BadLine:
+    """The report of a line `LineTail` dropped for being longer than its limit."""
+    return BadLine(path, line_no, raw[1:].decode("ascii", "replace"), "")
 
 
 Item = Union[dict, BadLine]  # noqa: UP007 (a runtime alias; X | Y needs 3.10 types at import)
@@ -105,11 +116,14 @@ class LineTail:
     either way reading restarts at byte 0, after draining what the old file still held.
     """
 
-    def __init__(self, path: str | os.PathLike, *, chunk_size: int = _CHUNK) -> None:
+    def __init__(self, path: str | os.PathLike, *, chunk_size: int = _CHUNK,
+                 max_line: int = MAX_LINE) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, but got {chunk_size=}")
         self.path = os.fspath(path)
         self._chunk = chunk_size
+        self._max_line = max_line
+        self._skipping = 0  # bytes of a too-long line dropped so far (0: none under way)
         self._fh: BinaryIO | None = None
         self._ino: tuple[int, int] | None = None
         self.offset = 0  # bytes consumed, including the held-back torn tail
@@ -131,9 +145,8 @@ class LineTail:
         read, joined by newlines), so a reader can decode and split a megabyte at once
         instead of a line at a time. The caller sets `line_no` as it hands lines out."""
         restarted = None
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
+        st = stat_regular(self.path)  # a FIFO, a device or a directory: a RunLogError
+        if st is None:
             # Keep the old handle: a rotated file may reappear; until then nothing is new.
             self.status = FileStatus(False, None, len(self._pending))
             return
@@ -166,6 +179,7 @@ class LineTail:
         self.line_no = 0
         self._pending = b""
         self._head = b""
+        self._skipping = 0
 
     def _same_head(self) -> bool:
         if not self._head or self._fh is None:
@@ -184,10 +198,20 @@ class LineTail:
             if len(self._head) < _HEAD and self.offset < _HEAD:
                 self._head = (self._head + chunk)[:_HEAD]
             self.offset += len(chunk)
+            if self._skipping:  # the rest of a too-long line: drop it up to its newline
+                end = chunk.find(b"\n")
+                if end < 0:
+                    self._skipping += len(chunk)
+                    continue
+                chunk = TOO_LONG + b"%d bytes" % (self._skipping + end) + chunk[end:]
+                self._skipping = 0
             data = self._pending + chunk
             cut = data.rfind(b"\n")
             if cut < 0:
-                self._pending = data
+                if len(data) > self._max_line:  # memory stays bounded: keep none of it
+                    self._skipping, self._pending = len(data), b""
+                else:
+                    self._pending = data
                 continue
             self._pending = data[cut + 1:]  # b"" when the chunk ended on a newline
             first = self.line_no + 1
@@ -209,8 +233,8 @@ class JsonLinesTail:
     """
 
     def __init__(self, path: str | os.PathLike, *, chunk_size: int = _CHUNK,
-                 loads: Callable[[bytes], Any] = json.loads) -> None:
-        self._lines = LineTail(path, chunk_size=chunk_size)
+                 loads: Callable[[bytes], Any] = json.loads, max_line: int = MAX_LINE) -> None:
+        self._lines = LineTail(path, chunk_size=chunk_size, max_line=max_line)
         self._loads = loads
 
     @property
@@ -254,7 +278,7 @@ class JsonLinesTail:
                 if text[:1] == "{":
                     try:
                         obj, end = scan(text, 0)
-                    except (StopIteration, ValueError):
+                    except (StopIteration, ValueError, RecursionError):
                         end = -1
                     if end == len(text) and type(obj) is dict:
                         yield obj
@@ -323,8 +347,15 @@ class JsonLinesTail:
     def _parse(self, line_no: int, raw: bytes) -> Iterator[Item]:
         if not raw.strip():
             return  # blank lines carry nothing and are harmless
+        if raw.startswith(TOO_LONG):
+            yield too_long(self.path, line_no, raw)
+            return
         try:
             obj = self._loads(raw)
+        except RecursionError:
+            yield BadLine(self.path, line_no, "JSON nested too deeply",
+                          raw[:_SNIPPET].decode("utf-8", "replace"))
+            return
         except ValueError as err:  # JSONDecodeError and UnicodeDecodeError both
             yield BadLine(self.path, line_no, f"not JSON ({err.__class__.__name__})",
                           raw[:_SNIPPET].decode("utf-8", "replace"))

@@ -13,10 +13,12 @@ import os
 import struct
 from collections.abc import Iterator
 
+from .errors import stat_regular
 from .keys import KeyMap
 from .tail import BadLine
 
 _EVENT_GLOB = "events.out.tfevents."
+MAX_RECORD = 64 << 20  # bytes: far above any scalar event; a longer record is a corrupt header
 
 
 # ---------------------------------------------------------------------------- crc32c
@@ -142,8 +144,11 @@ class RecordTail:
     def poll(self) -> Iterator[bytes | BadLine]:
         if self._dead:
             return
+        st = stat_regular(self.path)  # a FIFO would block the open: a RunLogError instead
+        if st is None:
+            return
+        size = st.st_size
         try:
-            size = os.path.getsize(self.path)
             fh = open(self.path, "rb")
         except FileNotFoundError:
             return
@@ -161,6 +166,13 @@ class RecordTail:
                     yield BadLine(self.path, self.offset, "corrupt record header; the rest of "
                                   "the file is skipped", head.hex())
                     return
+                if length > MAX_RECORD:  # no scalar event is this long: a corrupt header
+                    self._dead = True
+                    yield BadLine(self.path, self.offset, f"record header claims {length} bytes; "
+                                  "the rest of the file is skipped", head.hex())
+                    return
+                if self.offset + 16 + length > size:
+                    return  # torn: the writer has not finished this record
                 body = fh.read(length + 4)
                 if len(body) < length + 4:
                     return  # torn: the writer has not finished this record

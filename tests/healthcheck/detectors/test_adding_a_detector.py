@@ -21,7 +21,7 @@ def private_registry(monkeypatch):
 
 def test_the_walk_through_runs_as_written(private_registry):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     namespace: dict = {"__name__": "adding_a_detector"}
     for block in blocks:
         exec(compile(block, str(DOC), "exec"), namespace)  # the blocks' own asserts run here

@@ -11,6 +11,7 @@ from hc_fakes import codes_where, healthy_step
 from torch import nn
 
 import healthcheck.detectors as D
+from healthcheck.events import Severity
 from healthcheck.live import LiveView
 
 # detector factory, records with the fault, expected (code, where) pairs among the events
@@ -62,7 +63,8 @@ class Mlp(nn.Module):
         return self.out(torch.relu(self.hidden(x) - self.shift))
 
 
-def dead_unit_events(net, inputs, n=4):
+def dead_unit_events(net, inputs, n=4, loss=None):
+    """DeadUnits over n backward passes; ``loss(i)`` is the loss the records report."""
     det = D.DeadUnits()
     live = LiveView(net, None)
     state, events = det.new_state(), []
@@ -70,8 +72,32 @@ def dead_unit_events(net, inputs, n=4):
         net.zero_grad(set_to_none=True)
         net(inputs()).pow(2).mean().backward()
         live.begin("after_backward", i)
-        events.extend(det.check(healthy_step(i), state, live))
+        record = healthy_step(i) if loss is None else healthy_step(i, loss=loss(i))
+        events.extend(det.check(record, state, live))
     return events
+
+
+def test_dead_units_in_a_run_that_learns_are_a_warning():
+    torch.manual_seed(0)
+    net = Mlp()
+    net.shift[:5] = 100.0
+    events = dead_unit_events(net, lambda: torch.randn(16, 4), n=80, loss=lambda i: 2.0 / (1 + 0.2 * i))
+    assert events and {e.severity for e in events} == {Severity.WARNING}
+    assert events[-1].evidence["loss_factor"] > 1.5 and "still learns" in events[-1].detail
+
+
+def test_dead_units_in_a_run_whose_loss_is_flat_become_an_error_once_that_is_known():
+    torch.manual_seed(0)
+    net = Mlp()
+    net.shift[:5] = 100.0
+    flat = dead_unit_events(net, lambda: torch.randn(16, 4), n=30, loss=lambda i: 1.0 + 0.01 * (i % 3))
+    grades = {e.step: e.severity for e in flat}
+    assert grades[2] == Severity.WARNING and grades[18] == Severity.WARNING  # not known yet
+    assert grades[19] == Severity.ERROR and "not improving" in flat[-1].detail  # 20 losses, none lower
+    # a loss that moved a little by step 20 but not enough by step 50: an error from then on
+    slow = dead_unit_events(net, lambda: torch.randn(16, 4), n=60, loss=lambda i: 1.0 / (1 + 0.01 * i))
+    grades = {e.step: e.severity for e in slow}
+    assert grades[19] == Severity.WARNING and grades[48] == Severity.WARNING and grades[49] == Severity.ERROR
 
 
 def test_dead_units_names_the_layer_whose_units_died():

@@ -24,6 +24,15 @@ FAULTS = {
 test_fault_fires_with_code_and_place, test_healthy_run_is_silent = fault_tests(FAULTS)
 
 
+def test_nonfinite_loss_without_terms_does_not_claim_they_are_finite():
+    events = run(D.NonFiniteLoss(), [healthy_step(0, loss=math.nan, terms={}, weights={})])
+    assert codes_where(events) == {("loss.nonfinite", "total")}
+    assert "every term" not in events[0].title.lower() and "every term" not in events[0].detail.lower()
+    assert "no loss terms were logged" in events[0].detail
+    with_terms = run(D.NonFiniteLoss(), [healthy_step(0, loss=math.nan)])
+    assert "every term is finite" in with_terms[0].title
+
+
 def test_nonfinite_loss_names_total_only_when_terms_are_finite():
     events = run(D.NonFiniteLoss(), [healthy_step(0, loss=math.inf)])
     assert codes_where(events) == {("loss.nonfinite", "total")}

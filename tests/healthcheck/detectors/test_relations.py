@@ -57,6 +57,9 @@ def test_sum_mismatch_accepts_the_total_divided_by_accumulation():
     assert run(D.LossSumMismatch(), records) == []
     wrong = mutated(10, lambda i, r: {"loss": r.loss / 3, "step": 4 * i, "batches_seen": 4 * i + 4})
     assert run(D.LossSumMismatch(), wrong)
+    # step counting optimizer steps (TrainingHealth with batches=4): the same
+    per_step = mutated(10, lambda i, r: {"loss": r.loss / 4, "step": i, "batches_seen": 4 * i + 4})
+    assert run(D.LossSumMismatch(), per_step) == []
 
 
 def test_sum_mismatch_tolerates_bf16_rounding():
