@@ -2,11 +2,14 @@
 
 For each preset: train on fresh scenes every epoch (nothing to memorise) for about
 ``--minutes`` of CPU time (process time, one thread: robust to a shared machine), then
-evaluate on held-out scenes at several SNRs, next to
-MUSIC on R_ls (the classical baseline), MUSIC on the true R (the ceiling) and the CRB.
-With the default ``eval.refine = ml`` the learned row is MUSIC on R̂ followed by a local
-maximum-likelihood fit to the snapshots; the table then also shows MUSIC on R̂ alone and
-the same fit started from MUSIC on R_ls, so what the network adds is visible on its own.
+evaluate on held-out scenes at several SNRs, with the oracle K and with K estimated from
+the data (``--counts``), next to MUSIC on R_ls (the classical baseline), MUSIC on R_bp,
+MVDR on R_ls, MUSIC on the true R (the ceiling) and the CRB. ``learned`` is the
+network's own estimate (MUSIC on R̂); with the default ``eval.refine = ml``,
+``learned_fit`` is the maximum-likelihood fit to the snapshots started from it and
+``ls_fit`` the same fit started from MUSIC on R_ls, so what the network adds is visible
+on its own and within the fit. Every row's scenes per second are measured in the same
+evaluation, per CPU second of one thread (robust to other load on the machine).
 The epoch count is calibrated from a short probe so the cosine schedule fits the
 budget instead of being cut off mid-way: the probe times the set-up (the first training
 and validation scenes) and one steady-state epoch (fresh scenes, training, validation,
@@ -16,6 +19,7 @@ the run stops cleanly before an epoch would take it past the budget.
 
     python benchmarks/model_quality.py --presets tiny small --minutes 12 --json out.json
     python benchmarks/model_quality.py --presets tiny --eval-only --n 1000   # re-evaluate those runs
+    python benchmarks/model_quality.py --presets tiny --eval-only --counts auto   # K estimated only
 """
 
 from __future__ import annotations
@@ -32,14 +36,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from ris_model.config import ConfigError, load_config, parse_set_args
-from ris_model.evaluation.evaluate import evaluate_run, load_run_config, with_eval_settings
+from ris_model.evaluation.evaluate import ROW_ORDER, evaluate_run, load_run_config, with_eval_settings
 from ris_model.training.budget import CpuBudget
 from ris_model.training.callbacks import Callback
 from ris_model.training.progress import ProgressCallback
 from ris_model.training.train import Trainer
 
 TRAINING_RECORD = "training.json"  # next to the run: lets --eval-only report what training took
-ROWS = ("music_learned", "music_learned_unrefined", "music_ls", "music_ls_refined", "music_true")
 
 
 class EpochClock(Callback):
@@ -97,6 +100,23 @@ def trained_before(preset: str, run_dir: Path) -> dict:
     return json.loads(record.read_text())
 
 
+def add_rows(table, leads, preset: str, snr: float, count: str, res: dict) -> None:
+    """One evaluation's rows in the quality table and its leads in the leads table."""
+    from ris_model.baseline import lead_cells
+
+    est, crb, speed = res["estimators"], res["crb"], res["scenes_per_s"]
+    for name in [r for r in ROW_ORDER if r in est]:
+        m = est[name]
+        ratio = m["rmse_phi_deg"] / crb["phi_deg_median"] if crb["phi_deg_median"] else math.nan
+        table.add_row(preset, f"{snr:g}", count, name, f"{m['rmse_phi_deg']:.3g}", f"{m['rmse_theta_deg']:.3g}",
+                      f"{100 * m['within_1deg']:.1f}%", f"{100 * m['f1']:.1f}%", f"{ratio:.1f}",
+                      f"{speed[name]:.3g}")
+    table.add_row(preset, f"{snr:g}", count, "√CRB median", f"{crb['phi_deg_median']:.3g}",
+                  f"{crb['theta_deg_median']:.3g}", "", "", "1.0", "", end_section=True)
+    for pair in res.get("lead", {}).get("pairs", []):
+        leads.add_row(preset, f"{snr:g}", count, pair["row"], pair["over"], *lead_cells(pair))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
@@ -106,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results/model_quality_runs"))
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/model_quality.json"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
+    parser.add_argument("--counts", nargs="+", choices=("oracle", "auto"), default=["oracle", "auto"],
+                        help="evaluate with the true source count, with K estimated from the data, or both")
     parser.add_argument("--bootstrap", type=int, default=2000, metavar="N",
-                        help="resamples of the paired bootstrap of music_learned's lead (0: none)")
+                        help="resamples of the paired bootstrap of the leads of learned over music_ls and "
+                             "music_bp and of learned_fit over ls_fit (0: none)")
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate the runs already trained under --out-dir instead of training anew")
     args = parser.parse_args(argv)
@@ -117,20 +140,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.table import Table
 
-    from ris_model.baseline import lead_cells, table_console
+    from ris_model.baseline import table_console
 
     trained = f"the runs in {args.out_dir}" if args.eval_only else f"~{args.minutes:g} CPU min of training"
     report: dict = {"minutes": None if args.eval_only else args.minutes, "n": args.n, "presets": {}}
-    table = Table(title=f"model quality after {trained} (oracle K, {args.n} held-out scenes per SNR)")
-    table.add_column("preset", no_wrap=True)
-    table.add_column("SNR", justify="right", no_wrap=True)
-    table.add_column("estimator", no_wrap=True)
-    for col in ("RMSE φ°", "RMSE θ°", "within 1°", "φ / √CRB"):
+    table = Table(title=f"model quality after {trained} ({args.n} held-out scenes per SNR; K: oracle = "
+                        f"the true count, auto = eval.count_rule on each row's covariance)")
+    for col in ("preset", "SNR", "K", "estimator"):
+        table.add_column(col, no_wrap=True, justify="right" if col == "SNR" else "left")
+    for col in ("RMSE φ°", "RMSE θ°", "within 1°", "F1", "φ / √CRB", "scenes / CPU s"):
         table.add_column(col, justify="right", no_wrap=True)
-    leads = Table(title=f"music_learned's lead [95% interval, {args.bootstrap} paired resamples of the scenes]; "
-                        f"positive: music_learned ahead")
-    for col in ("preset", "SNR", "over", "RMSE φ°", "RMSE θ°", "within 1°, points"):
-        leads.add_column(col, no_wrap=True, justify="left" if col in ("preset", "over") else "right")
+    leads = Table(title=f"leads [95% interval, {args.bootstrap} paired resamples of the scenes]; "
+                        f"positive: the row ahead")
+    for col in ("preset", "SNR", "K", "row", "over", "RMSE φ°", "RMSE θ°", "within 1°, points"):
+        leads.add_column(col, no_wrap=True, justify="left" if col in ("preset", "K", "row", "over") else "right")
     # training records every --set in the run; an evaluation of runs trained before takes
     # the evaluation-time ones (eval.refine*) from here
     eval_overrides = {}
@@ -149,26 +172,18 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.out_dir / preset
         info = trained_before(preset, run_dir) if args.eval_only else train_within(preset, args.minutes, run_dir,
                                                                                  args.overrides)
-        per_snr = {}
+        per_snr: dict = {}
         for snr in args.snrs:
-            t0 = time.perf_counter()
-            res = evaluate_run(run_dir / "run", n=args.n, snr_db=snr, seed=4242, overrides=eval_overrides,
-                               lead_resamples=args.bootstrap)
-            print(f"{preset}: evaluated {args.n} scenes at {snr:g} dB in {time.perf_counter() - t0:.0f} s",
-                  file=sys.stderr)
-            per_snr[str(snr)] = res
-            est, crb = res["estimators"], res["crb"]
-            for name in [r for r in ROWS if r in est]:
-                m = est[name]
-                ratio = m["rmse_phi_deg"] / crb["phi_deg_median"] if crb["phi_deg_median"] else math.nan
-                table.add_row(preset, f"{snr:g}", name, f"{m['rmse_phi_deg']:.3g}", f"{m['rmse_theta_deg']:.3g}",
-                              f"{100 * m['within_1deg']:.1f}%", f"{ratio:.1f}")
-            table.add_row(preset, f"{snr:g}", "√CRB median", f"{crb['phi_deg_median']:.3g}",
-                          f"{crb['theta_deg_median']:.3g}", "", "1.0", end_section=True)
-            for name, lead in res.get("lead", {}).get("over", {}).items():
-                leads.add_row(preset, f"{snr:g}", name, *lead_cells(lead))
+            for count in args.counts:
+                t0 = time.perf_counter()
+                res = evaluate_run(run_dir / "run", n=args.n, snr_db=snr, count=count, seed=4242,
+                                   overrides=eval_overrides, lead_resamples=args.bootstrap)
+                print(f"{preset}: evaluated {args.n} scenes at {snr:g} dB, {count} K, in "
+                      f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+                per_snr.setdefault(str(snr), {})[count] = res
+                add_rows(table, leads, preset, snr, count, res)
         report["presets"][preset] = {**info, "eval": per_snr}
-    table_console().print(table)
+    table_console(min_width=130).print(table)
     if leads.row_count:
         table_console(min_width=120).print(leads)
     args.json.parent.mkdir(parents=True, exist_ok=True)

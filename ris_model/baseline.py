@@ -4,14 +4,17 @@ Every learned result is reported against three references (docs/physics.md, Metr
 MUSIC on the exact R (the ceiling: what a perfect covariance estimate would give),
 MUSIC on R_ls (the classical baseline that learning must beat) and the CRB. R_bp and
 MVDR are there to show that the baseline is not a weak choice among the classical ones.
-K is the oracle count throughout, so the numbers measure localisation, not detection.
+K is the oracle count by default, so the numbers measure localisation; with
+``count="auto"`` each row estimates K itself (MDL on the eigenvalues of the covariance
+it localises on), and precision, recall and F1 measure detection too.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, MutableMapping
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,17 +29,59 @@ DEFAULT_ESTIMATORS = ("music_true", "music_ls", "music_bp", "mvdr_ls")
 # estimator name = "<spectrum>_<covariance>"
 SPECTRA = ("music", "mvdr")
 COVARIANCES = ("true", "ls", "bp")
+# How the estimators learn K: "oracle" (the true count) or "auto" (estimated from the data).
+COUNTS = ("oracle", "auto")
+Count = Literal["oracle", "auto"]
 # Scenes localised at once: bounds the grid-stage and CG intermediates.
 _CHUNK = 50
 
 
-def _system_of(cfg_or_system: Config | SystemConfig | str) -> SystemConfig:
+def check_count(count: str) -> None:
+    """Refuse a source-count mode other than those of :data:`COUNTS`."""
+    if count not in COUNTS:
+        raise ValueError(f"the source count must be 'oracle' or 'auto' but got {count!r}")
+
+
+def count_rule(cfg: Config) -> dict[str, Any]:
+    """How a row estimates K (``--k auto``), as :func:`~ris_model.estimators.search.localize`'s
+    keywords, from the config's ``eval.count_rule`` and ``eval.count_threshold``."""
+    return {"order": cfg.eval.count_rule, "threshold": cfg.eval.count_threshold}
+
+
+def describe_rule(rule: dict[str, Any]) -> str:
+    """"MDL" or "eigenvalues above 0.5 x the largest": the count rule in a table's title."""
+    return "MDL" if rule["order"] == "mdl" else f"eigenvalues above {rule['threshold']:g} × the largest"
+
+
+def oracle_or_none(count: str, k: torch.Tensor) -> torch.Tensor | None:
+    """What :func:`~ris_model.estimators.search.localize` takes as K: the true counts, or
+    None to estimate them (MDL on the covariance being localised)."""
+    check_count(count)
+    return k if count == "oracle" else None
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so that a wall-clock timing covers it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clock_for(*devices: torch.device | str) -> tuple[str, Callable[[], float]]:
+    """The clock that times estimators on ``devices``: ("cpu", process time) when all are
+    CPUs, so that a busy, shared machine does not slow the count down (other processes
+    take wall time, not this one's CPU time), else ("wall", wall-clock time)."""
+    if all(torch.device(d).type == "cpu" for d in devices):
+        return "cpu", time.process_time
+    return "wall", time.perf_counter
+
+
+def _config_of(cfg_or_system: Config | SystemConfig | str) -> Config:
     if isinstance(cfg_or_system, str):
-        return load_config(cfg_or_system).system
+        return load_config(cfg_or_system)
     if isinstance(cfg_or_system, Config):
-        return cfg_or_system.system
-    if isinstance(cfg_or_system, SystemConfig):
         return cfg_or_system
+    if isinstance(cfg_or_system, SystemConfig):
+        return Config(system=cfg_or_system)
     raise TypeError(f"expected a Config, a SystemConfig or a preset name but got {type(cfg_or_system).__name__}")
 
 
@@ -83,54 +128,102 @@ def _crb_summary(system: SystemConfig, batch: SceneBatch) -> dict[str, float | N
 
 
 def baseline_estimates(system: SystemConfig, batch: SceneBatch,
-                       estimators: Iterable[str] = DEFAULT_ESTIMATORS) -> dict[str, Estimates]:
-    """Each named estimator ("<music|mvdr>_<true|ls|bp>") on every scene, oracle K."""
+                       estimators: Iterable[str] = DEFAULT_ESTIMATORS, *, count: Count = "oracle",
+                       rule: dict[str, Any] | None = None, seconds: MutableMapping[str, float] | None = None,
+                       clock: Callable[[], float] = time.process_time) -> dict[str, Estimates]:
+    """Each named estimator ("<music|mvdr>_<true|ls|bp>") on every scene, with the oracle K
+    or (``count="auto"``) K estimated from its own covariance by ``rule`` (:func:`count_rule`;
+    MDL by default).
+
+    ``seconds`` receives each estimator's time on ``clock`` (:func:`clock_for`) from the
+    snapshots to its estimates: its covariance (counted for every estimator that uses it,
+    as each would pay it alone) and its localisation.
+    """
+    check_count(count)
+    rule = rule or count_rule(Config())
     parsed = {name: _parse(name) for name in estimators}
     needed = {cov for _, cov in parsed.values()}
     estimates: dict[str, list[Estimates]] = {name: [] for name in parsed}
+    spent = dict.fromkeys(parsed, 0.0)
     for lo in range(0, len(batch), _CHUNK):
         part = batch.index(slice(lo, lo + _CHUNK))
-        covs = {kind: _covariance(kind, part, system) for kind in COVARIANCES if kind in needed}
+        covs, cov_s = {}, {}
+        for kind in COVARIANCES:
+            if kind in needed:
+                t0 = clock()
+                covs[kind] = _covariance(kind, part, system)
+                synchronize(covs[kind].device)
+                cov_s[kind] = clock() - t0
         for name, (spectrum, cov) in parsed.items():
-            estimates[name].append(localize(covs[cov], system, part.k, method=spectrum))  # type: ignore[arg-type]
+            t0 = clock()
+            estimates[name].append(localize(covs[cov], system, oracle_or_none(count, part.k),
+                                            method=spectrum, **rule))  # type: ignore[arg-type]
+            synchronize(covs[cov].device)
+            spent[name] += cov_s[cov] + clock() - t0
+    if seconds is not None:
+        seconds.update(spent)
     return {name: Estimates.cat(parts) for name, parts in estimates.items()}
 
 
 def estimator_row(system: SystemConfig, est: Estimates, batch: SceneBatch) -> dict[str, float | None]:
-    """One estimator's row of the report: RMSE of φ, θ (degrees) and r (metres, near field), within-1° share."""
+    """One estimator's row of the report: RMSE of φ, θ (degrees) and r (metres, near field)
+    over the matched sources, the within-1° share of all sources, detection precision,
+    recall and F1 (a source is found when its Hungarian-matched estimate is within 1°), and
+    the share of scenes whose source count the estimator got right (1 with the oracle K)."""
     dev = est.phi.device
-    m = evaluate_estimates(est, batch.phi.to(dev), batch.theta.to(dev), batch.r.to(dev), batch.mask.to(dev))
+    m = evaluate_estimates(est, batch.phi.to(dev), batch.theta.to(dev), batch.r.to(dev), batch.mask.to(dev),
+                           tolerance_deg=1.0)
+    k_right = (est.k.to("cpu") == batch.mask.to("cpu").sum(-1)).double().mean().item() if len(batch) else None
     return {"rmse_phi_deg": m["rmse_phi_deg"], "rmse_theta_deg": m["rmse_theta_deg"],
-            "rmse_r_m": m["rmse_r_m"] if system.near_field else None, "within_1deg": m["within_1deg"]}
+            "rmse_r_m": m["rmse_r_m"] if system.near_field else None, "within_1deg": m["within_1deg"],
+            "precision": m["precision"], "recall": m["recall"], "f1": m["f1"], "k_right": k_right}
 
 
 def baseline_report(system: SystemConfig, batch: SceneBatch, estimates: dict[str, Estimates], *, snr_db: float,
-                    crb: bool = True) -> dict[str, Any]:
-    """The JSON of :func:`run_baseline` for estimates already made on ``batch``."""
-    return {"preset": system.preset, "snr_db": float(snr_db), "n": len(batch),
-            "estimators": {name: estimator_row(system, est, batch) for name, est in estimates.items()},
-            "crb": _crb_summary(system, batch) if crb else None}
+                    crb: bool = True, count: Count = "oracle", rule: dict[str, Any] | None = None,
+                    seconds: dict[str, float] | None = None, clock: str = "cpu") -> dict[str, Any]:
+    """The JSON of :func:`run_baseline` for estimates already made on ``batch``; with
+    ``seconds`` (each estimator's time on the ``clock`` named, :func:`clock_for`),
+    ``"scenes_per_s"`` per estimator and ``"clock"`` too."""
+    check_count(count)
+    report: dict[str, Any] = {
+        "preset": system.preset, "snr_db": float(snr_db), "n": len(batch), "count": count,
+        "count_rule": describe_rule(rule or count_rule(Config())) if count == "auto" else None,
+        "estimators": {name: estimator_row(system, est, batch) for name, est in estimates.items()},
+        "crb": _crb_summary(system, batch) if crb else None}
+    if seconds is not None:
+        report["scenes_per_s"] = {name: len(batch) / max(seconds[name], 1e-9) for name in estimates if name in seconds}
+        report["clock"] = clock
+    return report
 
 
 def run_baseline(cfg_or_system: Config | SystemConfig | str, snr_db: float, n: int, k: int | None,
                  seed: int, estimators: Iterable[str] = DEFAULT_ESTIMATORS, *, crb: bool = True,
-                 device: torch.device | str | None = None) -> dict[str, Any]:
+                 device: torch.device | str | None = None, count: Count = "oracle") -> dict[str, Any]:
     """Simulate ``n`` scenes at ``snr_db`` (``k`` sources each, or K drawn per scene when
-    None) and evaluate each estimator with the oracle K.
+    None) and evaluate each estimator with the oracle K, or with K estimated from its own
+    covariance (``count="auto"``, by the config's ``eval.count_rule``).
 
-    Returns ``{"preset", "snr_db", "n", "estimators": {name: {"rmse_phi_deg",
-    "rmse_theta_deg", "rmse_r_m", "within_1deg"}}, "crb": {"phi_deg_mean", ...}}``;
-    range entries are None in the far field, and "crb" is None when ``crb=False``.
-    Estimator names are "<music|mvdr>_<true|ls|bp>".
+    Returns ``{"preset", "snr_db", "n", "count", "count_rule", "estimators": {name: {"rmse_phi_deg",
+    "rmse_theta_deg", "rmse_r_m", "within_1deg", "precision", "recall", "f1", "k_right"}},
+    "crb": {"phi_deg_mean", ...}, "scenes_per_s": {name: ...}, "clock"}``; range entries are None in
+    the far field, and "crb" is None when ``crb=False``. Estimator names are
+    "<music|mvdr>_<true|ls|bp>".
     """
-    system = _system_of(cfg_or_system)
+    cfg = _config_of(cfg_or_system)
+    system, rule = cfg.system, count_rule(cfg)
     estimators = tuple(estimators)
     for name in estimators:
         _parse(name)  # an unknown name fails before any simulation
+    check_count(count)
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"the number of scenes must be a positive int but got {n=}")
     batch = simulate(system, n, seed=seed, snr_db=float(snr_db), k=k, device=device)
-    return baseline_report(system, batch, baseline_estimates(system, batch, estimators), snr_db=snr_db, crb=crb)
+    seconds: dict[str, float] = {}
+    clock_name, clock = clock_for(batch.y.device)
+    estimates = baseline_estimates(system, batch, estimators, count=count, rule=rule, seconds=seconds, clock=clock)
+    return baseline_report(system, batch, estimates, snr_db=snr_db, crb=crb, count=count, rule=rule,
+                           seconds=seconds, clock=clock_name)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -155,16 +248,16 @@ def lead_cells(lead: dict[str, dict[str, float]]) -> list[str]:
 
 
 def render_lead(result: dict[str, Any]):
-    """A rich Table of an evaluation's ``"lead"``: music_learned's lead over each classical row."""
+    """A rich Table of an evaluation's ``"lead"``: each compared row's lead over its reference."""
     from rich.table import Table
 
     lead = result["lead"]
-    table = Table(title=f"music_learned's lead [{100 * lead['level']:g}% interval, {lead['resamples']} paired "
-                        f"resamples of the scenes]; positive: music_learned ahead")
-    for col in ("over", "RMSE φ (deg)", "RMSE θ (deg)", "within 1° (points)"):
-        table.add_column(col, no_wrap=True, justify="left" if col == "over" else "right")
-    for name, row in lead["over"].items():
-        table.add_row(name, *lead_cells(row))
+    table = Table(title=f"leads [{100 * lead['level']:g}% interval, {lead['resamples']} paired resamples of "
+                        f"the scenes]; positive: the row ahead of the one it is compared with")
+    for col in ("row", "over", "RMSE φ (deg)", "RMSE θ (deg)", "within 1° (points)"):
+        table.add_column(col, no_wrap=True, justify="left" if col in ("row", "over") else "right")
+    for pair in lead["pairs"]:
+        table.add_row(pair["row"], pair["over"], *lead_cells(pair))
     return table
 
 
@@ -178,24 +271,49 @@ def table_console(min_width: int = 100):
     return console if console.is_terminal else Console(width=max(min_width, console.width))
 
 
+def _per_second(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}" if value < 1000 else f"{value:.0f}"
+
+
 def render_baseline(result: dict[str, Any]):
-    """A rich Table of a :func:`run_baseline` result: one row per estimator, then the CRB."""
+    """A rich Table of a :func:`run_baseline` or evaluation result: one row per estimator,
+    then the CRB. Detection columns (precision, recall, F1, share of scenes with the right
+    K) appear when K was estimated; scenes per second when the result was timed."""
     from rich.table import Table
 
-    title = f"{result['preset']}: {result['n']} scenes at {result['snr_db']:g} dB, oracle K"
+    auto = result.get("count") == "auto"
+    counted = f"K estimated on each row's covariance ({result.get('count_rule')})" if auto else "oracle K"
+    title = f"{result['preset']}: {result['n']} scenes at {result['snr_db']:g} dB, {counted}"
     settings = result.get("refine_settings") or {}
+    if "learned" in result["estimators"]:
+        title += "; learned = MUSIC on the network's R̂"
     if result.get("refine") == "ml" and settings:
-        title += (f"; music_learned = MUSIC on R̂, then the snapshot fit ({settings['eval.refine_steps']} steps, "
+        title += (f"; learned_fit / ls_fit = the snapshot fit ({settings['eval.refine_steps']} steps, "
                   f"each source within {settings['eval.refine_radius_deg']:g}°, "
-                  f"{settings.get('eval.refine_moves', 0)} rounds of global moves)")
+                  f"{settings.get('eval.refine_moves', 0)} rounds of global moves) started from learned / music_ls")
+    speed = result.get("scenes_per_s")
     table = Table(title=title)
-    for col in ("estimator", "RMSE φ (deg)", "RMSE θ (deg)", "RMSE r (m)", "within 1°"):
+    columns = ["estimator", "RMSE φ (deg)", "RMSE θ (deg)", "RMSE r (m)", "within 1°"]
+    if auto:
+        columns += ["precision", "recall", "F1", "K right"]
+    if speed:
+        columns.append("scenes/CPU s" if result.get("clock") == "cpu" else "scenes/s")
+    name_width = max(len(name) for name in (*result["estimators"], "√CRB median"))  # a row's name is never cut
+    for col in columns:
         table.add_column(col, justify="left" if col == "estimator" else "right", no_wrap=True,
-                         min_width=None if col == "estimator" else 8)  # "8.87e-07" whole, never "8.87…"
+                         min_width=name_width if col == "estimator" else 8)  # "8.87e-07" whole, never "8.87…"
+
+    def share(value: float | None) -> str:
+        return "—" if value is None else f"{100 * value:.1f}%"
+
     for name, m in result["estimators"].items():
-        within = None if m["within_1deg"] is None else 100 * m["within_1deg"]
-        table.add_row(name, _fmt(m["rmse_phi_deg"]), _fmt(m["rmse_theta_deg"]), _fmt(m["rmse_r_m"]),
-                      "—" if within is None else f"{within:.1f}%")
+        cells = [name, _fmt(m["rmse_phi_deg"]), _fmt(m["rmse_theta_deg"]), _fmt(m["rmse_r_m"]),
+                 share(m["within_1deg"])]
+        if auto:
+            cells += [share(m.get("precision")), share(m.get("recall")), share(m.get("f1")), share(m.get("k_right"))]
+        if speed:
+            cells.append(_per_second(speed.get(name)))
+        table.add_row(*cells)
     c = result.get("crb")
     if c is not None:
         table.add_section()
@@ -205,5 +323,6 @@ def render_baseline(result: dict[str, Any]):
     return table
 
 
-__all__ = ["COVARIANCES", "DEFAULT_ESTIMATORS", "SPECTRA", "baseline_estimates", "baseline_report", "estimator_row",
-           "render_baseline", "run_baseline"]
+__all__ = ["COUNTS", "COVARIANCES", "DEFAULT_ESTIMATORS", "SPECTRA", "baseline_estimates", "baseline_report",
+           "check_count", "clock_for", "count_rule", "describe_rule", "estimator_row", "lead_cells", "oracle_or_none",
+           "render_baseline", "render_lead", "run_baseline", "synchronize", "table_console"]

@@ -28,6 +28,30 @@ PRESET = click.Choice(sorted(PRESETS))
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
 
+class SourceCount(click.ParamType):
+    """``--k``: a positive int (every scene has that many sources, told to every estimator)
+    or ``auto`` (K drawn per scene and estimated from the data by every estimator)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            k = int(value)
+        except (TypeError, ValueError):
+            k = 0
+        if k < 1:
+            self.fail(f"{value!r} is neither a positive number of sources nor 'auto' (K estimated from the data)",
+                      param, ctx)
+        return k
+
+
+def _scene_count(k: int | str | None) -> tuple[int | None, str]:
+    """(sources per scene or None, "oracle" or "auto") from ``--k``."""
+    return (None, "auto") if k == "auto" else (k, "oracle")  # type: ignore[return-value]
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the errors a user can fix into click's clean ``Error: ...`` (exit 2): a bad
     setting or run file (`ConfigError`), and a file or folder the system refuses (an
@@ -112,7 +136,7 @@ def _pairs(items: tuple[str, ...]) -> dict[str, str]:
 def _print_table(table: Any) -> None:
     from ris_model.baseline import table_console
 
-    table_console().print(table)
+    table_console(min_width=150).print(table)  # off a terminal: room for every column of an estimated K
 
 
 @click.group(context_settings={"auto_envvar_prefix": "RIS_MODEL", "help_option_names": ["-h", "--help"]})
@@ -160,7 +184,9 @@ def simulate(preset, config_file, overrides, n, seed, out, shard_size, overwrite
 @config_options
 @click.option("--snr", "snr_db", type=SNR_DB, required=True, help="SNR in dB for every scene.")
 @click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--k", "k", type=click.IntRange(min=1), default=None, help="Sources per scene (default: random).")
+@click.option("--k", "k", type=SourceCount(), default=None,
+              help="Sources per scene, told to every estimator (default: drawn per scene, oracle count); "
+                   "'auto': drawn per scene and estimated from the data, with detection precision/recall/F1.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @user_errors
@@ -169,9 +195,10 @@ def baseline(preset, config_file, overrides, snr_db, n, k, seed, as_json):
     from ris_model.baseline import render_baseline, run_baseline
 
     cfg = _load(preset, config_file, overrides)
+    k, count = _scene_count(k)
     if k is not None and k > cfg.system.k_max:
         raise click.UsageError(f"--k {k} is more than this preset's k_max={cfg.system.k_max}")
-    result = run_baseline(cfg, snr_db=snr_db, n=n, k=k, seed=seed)
+    result = run_baseline(cfg, snr_db=snr_db, n=n, k=k, seed=seed, count=count)
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -257,7 +284,9 @@ def hpo(preset, config_file, overrides, study_dir, trials, epochs, storage, stud
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--snr", "snr_db", type=SNR_DB, default=10.0, show_default=True)
-@click.option("--k", "k", type=click.IntRange(min=1), default=None)
+@click.option("--k", "k", type=SourceCount(), default=None,
+              help="Sources per scene, told to every row (default: drawn per scene, oracle count); 'auto': "
+                   "drawn per scene and estimated from the data by every row, with detection precision/recall/F1.")
 @click.option("--seed", type=SEED, default=12345, show_default=True)
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
@@ -266,18 +295,20 @@ def hpo(preset, config_file, overrides, study_dir, trials, epochs, storage, stud
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Change an evaluation-time setting of the run, e.g. --set eval.refine_steps=300 (repeatable).")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
-              help="Add music_learned's lead over music_ls (and music_ls_refined) with 95% intervals from N "
-                   "paired resamples of the scenes (0: none).")
+              help="Add the leads of learned over music_ls and music_bp, and of learned_fit over ls_fit, "
+                   "with 95% intervals from N paired resamples of the scenes (0: none).")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def evaluate(run_dir, n, snr_db, k, seed, checkpoint, device, refine, overrides, bootstrap, as_json):
-    """MUSIC on the learned covariance next to the classical baselines and the CRB."""
+    """The network's own estimate (learned), the snapshot fit from it and from MUSIC on R_ls
+    (learned_fit, ls_fit), the classical baselines and the CRB."""
     from ris_model.baseline import render_baseline, render_lead
     from ris_model.config import parse_set_args
     from ris_model.evaluation.evaluate import evaluate_run
 
-    result = evaluate_run(Path(run_dir), n=n, snr_db=snr_db, k=k, seed=seed, checkpoint=checkpoint, device=device,
-                          refine=refine, overrides=parse_set_args(overrides), lead_resamples=bootstrap)
+    k, count = _scene_count(k)
+    result = evaluate_run(Path(run_dir), n=n, snr_db=snr_db, k=k, count=count, seed=seed, checkpoint=checkpoint,
+                          device=device, refine=refine, overrides=parse_set_args(overrides), lead_resamples=bootstrap)
     if as_json:
         click.echo(json.dumps(result))
         return

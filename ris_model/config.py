@@ -314,6 +314,15 @@ class EvalConfig:
         "to where the snapshots most want one and keeps the move only if the fit improves; "
         "0 keeps the fit local",
     )
+    count_rule: Literal["mdl", "threshold"] = _spec(
+        "mdl",
+        doc="with --k auto, how each row counts its sources from the eigenvalues of its covariance: "
+        "mdl (Wax-Kailath with the L snapshots) or threshold (eigenvalues above eval.count_threshold "
+        "times the largest)",
+    )
+    count_threshold: float = _spec(
+        0.5, lo=0.0, lo_open=True, hi=0.99, doc="the eigenvalue fraction of eval.count_rule=threshold"
+    )
 
 
 @dataclass(frozen=True)
@@ -387,7 +396,8 @@ RETIRED_KEYS: dict[str, Any] = {"model.input": "rbp"}
 # Keys that moved, old -> new. Older run directories and config files are read with the
 # value under its new key; a ``--set`` of an old key is refused with the new one named.
 RENAMED_KEYS: dict[str, str] = {
-    f"model.{f.name}": f"{EVALUATION_SECTION}.{f.name}" for f in dataclasses.fields(EvalConfig)
+    f"model.{name}": f"{EVALUATION_SECTION}.{name}"
+    for name in ("refine", "refine_steps", "refine_radius_deg", "refine_moves")
 }
 
 

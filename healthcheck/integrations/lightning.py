@@ -48,6 +48,13 @@ def _callback_base() -> type:
     return Callback
 
 
+def _logged_step(trainer: Any) -> int:
+    """The step Lightning's loggers stamp epoch-end results with: the index of the last
+    optimizer step (global_step counts them), so an eval line in metrics.jsonl and the
+    CSVLogger's row for it name the same step."""
+    return max(int(trainer.global_step) - 1, 0)
+
+
 def _build() -> type:
     from .torch_loop import TrainingHealth
 
@@ -124,7 +131,7 @@ def _build() -> type:
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
             """Called at the end of each training epoch."""
             if self.health is not None:
-                self.health.end_epoch()
+                self.health.end_epoch(step=_logged_step(trainer))
                 self._sync_stop(trainer)
 
         def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -136,7 +143,7 @@ def _build() -> type:
             if val is None:
                 return
             extra = {k: v for k, v in metrics.items() if k != self.val_loss_key and k.startswith("val")}
-            self.health.evaluate(val, metrics=extra)
+            self.health.evaluate(val, metrics=extra, step=_logged_step(trainer))
             self._sync_stop(trainer)
 
         def on_fit_end(self, trainer: Any, pl_module: Any) -> None:

@@ -266,8 +266,10 @@ class TrainingHealth:
         return events
 
     def end_epoch(self, loss: Any = None, terms: Mapping[str, Any] | None = None,
-                  metrics: Mapping[str, Any] | None = None) -> Sequence[HealthEvent]:
-        """Close the epoch: an epoch record (mean step loss unless given) is judged and written."""
+                  metrics: Mapping[str, Any] | None = None, *, step: int | None = None) -> Sequence[HealthEvent]:
+        """Close the epoch: an epoch record (mean step loss unless given) is judged and written.
+        ``step`` stamps it (default: the steps so far); a framework whose own logs stamp
+        epoch results with the last step's index passes that, so both name one step."""
         if self._pending is not None:
             self._finish(skipped=True)
         if loss is None:  # the mean of this epoch's finite step losses
@@ -281,7 +283,8 @@ class TrainingHealth:
             terms_f = dict(zip(t, _floats(list(t.values()))))
         m = dict(metrics or {})
         record = StepRecord(
-            kind="epoch", step=self.steps_attempted, epoch=self.epoch, loss=loss_f, terms=terms_f,
+            kind="epoch", step=self.steps_attempted if step is None else step, epoch=self.epoch,
+            loss=loss_f, terms=terms_f,
             lr=[float(g["lr"]) for g in self.optimizer.param_groups], steps_taken=self.steps_taken,
             batches_seen=self.batches_seen, metrics=dict(zip(m, _floats(list(m.values())))),
             rank=self.rank)
@@ -293,12 +296,13 @@ class TrainingHealth:
         return events
 
     def evaluate(self, loss: Any, terms: Mapping[str, Any] | None = None,
-                 metrics: Mapping[str, Any] | None = None) -> Sequence[HealthEvent]:
-        """Report a validation result (loss and optional terms / metrics)."""
+                 metrics: Mapping[str, Any] | None = None, *, step: int | None = None) -> Sequence[HealthEvent]:
+        """Report a validation result (loss and optional terms / metrics); ``step`` as for
+        `end_epoch`."""
         t, m = dict(terms or {}), dict(metrics or {})
         vals = _floats([loss, *t.values(), *m.values()])
         record = StepRecord(
-            kind="eval", step=self.steps_attempted, epoch=self.epoch, loss=vals[0],
+            kind="eval", step=self.steps_attempted if step is None else step, epoch=self.epoch, loss=vals[0],
             terms=dict(zip(t, vals[1:1 + len(t)])), metrics=dict(zip(m, vals[1 + len(t):])),
             rank=self.rank)
         events = self.monitor.observe(record, "eval", self.live)

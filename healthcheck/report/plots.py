@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .series import PlotColumns
 
@@ -207,21 +208,32 @@ def lr_figure(steps: PlotColumns) -> bytes:
     return _png(fig)
 
 
+def _plottable(x: Any) -> bool:
+    """A step a figure can place: a finite number a float can hold (a step of 10**400 in a
+    hostile file is data, not a coordinate)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:
+        return False
+
+
 def events_figure(events: Sequence[Mapping], last_step: float | None) -> bytes:
     """Health events on a step timeline, one row per severity, labelled by code."""
-    placed = [e for e in events if isinstance(e.get("step"), (int, float))]
+    placed = [e for e in events if _plottable(e.get("step"))]
     if not placed:
         return _empty("health events", "no health events" if not events else "events carry no step")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(_SIZE[0], 2.6))
     labelled: set = set()
     stacked: dict = {}
-    span = max(max(e["step"] for e in placed), last_step or 0, 1)
+    span = max(max(e["step"] for e in placed), last_step if _plottable(last_step) else 0, 1)
     for e in placed:
         sev = str(e.get("severity", "info"))
         y = SEVERITY_LEVEL.get(sev, 0)
         end = e.get("last_step")
-        if isinstance(end, (int, float)) and end > e["step"]:  # a folded repeat: its whole span
+        if _plottable(end) and end > e["step"]:  # a folded repeat: its whole span
             ax.plot([e["step"], end], [y, y], color=SEVERITY_COLOURS.get(sev, "grey"), lw=4,
                     alpha=0.35, solid_capstyle="butt")
         ax.scatter([e["step"]], [y], color=SEVERITY_COLOURS.get(sev, "grey"), s=40, zorder=3,

@@ -196,8 +196,8 @@ def build_overfit_run(spec: OverfitSpec, run_dir: str | Path, *, device: str = "
 def localisation_metrics(trainer: Trainer, scenes: TrainingScenes, *, chunk: int = 128) -> dict[str, Any]:
     """MUSIC with the oracle source count on R̂ + εI (ε = model.eps), Hungarian-matched.
 
-    The estimator ``ris-model eval`` reports as ``music_learned_unrefined`` (no snapshot
-    fit: this judges the network alone), applied to the scenes the model was fitted on.
+    The estimator ``ris-model eval`` reports as ``learned`` (no snapshot fit: this judges
+    the network alone), applied to the scenes the model was fitted on.
     """
     cfg = trainer.cfg
     model = trainer.ema.shadow if trainer.ema else trainer.model

@@ -23,12 +23,14 @@ LEAD_KEYS = ("rmse_phi_deg", "rmse_theta_deg", "within_1deg")
 @dataclass(frozen=True)
 class SceneTotals:
     """Per scene: summed squared φ and θ errors (degrees²) of the matched sources, sources
-    within 1°, and true sources (an unmatched source counts as a miss)."""
+    within 1°, true sources (an unmatched source counts as a miss) and matched sources
+    (fewer than the true ones when K is estimated too low)."""
 
     sq_phi: np.ndarray
     sq_theta: np.ndarray
     within: np.ndarray
     sources: np.ndarray
+    matched: np.ndarray
 
     @classmethod
     def of(cls, matching: Matching, mask: torch.Tensor) -> SceneTotals:
@@ -43,15 +45,17 @@ class SceneTotals:
         return cls(sq_phi=per_scene(np.square(matching.phi_err * deg)),
                    sq_theta=per_scene(np.square(matching.theta_err * deg)),
                    within=per_scene((matching.angle <= math.radians(1.0)).astype(float)),
-                   sources=mask.detach().cpu().sum(-1).double().numpy())
+                   sources=mask.detach().cpu().sum(-1).double().numpy(),
+                   matched=per_scene(np.ones(matching.scene.shape)))
 
     def pooled(self, draws: np.ndarray) -> np.ndarray:
         """(RMSE φ, RMSE θ, within-1° share) pooled over the scenes of each row of ``draws``
         (R, B) of scene indices: (R, 3)."""
-        count = np.maximum(self.sources[draws].sum(-1), 1.0)
-        return np.stack([np.sqrt(self.sq_phi[draws].sum(-1) / count),
-                         np.sqrt(self.sq_theta[draws].sum(-1) / count),
-                         self.within[draws].sum(-1) / count], axis=-1)
+        matched = np.maximum(self.matched[draws].sum(-1), 1.0)
+        sources = np.maximum(self.sources[draws].sum(-1), 1.0)
+        return np.stack([np.sqrt(self.sq_phi[draws].sum(-1) / matched),
+                         np.sqrt(self.sq_theta[draws].sum(-1) / matched),
+                         self.within[draws].sum(-1) / sources], axis=-1)
 
 
 def paired_lead(a: SceneTotals, b: SceneTotals, *, resamples: int = 2000, level: float = 0.95,
@@ -59,8 +63,8 @@ def paired_lead(a: SceneTotals, b: SceneTotals, *, resamples: int = 2000, level:
     """How far ``a`` leads ``b``, with a ``level`` interval, per metric of :data:`LEAD_KEYS`:
     b's RMSE minus a's, and a's within-1° share minus b's, so a positive lead is a's.
 
-    The RMSE here divides by the true sources; every oracle-K estimate is matched, so it is
-    the pooled RMSE of the reports.
+    The RMSE pools the matched sources and the share divides by the true sources, as the
+    reports do, so the lead over every scene is the difference of the reported rows.
     """
     if len(a.sources) != len(b.sources) or not np.array_equal(a.sources, b.sources):
         raise ValueError("a paired bootstrap needs both estimators' totals on the same scenes")

@@ -1,19 +1,36 @@
-"""``ris-model eval``: MUSIC on the learned covariance, next to the baselines and the CRB.
+"""``ris-model eval``: the network's own estimate, the snapshot fit, the baselines and the CRB.
 
-The learned estimator is evaluated on exactly the scenes the baselines see: the same
-seed gives the same scenes (``simulate`` is deterministic per seed), so every row of the
-table is measured on one set.
+Each row says what it measures:
+
+- ``learned``: MUSIC on the network's R̂, the network's own estimate;
+- ``learned_fit``: the snapshot fit (a maximum-likelihood fit of the sources to the
+  snapshots, ``eval.refine = "ml"``) started from ``learned``;
+- ``ls_fit``: the same fit started from ``music_ls``, so that what the network adds to
+  the fit is the gap between ``learned_fit`` and ``ls_fit``;
+- ``music_ls``, ``music_bp``, ``mvdr_ls``, ``music_true``: the classical rows.
+
+Every row is evaluated on exactly the same scenes: the same seed gives the same scenes
+(``simulate`` is deterministic per seed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ris_model.baseline import baseline_estimates, baseline_report
+from ris_model.baseline import (
+    Count,
+    baseline_estimates,
+    baseline_report,
+    check_count,
+    clock_for,
+    count_rule,
+    oracle_or_none,
+    synchronize,
+)
 from ris_model.batches import TrainingScenes
 from ris_model.config import EVALUATION_KEYS, Config, ConfigError, apply_overrides
 from ris_model.estimators.search import Estimates, localize
@@ -26,6 +43,13 @@ from ris_model.training.rundir import load_checkpoint, load_weights, read_run_co
 from ris_model.training.train import resolve_device
 
 _CHUNK = 100
+LEARNED, LEARNED_FIT, LS_FIT = "learned", "learned_fit", "ls_fit"
+# (row, reference): the leads an evaluation reports. The network against the classical
+# estimates it must beat on its own, and the fit from the network against the same fit
+# from the classical start.
+LEAD_PAIRS = ((LEARNED, "music_ls"), (LEARNED, "music_bp"), (LEARNED_FIT, LS_FIT))
+# The order of the table: the network's rows first, each fit next to its start.
+ROW_ORDER = (LEARNED, LEARNED_FIT, "music_ls", LS_FIT, "music_bp", "mvdr_ls", "music_true")
 
 
 def load_run_config(run_dir: Path, checkpoint: str = "best") -> Config:
@@ -67,10 +91,13 @@ def _chunks(scenes, device: torch.device):
         yield scenes.index(slice(lo, lo + _CHUNK)).to(device)
 
 
-def learned_estimates(cfg: Config, model: CovarianceNet, scenes, device: torch.device) -> Estimates:
-    """MUSIC (oracle K) on the learned covariance alone."""
+def learned_estimates(cfg: Config, model: CovarianceNet, scenes, device: torch.device,
+                      count: Count = "oracle") -> Estimates:
+    """MUSIC on the learned covariance alone: the network's own estimate, with the oracle K
+    or K estimated on R̂ by the run's ``eval.count_rule``."""
     parts = [
-        localize(learned_covariance(cfg, model, part, device), cfg.system, part.k, method="music")
+        localize(learned_covariance(cfg, model, part, device), cfg.system, oracle_or_none(count, part.k),
+                 method="music", **count_rule(cfg))
         for part in _chunks(scenes, device)
     ]
     return Estimates.cat(parts)
@@ -101,6 +128,7 @@ def evaluate_run(
     n: int,
     snr_db: float,
     k: int | None = None,
+    count: Count = "oracle",
     seed: int = 12345,
     checkpoint: str = "best",
     device: str = "cpu",
@@ -110,17 +138,24 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """The ``ris-model baseline`` JSON for these scenes, plus the learned rows.
 
-    ``"music_learned"`` is MUSIC on the learned covariance, refined on the snapshots when
-    the run's ``eval.refine`` (or ``refine``) is "ml". Refined, two more rows keep the
-    comparison honest: ``"music_learned_unrefined"`` (MUSIC on R̂ alone) and
-    ``"music_ls_refined"`` (the same fit started from MUSIC on R_ls), so a table shows
-    what the network adds beyond the fit. ``overrides`` change the run's evaluation-time
-    settings (:data:`EVALUATION_KEYS`), e.g. ``{"eval.refine_steps": 300}``. With
-    ``lead_resamples``, ``"lead"`` holds music_learned's lead over music_ls (and
-    music_ls_refined) with 95% paired-bootstrap intervals (:func:`paired_lead`).
+    ``"learned"`` is MUSIC on the learned covariance R̂. When the run's ``eval.refine``
+    (or ``refine``) is "ml", ``"learned_fit"`` is the snapshot fit started from it and
+    ``"ls_fit"`` the same fit started from ``"music_ls"``. ``k`` fixes the sources per
+    scene (None: drawn per scene); ``count`` says whether every row is told the true K
+    ("oracle") or estimates it ("auto": ``eval.count_rule`` on the row's covariance; a fit
+    keeps the count of its start). ``overrides`` change the run's evaluation-time settings
+    (:data:`EVALUATION_KEYS`), e.g. ``{"eval.refine_steps": 300}``. ``"scenes_per_s"``
+    holds each row's throughput from the snapshots on, measured in this call (a fit's
+    includes its start), per CPU second on a CPU (``"clock": "cpu"``), else per second of
+    wall time (``"wall"``). With ``lead_resamples``, ``"lead"`` holds the leads of
+    :data:`LEAD_PAIRS` with 95% paired-bootstrap intervals (:func:`paired_lead`).
     """
     if refine not in (None, "ml", "none"):
         raise ConfigError(f"refine must be 'ml' or 'none' but got {refine!r}")
+    try:
+        check_count(count)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     overrides = dict(overrides or {})
     if refine is not None:
         if str(overrides.setdefault("eval.refine", refine)) != refine:
@@ -130,45 +165,57 @@ def evaluate_run(
     cfg, model = load_trained(Path(run_dir), checkpoint, device)
     cfg = with_eval_settings(cfg, overrides)
     if k is not None and not 1 <= k <= cfg.system.k_max:
-        raise ConfigError(f"k={k} sources is not possible in this run: its system has k_max={cfg.system.k_max}")
+        raise ConfigError(f"k={k} sources per scene is outside 1..{cfg.system.k_max}, this run's system.k_max")
     refine = cfg.eval.refine
     dev = next(model.parameters()).device
     scenes = simulate(cfg.system, n, seed=seed, snr_db=float(snr_db), k=k)
-    estimates = baseline_estimates(cfg.system, scenes)
+    seconds: dict[str, float] = {}
+    clock_name, clock = clock_for(scenes.y.device, dev)
+    estimates = baseline_estimates(cfg.system, scenes, count=count, rule=count_rule(cfg), seconds=seconds,
+                                   clock=clock)
+
+    def timed(name: str, make: Callable[[], Estimates]) -> Estimates:
+        t0 = clock()
+        out = make()
+        synchronize(dev)
+        seconds[name] = clock() - t0
+        return out
+
+    estimates[LEARNED] = timed(LEARNED, lambda: learned_estimates(cfg, model, scenes, dev, count))
     if refine == "ml":
-        unrefined = learned_estimates(cfg, model, scenes, dev)
-        estimates["music_learned"] = _refined(cfg, unrefined, scenes, dev)
-        estimates["music_learned_unrefined"] = unrefined
-        estimates["music_ls_refined"] = _refined(cfg, estimates["music_ls"], scenes, dev)
-    else:
-        estimates["music_learned"] = learned_estimates(cfg, model, scenes, dev)
-    result = baseline_report(cfg.system, scenes, estimates, snr_db=snr_db)
+        for row, start in ((LEARNED_FIT, LEARNED), (LS_FIT, "music_ls")):
+            estimates[row] = timed(row, lambda s=start: _refined(cfg, estimates[s], scenes, dev))
+            seconds[row] += seconds[start]
+    estimates = {name: estimates[name] for name in (*ROW_ORDER, *estimates) if name in estimates}
+    result = baseline_report(cfg.system, scenes, estimates, snr_db=snr_db, count=count, rule=count_rule(cfg),
+                             seconds=seconds, clock=clock_name)
     if lead_resamples:
-        result["lead"] = _learned_lead(estimates, scenes, lead_resamples)
+        result["lead"] = _leads(estimates, scenes, lead_resamples)
     result["refine"] = refine
-    result["refine_settings"] = {key: cfg.get(key) for key in EVALUATION_KEYS} if refine == "ml" else None
+    result["refine_settings"] = {key: cfg.get(key) for key in EVALUATION_KEYS if ".refine" in key} \
+        if refine == "ml" else None
     result["run_dir"] = str(run_dir)
     return result
 
 
-def _learned_lead(estimates: dict[str, Estimates], scenes, resamples: int) -> dict[str, Any]:
-    """music_learned's lead over each classical row of ``estimates``, paired over the scenes."""
+def _leads(estimates: dict[str, Estimates], scenes, resamples: int) -> dict[str, Any]:
+    """The leads of :data:`LEAD_PAIRS` present in ``estimates``, paired over the scenes."""
 
     def totals(est: Estimates) -> SceneTotals:
         est = est.to("cpu")
         matching = match_sources(est.phi, est.theta, est.r, est.mask, scenes.phi, scenes.theta, scenes.r, scenes.mask)
         return SceneTotals.of(matching, scenes.mask)
 
-    learned = totals(estimates["music_learned"])
-    return {
-        "resamples": resamples,
-        "level": 0.95,
-        "over": {
-            name: paired_lead(learned, totals(estimates[name]), resamples=resamples)
-            for name in ("music_ls", "music_ls_refined")
-            if name in estimates
-        },
-    }
+    cached: dict[str, SceneTotals] = {}
+    pairs = []
+    for row, over in LEAD_PAIRS:
+        if row in estimates and over in estimates:
+            for name in (row, over):
+                if name not in cached:
+                    cached[name] = totals(estimates[name])
+            pairs.append({"row": row, "over": over,
+                          **paired_lead(cached[row], cached[over], resamples=resamples)})
+    return {"resamples": resamples, "level": 0.95, "pairs": pairs}
 
 
 def _refined(cfg: Config, coarse: Estimates, scenes, device: torch.device) -> Estimates:

@@ -61,3 +61,13 @@ def test_totals_of_other_scenes_are_refused(scenes_and_estimates):
     _, s, _, classical = scenes_and_estimates
     with pytest.raises(ValueError, match="same scenes"):
         paired_lead(_totals(classical, s), _totals(classical.index(slice(0, 10)), s.index(slice(0, 10))))
+
+
+def test_pooled_matches_the_row_when_k_is_estimated(scenes_and_estimates):
+    system, s, _, _ = scenes_and_estimates
+    counted = localize(r_ls(s.y, s.codes, s.H, s.noise_var, ridge_scale=system.ls_ridge_scale), system, None,
+                       order="threshold", threshold=0.5)
+    assert (counted.k < s.k).any()  # some counts are too low: those sources go unmatched
+    row = estimator_row(system, counted, s)
+    pooled = _totals(counted, s).pooled(np.arange(len(s))[None])[0]
+    np.testing.assert_allclose(pooled, [row["rmse_phi_deg"], row["rmse_theta_deg"], row["within_1deg"]], rtol=1e-9)

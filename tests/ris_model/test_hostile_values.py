@@ -58,7 +58,7 @@ def test_a_non_finite_or_absurd_snr_is_refused(run, value):
 
 @pytest.mark.parametrize("k", [3, 99])
 def test_eval_refuses_more_sources_than_the_run_allows(run, k):
-    one_sentence(invoke("eval", run, "--k", k, "--n", "1", "--refine", "none"), "k_max=2")
+    one_sentence(invoke("eval", run, "--k", k, "--n", "1", "--refine", "none"), "k_max")
 
 
 def test_a_deeply_nested_schedule_is_refused():

@@ -98,3 +98,18 @@ def test_callback_events_and_the_csv_name_the_same_step(two_versions):
     from_csv = [e for e in v["events"] if e["code"] == "loss.nonfinite"]
     assert [e.step for e in monitor] == [5]
     assert [e["step"] for e in from_csv] == [5]
+
+
+def test_eval_and_epoch_lines_carry_the_step_the_csv_gives_them(two_versions):
+    """Epoch-end results are stamped with the last step's index in both files."""
+    import csv
+
+    root, healthy, _ = two_versions
+    ours = [json.loads(line) for line in (root / "health0" / "metrics.jsonl").read_text().splitlines()]
+    evals = [line["step"] for line in ours if line["kind"] == "eval"]
+    epochs = [line["step"] for line in ours if line["kind"] == "epoch"]
+    with open(os.path.join(healthy, "metrics.csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    csv_evals = [int(r["step"]) for r in rows if r.get("val_loss")]
+    assert evals == csv_evals == [7, 15]  # two epochs of 8 optimizer steps
+    assert epochs == [7, 15]
