@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from .safe_files import RunFileError
 from .watch.reading import FORMATS, KeyMap, RunLogError
 
 ENV_PREFIX = "HEALTHCHECK"
@@ -62,14 +63,15 @@ INTERNAL_ERROR = 3  # the exit status of a bug in healthcheck: never 1, which me
 
 
 def _usage_errors(fn):
-    """Report `RunLogError` (the user's input is wrong) as a click usage error (exit 2),
-    and any other exception as an internal error (exit 3), so that no crash can read as
-    a verdict. HEALTHCHECK_TRACEBACK=1 shows the traceback of an internal error."""
+    """Report `RunLogError` (the user's input is wrong) and `RunFileError` (an output that
+    cannot be written safely) as a click usage error (exit 2), and any other exception as
+    an internal error (exit 3), so that no crash can read as a verdict.
+    HEALTHCHECK_TRACEBACK=1 shows the traceback of an internal error."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except RunLogError as err:
+        except (RunLogError, RunFileError) as err:
             raise HealthcheckUsageError(_clean(str(err))) from None
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -211,6 +213,7 @@ def report(run_dir: str, out: str | None, png_dir: str | None, fmt: str, loss_ke
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the gate.json verdict instead of a table.")
 @pass_cli
+@_usage_errors
 def gate(obj: CliContext, preset: str | None, config_file: str | None, overrides: tuple[str, ...],
          run_dir: str, device: str, as_json: bool) -> None:
     """Preflight gate for a ris_model config: checks that it can learn at all (config, loss

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .preflight import Check, run_checks
+from .safe_files import writable_dir, write_atomic
 
 GATE_FILE = "gate.json"
 SCHEMA = 1
@@ -104,6 +104,8 @@ def run_gate(subject: Any | None, *, checks: Iterable[Callable[[Any], Check]] | 
         extra: checks that need no subject (e.g. the logger), run last.
         on_check: called with each `Check` as it completes (progress output).
     """
+    if run_dir is not None:
+        writable_dir(run_dir)  # a gate that cannot write its verdict says so before its checks
     start = time.perf_counter()
     results = list(prior)
     if on_check is not None:
@@ -124,21 +126,11 @@ def run_gate(subject: Any | None, *, checks: Iterable[Callable[[Any], Check]] | 
 
 
 def write_verdict(verdict: GateVerdict, run_dir: str | os.PathLike) -> Path:
-    """Write ``RUN_DIR/gate.json`` through a temp file and a rename (never half-written)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``RUN_DIR/gate.json`` through an exclusive temp file and a rename (never
+    half-written, never through a link planted in the run dir)."""
+    run_dir = Path(writable_dir(run_dir))
     target = run_dir / GATE_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".gate-", suffix=".json.tmp", dir=run_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(verdict.to_dict(), fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, (json.dumps(verdict.to_dict(), indent=2) + "\n").encode("utf-8"))
     return target
 
 

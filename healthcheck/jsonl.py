@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .safe_files import open_append, write_failure
+
 
 def dumps(obj: Mapping[str, Any]) -> str:
     """One compact JSON line. Non-finite floats become the tokens NaN / Infinity, which is
@@ -37,7 +39,9 @@ class AppendWriter:
     """Appends one JSON object per line to a file, flushing (and optionally fsyncing) each.
 
     If the file already ends in a torn line (an earlier writer died mid-line), a newline is
-    written first, so the first new line is not glued onto the torn one.
+    written first, so the first new line is not glued onto the torn one. The file is never
+    opened through a symbolic link (`healthcheck.safe_files.open_append`), and a failed
+    write raises `healthcheck.safe_files.RunFileError` with one sentence naming the file.
     """
 
     def __init__(self, path: str | os.PathLike, *, fsync: bool) -> None:
@@ -46,13 +50,18 @@ class AppendWriter:
         if parent:
             os.makedirs(parent, exist_ok=True)
         self._fsync = fsync
-        self._fh = open(self.path, "a+b")
-        end = self._fh.seek(0, os.SEEK_END)
-        if end > 0:
-            self._fh.seek(end - 1)
-            if self._fh.read(1) != b"\n":
-                self._fh.write(b"\n")
-        self._fh.seek(0, os.SEEK_END)
+        self._fh = open_append(self.path)
+        try:
+            end = self._fh.seek(0, os.SEEK_END)
+            if end > 0:
+                self._fh.seek(end - 1)
+                if self._fh.read(1) != b"\n":
+                    self._fh.write(b"\n")
+                    self._fh.flush()
+            self._fh.seek(0, os.SEEK_END)
+        except OSError as exc:
+            self._fh.close()
+            raise write_failure(self.path, exc) from None
 
     @property
     def closed(self) -> bool:
@@ -61,16 +70,26 @@ class AppendWriter:
     def write(self, obj: Mapping[str, Any]) -> None:
         if self._fh.closed:
             raise ValueError(f"cannot write to {self.path}: the writer is closed")
-        self._fh.write(dumps(obj).encode("utf-8") + b"\n")
-        self._fh.flush()
-        if self._fsync:
-            os.fsync(self._fh.fileno())
+        try:
+            self._fh.write(dumps(obj).encode("utf-8") + b"\n")
+            self._fh.flush()
+            if self._fsync:
+                os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise write_failure(self.path, exc) from None
 
     def close(self) -> None:
         if not self._fh.closed:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
+            try:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            except OSError as exc:
+                raise write_failure(self.path, exc) from None
+            finally:
+                try:
+                    self._fh.close()
+                except OSError:
+                    pass  # the flush above already failed and said why
 
     def __enter__(self) -> AppendWriter:
         return self

@@ -179,17 +179,11 @@ class Policy:
             raise PolicyError(f"policy file must end in .toml, .yaml, .yml or .json, but got {path!r}")
         with open(path, "rb") as fh:
             raw = fh.read()
-        if ext == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-            data = tomllib.loads(raw.decode("utf-8"))
-        elif ext in (".yaml", ".yml"):
-            import yaml
-            data = yaml.safe_load(raw) or {}
-        else:
-            data = json.loads(raw)
+        try:
+            data = _parse_policy_text(raw, ext)
+        except Exception as err:  # every parser's own error type, UnicodeDecodeError, RecursionError
+            text = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise PolicyError(f"{path} is not a valid {ext[1:].upper()} policy file ({text})") from None
         try:
             return cls.from_dict(data)
         except PolicyError as err:
@@ -232,3 +226,17 @@ class Policy:
 
     def __repr__(self) -> str:
         return f"Policy({self.to_dict()!r})"
+
+
+def _parse_policy_text(raw: bytes, ext: str) -> Any:
+    """The document in a policy file's bytes; parsers' errors are the caller's to word."""
+    if ext == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        return tomllib.loads(raw.decode("utf-8"))
+    if ext in (".yaml", ".yml"):
+        import yaml
+        return yaml.safe_load(raw) or {}
+    return json.loads(raw)

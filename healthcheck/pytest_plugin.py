@@ -350,11 +350,10 @@ class OverfitResults:
         blob = {"schema": 1, "time": time.time(), "exitstatus": int(exitstatus),
                 "device_option": self.config.getoption(DEVICE_OPTION),
                 "preset_option": self.config.getoption(PRESET_OPTION), "tests": self.records}
+        from .safe_files import write_atomic  # exclusive temporary: a planted link is never followed
+
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(blob, fh, indent=2, default=_json_default)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(blob, indent=2, default=_json_default).encode("utf-8"))
 
 
 def _short(nodeid: str) -> str:

@@ -2,8 +2,9 @@
 
 `StepRecord` is the content of one metrics.jsonl line (docs/run-dir.md): numbers only, so
 the same detectors judge a live run and, later, a file on disk. `MetricsWriter` appends
-records to metrics.jsonl and `read_records` reads them back; the live torch side (the
-model and optimizer a few checks need) is `healthcheck.live`.
+records to metrics.jsonl and `read_records` reads them back, on the timeline a resumed
+run leaves (`resumed_timeline`); the live torch side (the model and optimizer a few
+checks need) is `healthcheck.live`.
 """
 
 from __future__ import annotations
@@ -241,8 +242,37 @@ class MetricsWriter:
 
 
 def read_records(path: str | os.PathLike[str]) -> list[StepRecord]:
-    """Every complete metrics line of a file as a `StepRecord` (torn and garbage lines skipped)."""
-    return [StepRecord.from_metrics_line(obj) for obj in read_jsonl(path).objects]
+    """Every complete metrics line of a file as a `StepRecord` (torn and garbage lines
+    skipped), on the resumed timeline (`resumed_timeline`)."""
+    return [StepRecord.from_metrics_line(obj) for obj in resumed_timeline(read_jsonl(path).objects)]
+
+
+RESUME = "resume"  # the kind of the line a resumed run writes first (docs/run-dir.md)
+
+
+def resumed_timeline(lines: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The lines of a metrics file as one run that never stopped.
+
+    A run resumed from a checkpoint taken after S batches first writes ``{"kind":
+    "resume", "step": S}``; the steps, epochs and evals logged before it at step >= S
+    were redone after it (a kill -9 loses everything since the last checkpoint), so they
+    are dropped, and so is the marker. Lines of other kinds (``stop``) are kept.
+    """
+    kept: list[Mapping[str, Any]] = []
+    for line in lines:
+        if line.get("kind") != RESUME:
+            kept.append(line)
+            continue
+        start = line.get("step")
+        if isinstance(start, bool) or not isinstance(start, (int, float)):
+            continue  # a marker without a usable step says nothing about what it replaces
+        kept = [old for old in kept
+                if old.get("kind", "step") not in KINDS or not _at_or_after(old.get("step"), start)]
+    return kept
+
+
+def _at_or_after(step: Any, start: float) -> bool:
+    return isinstance(step, (int, float)) and not isinstance(step, bool) and step >= start
 
 
 def iter_records(objs: Iterable[StepRecord | Mapping[str, Any]]) -> Iterable[StepRecord]:

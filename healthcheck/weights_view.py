@@ -101,7 +101,33 @@ def _load_config(run_dir: str) -> dict[str, Any]:
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+
+
+def _int(value: Any) -> int | None:
+    """A step or epoch as written by a trainer (an int), else None: a config.json or a
+    metrics line of another shape must not decide the order of the table by crashing."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _table(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _history(blob: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``weights_history`` entries with a string term, their numbers normalised."""
+    raw = blob.get("weights_history")
+    out = []
+    for h in raw if isinstance(raw, list) else []:
+        if isinstance(h, Mapping) and isinstance(h.get("term"), str):
+            out.append({"term": h["term"], "value": h.get("value"), "step": _int(h.get("step")),
+                        "epoch": _int(h.get("epoch")), "source": h.get("source", "?")})
+    return out
 
 
 def _same(a: float | None, b: float | None) -> bool:
@@ -112,20 +138,21 @@ def read_weights(run_dir: str | os.PathLike, *, primary: str | None = None) -> W
     """The data behind the table. ``primary`` overrides the primary term the run recorded."""
     run_dir = os.fspath(run_dir)
     blob = _load_config(run_dir)
-    config = blob.get("config") if isinstance(blob.get("config"), Mapping) else {}
-    configured = ((config.get("loss") or {}).get("weights") or {}) if isinstance(config.get("loss"), Mapping) else {}
-    config_sources = blob.get("sources") if isinstance(blob.get("sources"), Mapping) else {}
-    history = [h for h in blob.get("weights_history") or [] if isinstance(h, Mapping) and "term" in h]
+    configured = _table(_table(_table(blob.get("config")).get("loss")).get("weights"))
+    config_sources = _table(blob.get("sources"))
+    history = _history(blob)
     metrics = os.path.join(run_dir, METRICS_FILE)
     if os.path.lexists(metrics):
         try:
             stat_regular(metrics)  # a FIFO would block the read forever, a device never end
         except RunLogError as err:
             raise WeightsViewError(str(err)) from None
-    steps = [line for line in read_jsonl(metrics).objects
+    steps = [{**line, "step": _int(line.get("step")), "epoch": _int(line.get("epoch"))}
+             for line in read_jsonl(metrics).objects
              if line.get("kind") == "step" and line.get("rank", 0) == 0 and isinstance(line.get("weights"), Mapping)]
     if primary is None:
-        primary = blob.get("primary") or next((s["primary"] for s in reversed(steps) if s.get("primary")), None)
+        named = [blob.get("primary")] + [s.get("primary") for s in reversed(steps)]
+        primary = next((p for p in named if isinstance(p, str) and p), None)
 
     names: list[str] = list(configured)
     for term in [h["term"] for h in history] + [t for s in steps for t in s["weights"]]:
@@ -148,7 +175,7 @@ def read_weights(run_dir: str | os.PathLike, *, primary: str | None = None) -> W
         last_step = -1
         for line in steps:
             step_value = _number(line["weights"].get(term))
-            step_source = str((line.get("weight_sources") or {}).get(term, source))
+            step_source = str(_table(line.get("weight_sources")).get(term, source))
             if step_value is None:
                 continue
             if not _same(step_value, value):
@@ -158,7 +185,7 @@ def read_weights(run_dir: str | os.PathLike, *, primary: str | None = None) -> W
                 if not known:
                     changes.append(Change(step_value, step, line.get("epoch"), step_source, False))
             value, source = step_value, step_source
-            last_step = line.get("step", last_step)
+            last_step = line["step"] if line["step"] is not None else last_step
         if not steps and recorded:  # no metrics yet: the last recorded change is current
             value, source = recorded[-1].value, recorded[-1].source
         changes.sort(key=lambda c: (c.step if c.step is not None else -1, c.recorded))

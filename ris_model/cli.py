@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 
@@ -52,16 +53,59 @@ def _scene_count(k: int | str | None) -> tuple[int | None, str]:
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the errors a user can fix into click's clean ``Error: ...`` (exit 2)."""
+    """Turn the errors a user can fix into click's clean ``Error: ...`` (exit 2): a bad
+    setting or run file (`ConfigError`), and a file or folder the system refuses (an
+    ``OSError``: missing, read-only, full, a planted link)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, FileNotFoundError) as exc:
+        except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
+        except OSError as exc:
+            raise click.UsageError(_os_sentence(exc)) from None
 
     return wrapper
+
+
+def _os_sentence(exc: OSError) -> str:
+    """``OSError`` as one sentence: ours already are; the system's name the file and the cause."""
+    if exc.filename is None or exc.strerror is None:
+        return str(exc)
+    target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+    return f"{exc.filename}{target}: {exc.strerror}"
+
+
+# Seeds go to torch and numpy generators, which take at most 64 bits, and are combined
+# with epoch and worker numbers; 32 bits leaves room for those and is plenty of runs.
+SEED = click.IntRange(min=0, max=2**32 - 1)
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is a number: ``nan`` and ``inf`` are refused where they would only
+    crash or poison a computation later."""
+
+    name = "float"
+
+    def __init__(self, lo: float | None = None, hi: float | None = None) -> None:
+        self.lo, self.hi = lo, hi
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if (self.lo is not None and x < self.lo) or (self.hi is not None and x > self.hi):
+            self.fail(f"{value!r} is not in the range {self.lo:g} to {self.hi:g}", param, ctx)
+        return x
+
+
+# The SNR of simulated scenes, in dB: the range a config's system.snr_*_db may take. Beyond
+# 80 dB the noise is below float64 resolution and the covariance stops being positive definite.
+SNR_DB = FiniteFloat(-50.0, 80.0)
 
 
 def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -119,7 +163,7 @@ def config(preset, config_file, overrides, keys):
 @main.command()
 @config_options
 @click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Number of scenes.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Dataset directory to write.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a dataset already in --out.")
@@ -138,12 +182,12 @@ def simulate(preset, config_file, overrides, n, seed, out, shard_size, overwrite
 
 @main.command()
 @config_options
-@click.option("--snr", "snr_db", type=float, required=True, help="SNR in dB for every scene.")
+@click.option("--snr", "snr_db", type=SNR_DB, required=True, help="SNR in dB for every scene.")
 @click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--k", "k", type=SourceCount(), default=None,
               help="Sources per scene, told to every estimator (default: drawn per scene, oracle count); "
                    "'auto': drawn per scene and estimated from the data, with detection precision/recall/F1.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @user_errors
 def baseline(preset, config_file, overrides, snr_db, n, k, seed, as_json):
@@ -205,7 +249,7 @@ def train(preset, config_file, overrides, run_dir, epochs, device, resume, wandb
 @click.option("--gate", "gate_mode", type=click.Choice(["require", "auto", "skip"]), default="require",
               show_default=True, help="require: a passing gate.json for this config; auto: run the gate first.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Sampler base seed: trial N draws from a stream seeded by (seed, N), so workers never repeat.")
 @user_errors
 def hpo(preset, config_file, overrides, study_dir, trials, epochs, storage, study_name, gate_mode, device, seed):
@@ -213,12 +257,13 @@ def hpo(preset, config_file, overrides, study_dir, trials, epochs, storage, stud
     from rich.console import Console
 
     from ris_model.hpo import StudySettings, gate_status, render_study, run_gate_plugin, run_study
+    from ris_model.safe_files import writable_dir
 
     console = Console(stderr=True)
     cfg = _load(preset, config_file, overrides)
     study_path = Path(study_dir)
+    writable_dir(study_path)  # fails now, not after the gate or the first trial
     if gate_mode == "auto":
-        study_path.mkdir(parents=True, exist_ok=True)
         console.print("running the gate first (--gate auto)")
         run_gate_plugin(cfg, study_path, device)
     if gate_mode != "skip":
@@ -238,11 +283,11 @@ def hpo(preset, config_file, overrides, study_dir, trials, epochs, storage, stud
 @main.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--snr", "snr_db", type=float, default=10.0, show_default=True)
+@click.option("--snr", "snr_db", type=SNR_DB, default=10.0, show_default=True)
 @click.option("--k", "k", type=SourceCount(), default=None,
               help="Sources per scene, told to every row (default: drawn per scene, oracle count); 'auto': "
                    "drawn per scene and estimated from the data by every row, with detection precision/recall/F1.")
-@click.option("--seed", type=click.IntRange(min=0), default=12345, show_default=True)
+@click.option("--seed", type=SEED, default=12345, show_default=True)
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--refine", type=click.Choice(["ml", "none"]), default=None,

@@ -220,6 +220,9 @@ def _parse_schedule(key: str, raw: Any) -> tuple[WeightPhase, ...]:
                 f"{key} must be JSON on the command line, e.g. "
                 f'\'[{{"start_epoch": 10, "weights": {{"peak": 0.5}}}}]\' ({exc.msg})'
             ) from None
+        except RecursionError:
+            raise ConfigError(f"{key} is nested too deeply to be a list of phases; "
+                              f"give a flat list of {{start_epoch, weights}} tables") from None
     if not isinstance(raw, (list, tuple)):
         raise ConfigError(f"{key} must be a list of phases, but got {raw!r}")
     phases = tuple(WeightPhase.parse(f"{key}[{i}]", item) for i, item in enumerate(raw))
@@ -265,7 +268,7 @@ class TrainConfig:
     grad_clip: float = _spec(1.0, lo=0.0, doc="max global grad norm; 0 disables clipping")
     amp: Literal["off", "bf16", "fp16"] = _spec("off", doc="autocast dtype; fp16 uses a GradScaler")
     ema: float = _spec(0.0, lo=0.0, hi=1.0, doc="EMA decay of the weights for eval; 0 disables")
-    seed: int = _spec(0, lo=0, doc="seeds data, init and dropout")
+    seed: int = _spec(0, lo=0, hi=2**32 - 1, doc="seeds data, init and dropout")
     num_workers: int = _spec(0, lo=0, hi=64, doc="DataLoader workers")
 
 
@@ -495,7 +498,7 @@ def load_config(
         file_values = read_config_file(file)
         preset = preset or _flatten(file_values).get("system.preset")
     preset = preset or DEFAULT_PRESET
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     # each layer is type- and range-checked as it is applied; rules across keys only hold
     # for the final config (a file may set cov=0 and the CLI the ablation switch)
@@ -511,7 +514,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass the path of a .toml, .yaml or .json file")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start} cannot be decoded); "
+                          f"save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
     try:
         if path.suffix == ".toml":
             try:

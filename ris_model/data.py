@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ris_model.config import SystemConfig
 from ris_model.physics.simulate import SceneBatch, covariance_from_factor, simulate
+from ris_model.safe_files import writable_dir, write_atomic
 
 SCHEMA = 1
 MANIFEST = "manifest.json"
@@ -180,14 +181,16 @@ def write_dataset(system: SystemConfig, n: int, seed: int, out_dir: str | Path, 
     """Simulate ``n`` scenes and write ``shard-00000.pt``... and ``manifest.json``; returns out_dir.
 
     Shards are plain dicts of tensors (loadable with ``weights_only=True``). The manifest is
-    written last, atomically: a directory without one is an unfinished write.
+    written last, atomically: a directory without one is an unfinished write. Every file
+    goes through an exclusive temporary (`ris_model.safe_files`): a planted link is never
+    followed, and an unwritable folder fails before any scene is simulated.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1 but got {shard_size=}")
     out = Path(out_dir)
     if (out / MANIFEST).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a dataset; load it with load_dataset() or pass overwrite=True")
-    out.mkdir(parents=True, exist_ok=True)
+    writable_dir(out)
     for old in list(out.glob("shard-*.pt")) + [out / MANIFEST]:
         old.unlink(missing_ok=True)
     tensors = simulate_scenes(system, n, seed)
@@ -195,19 +198,19 @@ def write_dataset(system: SystemConfig, n: int, seed: int, out_dir: str | Path, 
     for idx, lo in enumerate(range(0, n, shard_size)):
         name = f"shard-{idx:05d}.pt"
         part = {key: t[lo:lo + shard_size].contiguous() for key, t in tensors.items()}
-        tmp = out / (name + ".tmp")
-        torch.save(part, tmp)
-        os.replace(tmp, out / name)
+        write_atomic(out / name, functools.partial(_save_to, part))
         shards.append({"file": name, "n": len(part["y"]), "sha256": _file_sha256(out / name)})
     manifest = {
         "schema": SCHEMA, "config_hash": dataset_hash(system, seed, n), "n": n, "seed": seed,
         "shards": shards, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "preset": system.preset, "system": dataclasses.asdict(system),
     }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST)
+    write_atomic(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
     return out
+
+
+def _save_to(obj: Any, fh: Any) -> None:
+    torch.save(obj, fh)
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:

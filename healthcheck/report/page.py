@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..safe_files import report_dirs, write_atomic
 from ..watch.reading import KeyMap, check_readable
 from ..watch.reading.fields import kind_of, mapping, step_of
 from ..watch.runwatch import RunWatch
@@ -320,21 +321,10 @@ def write_report(run_dir: str, out: str, *, png_dir: str | None = None, fmt: str
                  keys: KeyMap | None = None, detectors: Sequence[Any] | None = None,
                  policy: Any = None) -> str:
     """Write the HTML report to `out` and the PNGs to `png_dir` (default RUN_DIR/report)."""
+    png_dir = report_dirs(run_dir, out, png_dir)  # refused now if unwritable or a planted link
     data = collect(run_dir, fmt=fmt, keys=keys, detectors=detectors, policy=policy)
     pngs = figures(data)
-    png_dir = png_dir or os.path.join(run_dir, "report")
-    os.makedirs(png_dir, exist_ok=True)
     for name, png in pngs.items():
-        _atomic_write(os.path.join(png_dir, f"{name}.png"), png)
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    _atomic_write(out, render_html(data, pngs).encode("utf-8"))
+        write_atomic(os.path.join(png_dir, f"{name}.png"), png, fsync=False)
+    write_atomic(out, render_html(data, pngs).encode("utf-8"), fsync=False)
     return out
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Temp file + rename: a reader (a browser, CI) never sees half a report."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)

@@ -46,6 +46,7 @@ from ris_model.training.weights import WeightPlan
 
 from ..gate import GateVerdict, run_gate
 from ..preflight import Check, LossParts
+from ..safe_files import RunFileError, writable_dir
 
 CONFIG_HINT = ("fix the value the message names; `ris-model config --keys` lists every key with its "
                "type and meaning")
@@ -267,7 +268,9 @@ def run_ris_gate(cfg: Config | None = None, *, preset: str | None = None,
     """
     try:
         resolve_device(device)
-    except ConfigError as err:
+        if run_dir is not None:
+            writable_dir(run_dir)  # before the checks, not after them
+    except (ConfigError, RunFileError) as err:
         raise GateUsageError(str(err)) from None
     if cfg is None:
         config_check, cfg_ok = load_checked_config(preset, config_file, overrides)

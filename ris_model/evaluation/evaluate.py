@@ -15,7 +15,6 @@ Every row is evaluated on exactly the same scenes: the same seed gives the same 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -41,7 +40,7 @@ from ris_model.evaluation.bootstrap import SceneTotals, paired_lead
 from ris_model.evaluation.metrics import match_sources
 from ris_model.model import CovarianceNet
 from ris_model.physics import simulate
-from ris_model.training.rundir import load_checkpoint
+from ris_model.training.rundir import load_checkpoint, load_weights, read_run_config
 from ris_model.training.train import resolve_device
 
 _CHUNK = 100
@@ -65,16 +64,18 @@ def load_run_config(run_dir: Path, checkpoint: str = "best") -> Config:
         raise ConfigError(
             f"{str(run_dir)!r} has no config.json or checkpoints/{checkpoint}.pt; is it a ris-model run directory?"
         )
-    return Config.from_json(json.loads(cfg_path.read_text()))
+    return read_run_config(cfg_path)
 
 
 def load_trained(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> tuple[Config, CovarianceNet]:
     """The run's config and model from ``checkpoints/{best,last}.pt`` (weights only)."""
     cfg = load_run_config(run_dir, checkpoint)
     dev = resolve_device(device)
-    state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", map_location=dev)
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    state = load_checkpoint(path, map_location=dev)
     model = CovarianceNet(cfg.system, cfg.model).to(dev)
-    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    ema = state.get("ema") is not None
+    load_weights(model, state["ema"] if ema else state["model"], path, "ema" if ema else "model")
     return cfg, model.eval()
 
 

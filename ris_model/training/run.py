@@ -1,22 +1,24 @@
 """``ris-model train`` end to end: config, W&B, plugins, progress, fit, closing eval.
 
 Exit status: 0 when every epoch ran, 1 when a callback (the health monitor) stopped the
-run, 130 when it was interrupted. Either way the run directory holds a checkpoint and a
-final ``kind: "stop"`` line saying why.
+run, 130 when it was interrupted (SIGINT or SIGTERM). Either way the run directory holds a
+checkpoint and a final ``kind: "stop"`` line saying why. A run dir that stops taking
+writes (a full disk) ends the run with one sentence and exit status 2, its stop line
+written if the disk still takes it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from ris_model.config import Config, ConfigError, load_config
+from ris_model.config import Config, ConfigError, load_config, parse_set_args
+from ris_model.training.rundir import prepare_run_dir, read_run_config
 
-EXIT_OK, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_OK, EXIT_STOPPED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def resolve_run_config(run_dir: Path, *, resume: bool, preset: str | None, config_file: str | None,
@@ -32,8 +34,8 @@ def resolve_run_config(run_dir: Path, *, resume: bool, preset: str | None, confi
         raise ConfigError(f"nothing to resume in {str(run_dir)!r}: it has no config.json and checkpoints/last.pt")
     if preset or config_file:
         raise ConfigError("--resume continues the run's own config; drop --preset/--config (use --set to extend it)")
-    cfg = Config.from_json(json.loads(saved.read_text()))
-    return cfg.with_values(dict(o.split("=", 1) for o in overrides), "cli") if overrides else cfg
+    cfg = read_run_config(saved)
+    return cfg.with_values(parse_set_args(overrides), "cli") if overrides else cfg
 
 
 def train_command(*, preset: str | None, config_file: str | None, overrides: list[str], run_dir: Path,
@@ -49,6 +51,8 @@ def train_command(*, preset: str | None, config_file: str | None, overrides: lis
     console = console or Console(stderr=True)
     cfg = resolve_run_config(run_dir, resume=resume, preset=preset, config_file=config_file, overrides=overrides)
     dist = DistContext.from_env(device)
+    if dist.is_main:
+        prepare_run_dir(run_dir)  # an unwritable or planted run dir fails before any work
     try:
         mode = resolve_mode(wandb_mode)
     except ValueError as exc:
@@ -75,7 +79,12 @@ def train_command(*, preset: str | None, config_file: str | None, overrides: lis
     if dist.is_main:
         console.print(f"run dir: {run_dir}  preset: {cfg.system.preset}  config {cfg.hash}  device: {trainer.device}"
                       f"  W&B: {mode if wandb.active or mode == 'off' else 'off (failed to start)'}", highlight=False)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except OSError:  # the run dir stopped taking writes: the CLI says so in one sentence
+        wandb.finish(exit_code=EXIT_USAGE)
+        dist.close()
+        raise
     code = EXIT_OK
     if result.interrupted:
         console.print(f"[yellow]interrupted[/]: checkpoint saved to {run_dir / 'checkpoints' / 'last.pt'}; "

@@ -15,10 +15,11 @@ class StopReason(enum.Enum):
     """What asked the Trainer to stop; the value is what run files record."""
 
     BUDGET = "budget"            # CpuBudget: another epoch would pass the CPU budget
-    INTERRUPTED = "interrupted"  # SIGINT or KeyboardInterrupt; the run can be resumed
+    INTERRUPTED = "interrupted"  # SIGINT, SIGTERM or KeyboardInterrupt; the run can be resumed
     PRUNED = "pruned"            # the HPO pruner gave up on the trial
     HEALTH = "health"            # the health monitor's policy
     REQUESTED = "requested"      # any other callback, or another rank's stop
+    WRITE_FAILED = "write_failed"  # the run dir stopped taking writes (a full disk)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from ris_model.model import CovarianceNet, count_parameters
 from ris_model.training.callbacks import Callback, CallbackList, Metrics
 from ris_model.training.distributed import DistContext
 from ris_model.training.measure import ModuleNormMeter
-from ris_model.training.rundir import RunDir, load_checkpoint
+from ris_model.training.rundir import RESUME_KEYS, RunDir, RunFileError, load_checkpoint, load_weights
 from ris_model.training.schedule import warmup_cosine
 from ris_model.training.stop import Stop, StopReason
 from ris_model.training.weights import WeightChange, WeightPlan
@@ -93,6 +93,7 @@ class Trainer:
         self.log = log or (lambda msg: None)
         self.state = TrainerState()
         self._stop: Stop | None = None
+        self._resumed_from: Path | None = None  # the checkpoint this fit continues, if any
 
         tc = cfg.train
         torch.manual_seed(tc.seed)
@@ -183,34 +184,59 @@ class Trainer:
             "weights_history": [c.as_dict() for c in self.weights_history],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.ema and state.get("ema") is not None:
-            self.ema.shadow.load_state_dict(state["ema"])
-        self.state = TrainerState(**state["trainer"])
-        torch.set_rng_state(state["rng"])
-        self.loss_fn.set_weights(LossWeights.from_mapping(state["loss_weights"]))
-        self.weight_sources = dict(state["weight_sources"])
-        self.weights_history = [WeightChange(**c) for c in state["weights_history"]]
+    def load_state_dict(self, state: dict[str, Any], path: str | Path = "checkpoint") -> None:
+        """Restore a checkpoint. One that does not belong to this run's config (other shapes,
+        missing or wrong-typed entries) is a `RunFileError` naming ``path``; the model may
+        already hold its weights then, so a Trainer whose load failed is not to be used."""
+        load_weights(self.model, state["model"], path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            if self.ema and state.get("ema") is not None:
+                load_weights(self.ema.shadow, state["ema"], path, "ema")
+            trainer = TrainerState(**state["trainer"])
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in dataclasses.astuple(trainer)):
+                raise TypeError("its trainer counters are not all numbers")
+            torch.set_rng_state(state["rng"])
+            weights = LossWeights.from_mapping(state["loss_weights"])
+            sources = dict(state["weight_sources"])
+            history = [WeightChange(**c) for c in state["weights_history"]]
+        except RunFileError:
+            raise
+        except (ConfigError, RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise RunFileError(f"checkpoint {path} cannot be resumed: its training state does not fit this run "
+                               f"({text})") from None
+        self.state = trainer
+        self.loss_fn.set_weights(weights)
+        self.weight_sources = sources
+        self.weights_history = history
 
     def resume_from(self, path: str | Path) -> None:
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        """Continue from checkpoint ``path``; the next fit marks the resume in metrics.jsonl."""
+        self.load_state_dict(load_checkpoint(path, map_location=self.device, required=RESUME_KEYS), path)
+        self._resumed_from = Path(path)
 
     # --------------------------------------------------------------------- loop
     def fit(self) -> FitResult:
+        """Train to the last epoch or a stop request. SIGINT and SIGTERM (what schedulers
+        send) ask for a clean stop. A write that fails (a full disk; an ``OSError`` from the
+        run dir or a callback's file) stops the run too: a checkpoint and the stop line are
+        written if the disk still takes them, then the error is raised."""
         tc = self.cfg.train
         self.log(f"model: CovarianceNet, {self.n_parameters:,} trainable parameters")
         self.run.write_config(self.config_blob())
+        if self._resumed_from is not None:
+            self._log_resume()
         self.callbacks.on_fit_start(self)
         interrupted = False
-        previous = signal.getsignal(signal.SIGINT)
+        failure: OSError | None = None
+        previous = {}
         if self.dist.is_main and _can_handle_signals():
-            signal.signal(
-                signal.SIGINT, lambda *_: self.request_stop("the process received SIGINT", StopReason.INTERRUPTED)
-            )
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._on_signal)
         try:
             while self.state.epoch < tc.epochs and self._stop is None:
                 self._apply_weight_plan()
@@ -224,25 +250,23 @@ class Trainer:
         except KeyboardInterrupt:
             interrupted = True
             self.request_stop("KeyboardInterrupt during the epoch", StopReason.INTERRUPTED)
+        except OSError as exc:
+            failure = exc
+            self.request_stop(str(exc), StopReason.WRITE_FAILED)
         finally:
-            if _can_handle_signals():
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         if self._stop is not None:
             interrupted = interrupted or self._stop.reason is StopReason.INTERRUPTED
-            self._checkpoint("last.pt")
-            self.run.log(
-                {
-                    "kind": "stop",
-                    "step": self.state.batches_seen,
-                    "epoch": self.state.epoch,
-                    "time": time.time(),
-                    "rank": self.dist.rank,
-                    "reason": str(self._stop),
-                    "stop_reason": self._stop.reason.value,
-                }
-            )
+            for write in (lambda: self._checkpoint("last.pt"), self._log_stop):
+                try:
+                    write()
+                except OSError as exc:  # a full disk may refuse the checkpoint and take the line
+                    failure = failure or exc
         self.callbacks.on_fit_end(self)
         self.run.close()
+        if failure is not None:
+            raise failure
         return FitResult(
             epochs_done=self.state.epoch,
             steps_taken=self.state.steps_taken,
@@ -252,6 +276,41 @@ class Trainer:
             stop_reason=self.stop_reason,
             stop_message=self.stop_message,
             interrupted=interrupted,
+        )
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        self.request_stop(f"the process received {name}", StopReason.INTERRUPTED)
+
+    def _log_stop(self) -> None:
+        assert self._stop is not None
+        self.run.log(
+            {
+                "kind": "stop",
+                "step": self.state.batches_seen,
+                "epoch": self.state.epoch,
+                "time": time.time(),
+                "rank": self.dist.rank,
+                "reason": str(self._stop),
+                "stop_reason": self._stop.reason.value,
+            }
+        )
+
+    def _log_resume(self) -> None:
+        """The line that tells readers where the resumed timeline starts: every step, epoch
+        and eval line before it whose step is >= its step was redone and is superseded."""
+        self.run.log(
+            {
+                "kind": "resume",
+                "step": self.state.batches_seen,
+                "epoch": self.state.epoch,
+                "time": time.time(),
+                "rank": self.dist.rank,
+                "batch_in_epoch": self.state.batch_in_epoch,
+                "steps_taken": self.state.steps_taken,
+                "batches_seen": self.state.batches_seen,
+                "checkpoint": str(self._resumed_from),
+            }
         )
 
     def _batches(self) -> Iterator[TrainingScenes]:
@@ -297,7 +356,7 @@ class Trainer:
             self.callbacks.on_after_backward(self, metrics)
             veto = self.callbacks.on_before_optimizer_step(self, metrics)
             if self._agree_on_stop():  # a stop decided on these gradients must not apply them
-                self.state.batches_seen += 1
+                # the batch is not consumed: a resumed run takes it again, under this step number
                 self._finish_step_metrics(metrics, applied=False, veto="stop: " + str(self._stop))
                 self.run.log(metrics)
                 break
