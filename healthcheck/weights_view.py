@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -41,7 +41,7 @@ class WeightsViewError(ValueError):
 class Change:
     """One value a weight took during the run, from ``step`` on."""
 
-    value: float
+    value: float | None  # None: the run logged something that is not a number
     step: int | None
     epoch: int | None
     source: str
@@ -206,8 +206,10 @@ def weights_table(run: str | os.PathLike | WeightsView):
     view = run if isinstance(run, WeightsView) else read_weights(run)
     when = f"after step {view.last_step}" if view.last_step is not None else "no steps logged yet"
     table = Table(title=f"loss weights of {view.run_dir} ({when})", title_justify="left")
-    for col, justify in (("term", "left"), ("now", "right"), ("primary", "center"), ("source", "left"),
-                         ("changes during the run (value@step, source)", "left")):
+    columns: tuple[tuple[str, Literal["left", "right", "center"]], ...] = (
+        ("term", "left"), ("now", "right"), ("primary", "center"), ("source", "left"),
+        ("changes during the run (value@step, source)", "left"))
+    for col, justify in columns:
         table.add_column(col, justify=justify, overflow="fold")
     for row in view.terms:
         dead = row.primary and not (row.value is not None and math.isfinite(row.value) and row.value > 0)

@@ -18,11 +18,14 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ris_model.config import PRESETS, ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ris_model.baseline import Count
 
 PRESET = click.Choice(sorted(PRESETS))
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
@@ -47,9 +50,11 @@ class SourceCount(click.ParamType):
         return k
 
 
-def _scene_count(k: int | str | None) -> tuple[int | None, str]:
+def _scene_count(k: int | str | None) -> tuple[int | None, Count]:
     """(sources per scene or None, "oracle" or "auto") from ``--k``."""
-    return (None, "auto") if k == "auto" else (k, "oracle")  # type: ignore[return-value]
+    if k == "auto":
+        return None, "auto"
+    return (None if k is None else int(k)), "oracle"
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -526,7 +526,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             try:
                 import tomllib
             except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
+                import tomli as tomllib  # type: ignore[no-redef, unused-ignore]
             data = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
             import yaml
@@ -622,7 +622,7 @@ def validate(cfg: Config) -> None:
 
 
 # ------------------------------------------------------------------- internals
-def leaf_keys(cls: type = Config, prefix: str = "") -> list[str]:
+def leaf_keys(cls: Any = Config, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(cls):
         if f.name == "sources":
@@ -648,7 +648,7 @@ def describe_keys() -> list[tuple[str, str, Any, str]]:
 def _leaf_spec(key: str) -> tuple[dataclasses.Field, type]:
     if key in RENAMED_KEYS:
         raise ConfigError(f"config key {key!r} is now {RENAMED_KEYS[key]!r}; set {RENAMED_KEYS[key]!r} instead")
-    owner: type = Config
+    owner: Any = Config
     parts = key.split(".")
     for i, part in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(owner) if f.name != "sources"}
@@ -730,7 +730,7 @@ def _parse_scalar(raw: Any, t: Any) -> Any:
     raise TypeError(t)
 
 
-def _range_text(lo: Any, hi: Any, lo_open: bool) -> str:
+def _range_text(lo: Any, hi: Any, lo_open: bool | None) -> str:
     if lo is None and hi is None:
         return ""
     if hi is None:
@@ -746,7 +746,7 @@ def _type_name(t: Any) -> str:
     return getattr(t, "__name__", str(t))
 
 
-def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"section {where or 'root'!r} must be a table, not {type(data).__name__}")
     hints = _hints(cls)

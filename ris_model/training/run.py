@@ -100,7 +100,7 @@ def train_command(*, preset: str | None, config_file: str | None, overrides: lis
 
         snr = 10.0
         console.print(f"eval on {eval_n} held-out scenes at {snr:g} dB:")
-        result = evaluate_run(run_dir, n=eval_n, snr_db=snr, seed=cfg.train.seed + 99_991, device=str(trainer.device))
-        table_console(min_width=130).print(render_baseline(result))
+        table = evaluate_run(run_dir, n=eval_n, snr_db=snr, seed=cfg.train.seed + 99_991, device=str(trainer.device))
+        table_console(min_width=130).print(render_baseline(table))
     dist.close()
     return code

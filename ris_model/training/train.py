@@ -422,7 +422,9 @@ class Trainer:
         packed = self.dist.mean(packed)
         n = packed.numel()
         # this rank's per-parameter norms ride along in the same host sync
-        values = torch.cat([packed, self.norms.last_grad_norms.to(packed.device)]).tolist()
+        per_param = self.norms.last_grad_norms
+        assert per_param is not None  # grad_norms() ran for this step above
+        values = torch.cat([packed, per_param.to(packed.device)]).tolist()
         self.param_grad_norms = (self.state.batches_seen, self.norms.param_names, values[n:])
         loss, terms, grads = values[0], values[1 : 1 + len(names)], values[1 + len(names) : n]
         grad_norm = self.norms.as_dict(grads)
@@ -532,7 +534,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         ema = list(self.shadow.parameters())
-        torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1.0 - self.decay)
+        torch._foreach_lerp_(list(ema), [p.detach() for p in model.parameters()], 1.0 - self.decay)
 
 
 def _can_handle_signals() -> bool:
