@@ -128,7 +128,8 @@ class TrainingHealth:
 
     Args:
         model, optimizer: what is trained (one optimizer).
-        run_dir: where metrics.jsonl and health.jsonl are appended; None writes no files.
+        run_dir: where metrics.jsonl and health.jsonl are appended and modules.json is
+            written; None writes no files.
         detectors, policy, every, context: passed to `Monitor`.
         sinks: replace the default sinks (health.jsonl in run_dir, the console).
         extra_sinks: added to the default sinks (e.g. ``WandbSink()``).
