@@ -11,7 +11,7 @@ from torch import nn
 
 import healthcheck
 from healthcheck.events import Severity, read_events
-from healthcheck.live import ModuleNorms, module_groups
+from healthcheck.live import ModuleNorms, module_groups, reported_module
 from healthcheck.monitor import judge_records
 from healthcheck.record import read_records
 
@@ -54,6 +54,16 @@ def test_a_model_with_more_than_64_owners_gets_at_most_64_groups_deterministical
     assert a.members["blocks.0"] == ("blocks.0.0.weight", "blocks.0.0.bias", "blocks.0.1.weight",
                                      "blocks.0.1.bias", "blocks.0.2.weight", "blocks.0.2.bias")
     assert sum(len(v) for v in a.members.values()) == len(a.names)  # every parameter once
+
+
+def test_a_parameter_is_reported_under_the_module_a_record_names():
+    fine = {"transformer.h.0.attn", "transformer.h", "lm_head", "_total"}
+    assert reported_module("transformer.h.0.attn.weight", fine) == "transformer.h.0.attn"
+    assert reported_module("transformer.h.1.mlp.weight", fine) == "transformer.h"
+    # records grouped by top-level module (the ris_model Trainer's) keep that name
+    assert reported_module("transformer.h.0.attn.weight", {"transformer", "lm_head"}) == "transformer"
+    assert reported_module("scale", fine) == "_root"
+    assert reported_module("other.0.weight", fine) == "other.0"  # not in the record: its owner
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 2.5])
