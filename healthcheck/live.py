@@ -2,7 +2,8 @@
 
 `LiveView` hands the model and optimizer to the few checks that need them (which parameter
 has ``.grad is None``, which one the optimizer does not hold); `ModuleNorms` and `measure`
-turn gradients and updates into the per-module norms a `StepRecord` carries.
+turn gradients and updates into the per-module norms a `StepRecord` carries, grouped by
+`module_groups`.
 
 Measuring costs host syncs, and a sync per detector per step would make monitoring slower
 than training; so every tensor reduction here is batched (``torch._foreach_norm``) and
@@ -15,7 +16,7 @@ torch is imported inside the functions that need it: reading metrics files must 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,59 @@ def owner_module(name: str) -> str:
     """``"head.0.weight"`` → ``"head.0"``: the submodule that owns a parameter."""
     owner, dot, _ = name.rpartition(".")
     return owner if dot else ROOT
+
+
+def reported_module(name: str, modules: Collection[str]) -> str:
+    """The module among ``modules`` (the keys of a record's norms) whose norms include
+    parameter ``name``: the longest one that is a dotted prefix of it, ``"_root"`` for a
+    parameter of the model itself, else the module that owns it."""
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:cut])
+        if prefix in modules:
+            return prefix
+    return owner_module(name)
+
+
+MAX_GROUPS = 64  # default bound on the modules per-module norms are reported for
+
+
+def _truncate(owner: str, depth: int) -> str:
+    return owner if owner == ROOT else ".".join(owner.split(".")[:depth])
+
+
+def module_groups(names: Sequence[str], max_groups: int = MAX_GROUPS) -> tuple[tuple[str, ...], int | None]:
+    """The module each parameter's norms are reported under, in ``names`` order, and the
+    depth names were cut to (None: not cut).
+
+    Each parameter belongs to the deepest module that owns it directly
+    (``"transformer.h.0.attn.weight"`` → ``"transformer.h.0.attn"``), so a model that keeps
+    everything inside one container still shows its blocks one by one. More than
+    ``max_groups`` owners would make every metrics line and every per-module check grow
+    with the model; then every name is cut to the deepest dotted depth that leaves at most
+    ``max_groups`` groups (``"transformer.h.0"``), which keeps names readable and the
+    grouping a function of the names alone. Where even the top-level children are more than
+    ``max_groups``, consecutive ones share a group named ``"first..last"``.
+    """
+    if isinstance(max_groups, bool) or not isinstance(max_groups, int) or max_groups < 1:
+        raise ValueError(f"max_groups must be an integer >= 1, but got {max_groups=}")
+    owners = [owner_module(n) for n in names]
+    if len(set(owners)) <= max_groups:
+        return tuple(owners), None
+    deepest = max(o.count(".") + 1 for o in owners)
+    for depth in range(deepest - 1, 0, -1):
+        cut = [_truncate(o, depth) for o in owners]
+        if len(set(cut)) <= max_groups:
+            return tuple(cut), depth
+    cut = [_truncate(o, 1) for o in owners]
+    tops = list(dict.fromkeys(cut))  # depth 1: the top-level children, in model order
+    size = -(-len(tops) // max_groups)
+    chunk = {}
+    for start in range(0, len(tops), size):
+        part = tops[start:start + size]
+        label = part[0] if len(part) == 1 else f"{part[0]}..{part[-1]}"
+        chunk.update(dict.fromkeys(part, label))
+    return tuple(chunk[c] for c in cut), 1
 
 
 @dataclass(frozen=True)
@@ -148,24 +202,36 @@ def per_tensor_norms(tensors: Sequence[torch.Tensor]) -> list[float]:
 
 
 class ModuleNorms:
-    """Per-top-level-module norms of gradients, updates and parameters for the plain-PyTorch
-    helper. Each call costs one host sync; update norms cost one copy of the trainable
-    parameters (kept between steps, so no allocation per step), off with track_updates=False.
+    """Per-module norms of gradients, updates and parameters for the plain-PyTorch helper,
+    one value per group of `module_groups` (at most ``max_groups``). Each call costs one
+    host sync; update norms cost one copy of the trainable parameters (kept between steps,
+    so no allocation per step), off with track_updates=False.
 
     Call `grad_norms` after backward, `snapshot` before ``optimizer.step()`` and
     `after_step` after it.
     """
 
-    def __init__(self, model: torch.nn.Module, *, track_updates: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, *, track_updates: bool = True,
+                 max_groups: int = MAX_GROUPS) -> None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = tuple(n for n, _ in named)  # same order as LiveView.named_params
-        self.modules = tuple(dict.fromkeys(top_module(n) for n in self.names))
+        self.max_groups = max_groups
+        groups, self.depth = module_groups(self.names, max_groups)
+        self.modules = tuple(dict.fromkeys(groups))
         index = {m: i for i, m in enumerate(self.modules)}
         self._params = [p for _, p in named]
-        self._module_of = [index[top_module(n)] for n in self.names]
+        self._module_of = [index[g] for g in groups]
+        self.members: dict[str, tuple[str, ...]] = {
+            m: tuple(n for n, g in zip(self.names, groups) if g == m) for m in self.modules}
         self.track_updates = track_updates
         self._before: list[torch.Tensor] | None = None
         self._have_snapshot = False
+
+    def grouping(self) -> dict[str, object]:
+        """What a run dir's modules.json records: the bound, the depth names were cut to
+        (None: not cut) and, per group, the parameters whose norms it reports."""
+        return {"max_groups": self.max_groups, "depth": self.depth,
+                "groups": {m: list(ns) for m, ns in self.members.items()}}
 
     def _per_module(self, norms: Sequence[float], *, total: bool = False) -> dict[str, float]:
         sq = [0.0] * len(self.modules)
@@ -222,6 +288,6 @@ class ModuleNorms:
         return updates, params
 
 
-def measure(model: torch.nn.Module) -> dict[str, float]:
-    """Per-top-level-module gradient norms of ``model`` right now (one host sync)."""
-    return ModuleNorms(model, track_updates=False).grad_norms()
+def measure(model: torch.nn.Module, max_groups: int = MAX_GROUPS) -> dict[str, float]:
+    """Per-module gradient norms of ``model`` right now (`module_groups`; one host sync)."""
+    return ModuleNorms(model, track_updates=False, max_groups=max_groups).grad_norms()

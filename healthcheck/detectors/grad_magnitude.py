@@ -20,7 +20,7 @@ import numpy as np
 
 from ..codes import Code
 from ..events import HealthEvent, Severity
-from ..live import LiveView, top_module
+from ..live import LiveView, reported_module
 from ..record import StepRecord
 from .base import (
     NO_EVENTS,
@@ -71,7 +71,7 @@ class NonFiniteGrad(Detector):
             stats = live.param_grad_stats()
             bad = [n for n, h, v in zip(stats.names, stats.has_grad, stats.norms)
                    if h and not math.isfinite(v)]
-            groups = group_names(bad, [top_module(n) for n in bad])
+            groups = group_names(bad, [reported_module(n, norms) for n in bad])
         else:
             bad_modules = [m for m, v in norms.items() if not math.isfinite(v)]
             named = [m for m in bad_modules if m != "_total"]

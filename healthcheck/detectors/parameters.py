@@ -144,21 +144,35 @@ class FrozenParams(Detector):
         if record.kind != "step" or record.skipped or not record.update_norm:
             return NO_EVENTS
         lr_ok = bool(record.lr) and min(record.lr) > 0.0
-        out = []
+        frozen: list[tuple[str, int, str]] = []  # (module, steps, why)
         for module, u in module_items(record.update_norm):
             g = record.grad_norm.get(module)
             n = state.bump(module, u == 0.0)
             driven = state.bump(module + "+grad", u == 0.0 and lr_ok and finite(g) and g > 0.0)
             if n >= self.patience or driven >= self.patience_with_grad:
-                reason = (f" although its gradient norm was {fmt(g)} and every lr > 0"
-                          if driven >= self.patience_with_grad else "")
-                out.append(self.event(
-                    "param.frozen", record, where=module,
-                    title=f"parameters of {module!r} did not move for {n} steps",
-                    detail=(f"The update norm of module {module!r} was exactly 0 on each of the "
-                            f"last {n} applied steps{reason}; lr = {record.lr}."),
-                    evidence={"update_norm": u, "steps": n}))
-        return out or NO_EVENTS
+                why = (f" although its gradient norm was {fmt(g)} and every lr > 0"
+                       if driven >= self.patience_with_grad else "")
+                frozen.append((module, n, why))
+        if not frozen:
+            return NO_EVENTS
+        if len(frozen) == 1:
+            module, n, why = frozen[0]
+            return (self.event(
+                "param.frozen", record, where=module,
+                title=f"parameters of {module!r} did not move for {n} steps",
+                detail=(f"The update norm of module {module!r} was exactly 0 on each of the "
+                        f"last {n} applied steps{why}; lr = {record.lr}."),
+                evidence={"update_norm": 0.0, "steps": n}),)
+        # One cause (a zero rate, a group left out of the optimizer) freezes many modules at
+        # once: one event names them all, and repeats fold while the set stays the same.
+        names = [m for m, _, _ in frozen]
+        n = min(s for _, s, _ in frozen)
+        return (self.event(
+            "param.frozen", record, where=name_list(names, limit=4),
+            title=f"parameters of {len(names)} modules did not move for {n} steps",
+            detail=(f"The update norm was exactly 0 on each of the last {n} or more applied steps "
+                    f"in {len(names)} modules: {', '.join(names)}; lr = {record.lr}."),
+            evidence={"update_norm": 0.0, "steps": n, "modules": len(names)}),)
 
     # -- bulk path: judging a file block at once (healthcheck.blocks) --
     def screen(self, block: MetricBlock) -> np.ndarray | None:

@@ -27,7 +27,8 @@ the next (a forgotten ``zero_grad``) are watched without any call (``watch_grad_
 
 `TrainingHealth` measures what the detectors read (per-module gradient, update and
 parameter norms, with one host sync per phase), writes metrics.jsonl and health.jsonl in
-``run_dir``, and runs a `Monitor`. When the policy asks for a stop at ``after_backward``
+``run_dir`` (and modules.json: which parameters each module name in the norms stands for),
+and runs a `Monitor`. When the policy asks for a stop at ``after_backward``
 (a NaN gradient, a zero primary weight), the gradients are set to None, so the
 ``optimizer.step()`` that may still follow changes nothing (optimizers skip parameters
 without a gradient); the step is then recorded as skipped.
@@ -35,6 +36,7 @@ without a gradient); the step is then recorded as skipped.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import traceback
@@ -44,9 +46,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..codes import CODES, Code, declare
 from ..events import HealthEvent, Severity
-from ..live import LiveView, ModuleNorms
+from ..live import MAX_GROUPS, LiveView, ModuleNorms
 from ..monitor import Monitor
 from ..record import MetricsWriter, StepRecord
+from ..safe_files import real_dir, write_atomic
 from ..signals import GradClearWatch, pairing_gap, term_reach
 from ..sinks import default_sinks
 
@@ -57,6 +60,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..policy import Policy
 
 METRICS_FILE = "metrics.jsonl"
+MODULES_FILE = "modules.json"
+MODULES_SCHEMA = 1
 
 LOOP_CODES = declare(
     Code("run.crashed", Severity.ERROR,
@@ -73,6 +78,14 @@ class HealthStop(RuntimeError):
     def __init__(self, event: HealthEvent) -> None:
         super().__init__(event.line())
         self.event = event
+
+
+def write_modules(run_dir: str, norms: ModuleNorms) -> str:
+    """Write ``run_dir``/modules.json (docs/run-dir.md): which parameters each module name
+    in the metrics' norms stands for. Whole or not at all (temp file + rename), so ranks
+    sharing a run dir may each write it."""
+    text = json.dumps({"schema": MODULES_SCHEMA, **norms.grouping()}, indent=1) + "\n"
+    return write_atomic(os.path.join(real_dir(run_dir), MODULES_FILE), text.encode("utf-8"), fsync=False)
 
 
 def _floats(values: Sequence[Any]) -> list[float]:
@@ -110,7 +123,8 @@ class TrainingHealth:
 
     Args:
         model, optimizer: what is trained (one optimizer).
-        run_dir: where metrics.jsonl and health.jsonl are appended; None writes no files.
+        run_dir: where metrics.jsonl and health.jsonl are appended and modules.json is
+            written; None writes no files.
         detectors, policy, every, context: passed to `Monitor`.
         sinks: replace the default sinks (health.jsonl in run_dir, the console).
         extra_sinks: added to the default sinks (e.g. ``WandbSink()``).
@@ -125,6 +139,8 @@ class TrainingHealth:
         watch_grad_clearing: hook the parameters and the optimizer's step to see gradients
             that are not cleared between optimizer steps (``grad.not_cleared``).
         probe_every: `before_backward` measures every this many steps (0: never).
+        max_groups: at most this many modules in the per-module norms
+            (`healthcheck.live.module_groups`); the grouping is written to modules.json.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -134,7 +150,8 @@ class TrainingHealth:
                  sinks: Iterable[Any] | None = None, extra_sinks: Iterable[Any] = (),
                  console: bool = True, primary: str | None = None, scaler: Any = None,
                  track_updates: bool = True, guard: bool = True, raise_on_stop: bool = False,
-                 rank: int = 0, watch_grad_clearing: bool = True, probe_every: int = 10) -> None:
+                 rank: int = 0, watch_grad_clearing: bool = True, probe_every: int = 10,
+                 max_groups: int = MAX_GROUPS) -> None:
         self.model = model
         self.optimizer = optimizer
         self.run_dir = None if run_dir is None else os.fspath(run_dir)
@@ -144,7 +161,9 @@ class TrainingHealth:
         self.raise_on_stop = raise_on_stop
         self.rank = rank
         self.live = LiveView(model, optimizer)
-        self.norms = ModuleNorms(model, track_updates=track_updates)
+        self.norms = ModuleNorms(model, track_updates=track_updates, max_groups=max_groups)
+        if self.run_dir is not None:
+            write_modules(self.run_dir, self.norms)
         chosen = (default_sinks(self.run_dir, console=console) if sinks is None else list(sinks))
         chosen += list(extra_sinks)
         self.monitor = Monitor(detectors, policy, chosen, every=every, context=context)

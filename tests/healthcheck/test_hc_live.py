@@ -40,8 +40,13 @@ def test_module_norms_match_an_independent_computation():
     norms = ModuleNorms(net)
     net(torch.randn(8, 4)).pow(2).sum().backward()
     grads = norms.grad_norms()
-    assert set(grads) == {"encoder", "head", "_root", "_total"}  # frozen module not tracked
-    assert grads["encoder"] == pytest.approx(_independent_norm([p.grad for p in net.encoder.parameters()]), rel=1e-6)
+    # one norm per module that owns parameters; the frozen module is not tracked
+    assert set(grads) == {"encoder.0", "encoder.2", "head", "_root", "_total"}
+    assert grads["encoder.2"] == pytest.approx(_independent_norm([p.grad for p in net.encoder[2].parameters()]),
+                                               rel=1e-6)
+    top = ModuleNorms(net, max_groups=3).grad_norms()  # cut to the top level: encoder, head, _root
+    assert set(top) == {"encoder", "head", "_root", "_total"}
+    assert top["encoder"] == pytest.approx(_independent_norm([p.grad for p in net.encoder.parameters()]), rel=1e-6)
     trainable = [p for p in net.parameters() if p.requires_grad]
     assert grads["_total"] == pytest.approx(_independent_norm([p.grad for p in trainable]), rel=1e-6)
     before = [p.detach().clone() for p in net.head.parameters()]
@@ -61,7 +66,7 @@ def test_module_without_gradient_reads_zero():
     net = Net()
     net.encoder(torch.randn(2, 4)).sum().backward()  # head and scale get no grad
     g = measure(net)
-    assert g["head"] == 0.0 and g["_root"] == 0.0 and g["encoder"] > 0
+    assert g["head"] == 0.0 and g["_root"] == 0.0 and g["encoder.0"] > 0 and g["encoder.2"] > 0
 
 
 def test_live_view_lists_trainable_parameters_and_optimizer_membership():

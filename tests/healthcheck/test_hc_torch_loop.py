@@ -104,7 +104,11 @@ def test_healthy_run_is_quiet_and_writes_the_run_dir(tmp_path):
     first = StepRecord.from_metrics_line(lines[0])
     assert first.terms.keys() == {"mse", "reg"} and first.weights == {"mse": 1.0, "reg": 0.01}
     assert first.loss == pytest.approx(first.terms["mse"] + 0.01 * first.terms["reg"], rel=1e-6)
-    assert first.grad_norm.keys() == {"encoder", "head", "_total"} and first.update_norm["head"] > 0
+    # per module that owns parameters: encoder's Linear, not the Sequential around it
+    assert first.grad_norm.keys() == {"encoder.0", "head", "_total"} and first.update_norm["head"] > 0
+    modules = json.loads((tmp_path / "modules.json").read_text())
+    assert modules["groups"] == {"encoder.0": ["encoder.0.weight", "encoder.0.bias"],
+                                 "head": ["head.weight", "head.bias"]}
     assert (first.steps_taken, first.batches_seen, first.skipped) == (1, 1, False)
     assert events[-1].code == "monitor.summary"
     # the same metrics judged offline agree: nothing wrong
@@ -114,11 +118,12 @@ def test_healthy_run_is_quiet_and_writes_the_run_dir(tmp_path):
 def test_zero_learning_rate(tmp_path):
     health, model, snaps, events = train(tmp_path, "lr0")
     got = found(events)
-    assert {("lr.zero", "group0"), ("param.frozen", "encoder"), ("param.frozen", "head"),
-            ("val.constant", "val")} <= got
+    # one cause (lr = 0 everywhere) freezes both modules at once: one event names both
+    assert {("lr.zero", "group0"), ("param.frozen", "encoder.0, head"), ("val.constant", "val")} <= got
+    assert not any(code == "param.frozen" and where in ("encoder.0", "head") for code, where in got)
     assert not health.should_stop  # errors warn in an interactive run
     offline = found(judge_records(read_records(tmp_path / "metrics.jsonl")))
-    assert {("lr.zero", "group0"), ("param.frozen", "head"), ("val.constant", "val")} <= offline
+    assert {("lr.zero", "group0"), ("param.frozen", "encoder.0, head"), ("val.constant", "val")} <= offline
 
 
 def test_zero_learning_rate_stops_an_hpo_trial_early(tmp_path):
@@ -130,7 +135,7 @@ def test_zero_learning_rate_stops_an_hpo_trial_early(tmp_path):
 def test_detached_layer_is_named(tmp_path):
     _, _, _, events = train(tmp_path, "detached")
     got = found(events, Severity.ERROR)
-    assert ("grad.none", "encoder.0") in got and ("param.frozen", "encoder") in got
+    assert ("grad.none", "encoder.0") in got and ("param.frozen", "encoder.0") in got
     assert not any(w == "head" for _, w in got)
 
 
@@ -138,7 +143,7 @@ def test_nan_batch_stops_before_the_step_reaches_the_weights(tmp_path):
     health, model, snaps, events = train(tmp_path, "nan")
     assert health.should_stop and health.stop_reason.severity is Severity.CRITICAL
     got = found(events, Severity.CRITICAL)
-    assert ("loss.nonfinite", "mse") in got and ("grad.nonfinite", "encoder") in got
+    assert ("loss.nonfinite", "mse") in got and ("grad.nonfinite", "encoder.0") in got
     for before, p in zip(snaps[-1], model.parameters()):  # optimizer.step() was a no-op
         assert torch.equal(before, p.detach())
     last = StepRecord.from_metrics_line(json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1]))
@@ -155,7 +160,7 @@ def test_optimizer_over_a_subset(tmp_path):
     _, _, _, events = train(tmp_path, "subset")
     got = found(events, Severity.ERROR)
     assert ("param.not_in_optimizer", "head") in got and ("param.frozen", "head") in got
-    assert ("param.frozen", "encoder") not in got
+    assert ("param.frozen", "encoder.0") not in got
 
 
 def test_amp_overflow_skips_steps_and_collapses_the_scale(tmp_path):

@@ -74,3 +74,12 @@ def test_frozen_with_gradient_and_lr_fires_after_two_applied_steps():
     # lr 0 (a warm-up's first step, twice) is lr.zero's finding; here it is the longer patience too
     zero_lr = steps(2, update_norm={"encoder": 0.0, "head": 0.0}, lr=[0.0, 0.0])
     assert run(D.FrozenParams(), zero_lr) == []
+
+
+def test_modules_frozen_by_one_cause_are_one_event():
+    # lr 0 on every group freezes every module at once: one finding naming them all
+    every = steps(4, update_norm={"encoder": 0.0, "head": 0.0}, lr=[0.0, 0.0])
+    events = run(D.FrozenParams(), every)
+    assert [(e.where, e.step, e.evidence["modules"]) for e in events] == [("encoder, head", 2, 2),
+                                                                          ("encoder, head", 3, 2)]
+    assert "encoder" in events[0].detail and "head" in events[0].detail
