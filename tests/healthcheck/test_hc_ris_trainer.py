@@ -167,7 +167,8 @@ def test_the_trainer_logs_its_rbp_baseline_and_a_model_no_better_than_rbp_is_fla
     assert len(evals) == 8
     for line in evals:
         m = line["metrics"]
-        assert {"baseline/loss", "baseline/cov", "within_1deg", "baseline_max/within_1deg"} <= m.keys()
+        assert {"baseline/loss", "baseline/cov", "within_1deg", "baseline_max/within_1deg", "median_angle_deg",
+                "baseline/median_angle_deg"} <= m.keys()
         assert line["terms"]["cov"] == pytest.approx(m["baseline/cov"], rel=1e-6)  # the echo is R_bp
     assert {"cov", "within_1deg"} <= {e.where for e in events}
     assert all(e.step >= evals[3]["step"] for e in events)  # three evaluations of warm-up
@@ -180,3 +181,4 @@ def test_a_model_that_beats_rbp_is_not_flagged(tmp_path):
     last = evals[-1]
     assert last["loss"] < last["metrics"]["baseline/loss"] and last["terms"]["cov"] < last["metrics"]["baseline/cov"]
     assert last["metrics"]["within_1deg"] > last["metrics"]["baseline_max/within_1deg"]
+    assert last["metrics"]["median_angle_deg"] < last["metrics"]["baseline/median_angle_deg"]
