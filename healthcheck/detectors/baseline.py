@@ -77,14 +77,16 @@ class BelowBaseline(Detector):
     once ``patience`` of them in a row did not.
 
     A model trained from scratch starts worse than any sensible baseline, and a healthy
-    one passes it within its first epochs: the plain-loop subjects beat a constant
-    predictor's loss at their first evaluation. Three evaluations of warm-up leave room
-    for a slow start (a learning-rate warm-up, a schedule that raises a term's weight)
-    without waiting long. Five evaluations in a row past it that never beat the baseline
-    are not a slow start: the model has settled at or above what needs no training (the
-    RIS network at the baseline of its own input, the failure this rule was written
-    for). "Beat" is strict: a tie with the baseline is not a gain. Each metric is judged
-    on its own, so one that beats its baseline does not hide one that does not.
+    one passes it within its first epochs: a small regression that can learn beats the
+    constant predictor's validation loss at its first evaluation (2.6 against 5.6), and
+    the RIS network on ``tiny`` beats R_bp's loss at its first (0.93 against 1.46). Three
+    evaluations of warm-up leave room for a slower start (a learning-rate warm-up, a
+    schedule that raises a term's weight) without waiting long. Five in a row past it
+    that never beat the baseline are not a slow start: the model has settled at or above
+    what needs no training (the same RIS network's MUSIC median angle error stays at
+    5.3-9.0 deg against R_bp's 3.9 deg for all of its first 8 evaluations). "Beat" is
+    strict: a tie is not a gain. Each metric is judged on its own, so one that beats its
+    baseline does not hide one that does not.
     """
 
     codes = (Code("val.below_baseline", Severity.WARNING, Severity.ERROR,
