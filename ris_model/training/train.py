@@ -464,12 +464,14 @@ class Trainer:
             self._rbp_scores = self._rbp_scores_on_val()
         terms, music = self._rbp_scores
         weights = self.loss_fn.weights.as_dict()
-        out = {"baseline/loss": sum(weights[k] * v for k, v in terms.items()), "baseline/cov": terms["cov"]}
+        out: dict[str, float] = {"baseline/loss": sum(weights[k] * v for k, v in terms.items()),
+                                 "baseline/cov": terms["cov"]}
         own = self._music_scores(self._val_sample(), lambda b: self._network_covariance(net, b))
         for name, value in own.items():
-            if value is not None and music.get(name) is not None:
+            base = music.get(name)
+            if value is not None and base is not None:
                 out[name] = value
-                out[("baseline_max/" if name == "within_1deg" else "baseline/") + name] = music[name]
+                out[("baseline_max/" if name == "within_1deg" else "baseline/") + name] = base
         return out
 
     def _val_sample(self) -> TrainingScenes:
