@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import NO_EVENTS, PHASES, Detector, DetectorState
+from .baseline import BelowBaseline, baseline_metrics
 from .grad_flow import DeadUnits, NoneGrad, ZeroGrad
 from .grad_magnitude import ExplodingGrad, NonFiniteGrad, VanishingGrad
 from .loss_terms import DeadTerm, PrimaryShare
@@ -36,11 +37,12 @@ def default_detectors() -> list[Detector]:
         ConstantLoss(), Divergence(), FrozenParams(), UpdateRatio(), BlockedUpdate(), SkippedSteps(),
         AmpOverflow(), AmpScaleCollapse(), SaturatedOutputs(), ProgressStall(), DecayErosion(),
         # epochs and evaluations
-        ValConstant(), ValPlateau(), ValTrainGap(), CollapsedPredictions(),
+        ValConstant(), ValPlateau(), ValTrainGap(), BelowBaseline(), CollapsedPredictions(),
     ]
 
 __all__ = [
-    "AmpOverflow", "AmpScaleCollapse", "BlockedUpdate", "ChanceLevel", "CollapsedPredictions", "ConstantLoss",
+    "AmpOverflow", "AmpScaleCollapse", "baseline_metrics", "BelowBaseline", "BlockedUpdate", "ChanceLevel",
+    "CollapsedPredictions", "ConstantLoss",
     "DeadTerm", "DeadUnits", "DecayErosion", "default_detectors", "Detector", "DetectorState", "Divergence",
     "ExpectedRange", "ExplodingGrad", "FrozenParams", "GradGrowth", "GradNotCleared", "InvalidLR",
     "LossSumMismatch", "NO_EVENTS",

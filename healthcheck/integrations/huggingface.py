@@ -16,7 +16,10 @@ Where each phase is judged:
   are the clipped ones: a NaN, a missing or dead gradient is seen as it is, an explosion
   only as the clip's ceiling.
 * ``on_optimizer_step``: "after_step"; ``on_epoch_end``: "epoch"; ``on_evaluate``: "eval",
-  from ``metrics["eval_loss"]`` and the other ``eval_*`` numbers.
+  from ``metrics["eval_loss"]`` and the other ``eval_*`` numbers. Numbers that
+  ``compute_metrics`` returns as ``baseline_<name>`` (``baseline_max_<name>`` when higher
+  is better) are baselines for ``eval_<name>`` (``baseline_loss``: for the loss), judged by
+  ``val.below_baseline``.
 
 A stop sets ``control.should_training_stop``; a stop decided on the gradients also
 clears them, so the optimizer step that follows changes nothing. Step numbers count
@@ -48,6 +51,23 @@ def _loss_of(output: Any) -> Any:
     if loss is None and isinstance(output, dict):
         loss = output.get("loss")
     return loss
+
+
+def _take_baselines(metrics: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """Move the baselines out of an evaluation's metrics: ``eval_baseline_<name>`` (lower is
+    better) and ``eval_baseline_max_<name>`` (higher is better), as ``compute_metrics``
+    returns them under ``baseline_<name>``, declare a baseline for ``eval_<name>``, or for
+    the validation loss when the name is ``loss``."""
+    baselines, higher = {}, set()
+    for key in [k for k in metrics if k.startswith("eval_baseline_")]:
+        name = key[len("eval_baseline_"):]
+        is_max = name.startswith("max_")
+        name = name[len("max_"):] if is_max else name
+        name = name if name == "loss" else f"eval_{name}"
+        baselines[name] = metrics.pop(key)
+        if is_max:
+            higher.add(name)
+    return baselines, higher
 
 
 def _build() -> type:
@@ -121,7 +141,8 @@ def _build() -> type:
                 return
             extra = {k: v for k, v in metrics.items()
                      if k != "eval_loss" and isinstance(v, (int, float)) and not isinstance(v, bool)}
-            self.health.evaluate(metrics["eval_loss"], metrics=extra)
+            baselines, higher = _take_baselines(extra)
+            self.health.evaluate(metrics["eval_loss"], metrics=extra, baselines=baselines, higher_is_better=higher)
             self._stop(control)
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

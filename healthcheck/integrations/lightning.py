@@ -21,6 +21,11 @@ Loss terms and weights: a LightningModule may set ``self.health_terms`` /
 each backward and averaged over the batches of one optimizer step. A stop sets
 ``trainer.should_stop`` (any rank stopping stops all).
 
+Baselines: a module may set ``self.health_baselines`` ({"val_loss": 0.69, "val_acc": 0.5}:
+what a constant predictor or a classical method scores on the same validation data) and
+``self.health_higher_is_better`` ({"val_acc"}); they are read at each validation end and
+judged by ``val.below_baseline``.
+
 Probes (`TrainingHealth.before_backward`): a module that also sets ``self.health_output``
 (the model's output tensor, still attached to its graph) in ``training_step`` gets the
 term-reach probe at ``on_before_backward``, and with ``self.health_targets`` and
@@ -143,7 +148,11 @@ def _build() -> type:
             if val is None:
                 return
             extra = {k: v for k, v in metrics.items() if k != self.val_loss_key and k.startswith("val")}
-            self.health.evaluate(val, metrics=extra, step=_logged_step(trainer))
+            baselines = dict(getattr(pl_module, "health_baselines", None) or {})
+            if self.val_loss_key in baselines:  # the record calls the validation loss "loss"
+                baselines["loss"] = baselines.pop(self.val_loss_key)
+            self.health.evaluate(val, metrics=extra, step=_logged_step(trainer), baselines=baselines,
+                                 higher_is_better=getattr(pl_module, "health_higher_is_better", ()))
             self._sync_stop(trainer)
 
         def on_fit_end(self, trainer: Any, pl_module: Any) -> None:

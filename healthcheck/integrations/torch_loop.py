@@ -45,6 +45,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ..codes import CODES, Code, declare
+from ..detectors.baseline import baseline_metrics
 from ..events import HealthEvent, Severity
 from ..live import MAX_GROUPS, LiveView, ModuleNorms
 from ..monitor import Monitor
@@ -315,10 +316,17 @@ class TrainingHealth:
         return events
 
     def evaluate(self, loss: Any, terms: Mapping[str, Any] | None = None,
-                 metrics: Mapping[str, Any] | None = None, *, step: int | None = None) -> Sequence[HealthEvent]:
+                 metrics: Mapping[str, Any] | None = None, *, step: int | None = None,
+                 baselines: Mapping[str, Any] | None = None,
+                 higher_is_better: Iterable[str] = ()) -> Sequence[HealthEvent]:
         """Report a validation result (loss and optional terms / metrics); ``step`` as for
-        `end_epoch`."""
+        `end_epoch`. ``baselines`` ({"loss": 0.69, "acc": 0.5}) are what needs no training
+        scores on the same data (a constant predictor, a classical estimate): the record
+        carries them as ``baseline/<name>`` metrics (``baseline_max/<name>`` for the names
+        in ``higher_is_better``; lower is better otherwise) and ``val.below_baseline``
+        fires while the model does not beat them."""
         t, m = dict(terms or {}), dict(metrics or {})
+        m.update(baseline_metrics(baselines, higher_is_better))
         vals = _floats([loss, *t.values(), *m.values()])
         record = StepRecord(
             kind="eval", step=self.steps_attempted if step is None else step, epoch=self.epoch, loss=vals[0],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import math
 import sys
+import types
 
 import pytest
 import torch
@@ -142,3 +143,25 @@ def test_nan_from_step_k_stops_before_the_optimizer_applies_it(tmp_path):
     assert trainer.state.global_step < 3 * 64 // 4  # stopped early
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert watch_status(tmp_path / "run") == 1
+
+
+def test_baselines_from_compute_metrics_are_judged(tmp_path):
+    pytest.importorskip("transformers")
+    import healthcheck
+    from healthcheck.integrations.huggingface import HealthCallback, _take_baselines
+
+    metrics = {"eval_accuracy": 0.4, "eval_baseline_max_accuracy": 0.5, "eval_baseline_loss": 0.7}
+    assert _take_baselines(metrics) == ({"eval_accuracy": 0.5, "loss": 0.7}, {"eval_accuracy"})
+    assert metrics == {"eval_accuracy": 0.4}
+
+    model = torch.nn.Linear(2, 1)
+    cb = HealthCallback(tmp_path, console=False)
+    cb.health = healthcheck.TrainingHealth(model, torch.optim.SGD(model.parameters(), lr=0.1), tmp_path,
+                                           console=False)
+    control = types.SimpleNamespace(should_training_stop=False)
+    for _ in range(4):  # accuracy below its baseline past the warm-up; the loss beats its own
+        cb.on_evaluate(None, None, control, metrics={"eval_loss": 0.5, "eval_accuracy": 0.4,
+                                                     "eval_baseline_max_accuracy": 0.5, "eval_baseline_loss": 0.7})
+    cb.health.close()
+    found = [(e.code, e.where) for e in read_events(tmp_path / "health.jsonl") if e.code == "val.below_baseline"]
+    assert found == [("val.below_baseline", "eval_accuracy")]

@@ -25,7 +25,7 @@ def test_module_imports_without_lightning_and_explains_when_used(monkeypatch):
     monkeypatch.delitem(sys.modules, "healthcheck.integrations.lightning")
 
 
-def _fit(tmp_path, fault=None, max_epochs=2):
+def _fit(tmp_path, fault=None, max_epochs=2, baselines=None):
     L = pytest.importorskip("lightning")
     from healthcheck.integrations.lightning import HealthCallback
 
@@ -34,6 +34,7 @@ def _fit(tmp_path, fault=None, max_epochs=2):
             super().__init__()
             self.encoder = nn.Sequential(nn.Linear(4, 8), nn.Tanh())
             self.head = nn.Linear(8, 1)
+            self.health_baselines = baselines
 
         def forward(self, x):
             return self.head(self.encoder(x))
@@ -76,6 +77,15 @@ def test_callback_healthy_fit_is_quiet(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert sum('"kind":"step"' in l for l in lines) == 16 and sum('"kind":"eval"' in l for l in lines) == 2
     assert cb.health.steps_taken == trainer.global_step == 16
+
+
+def test_callback_judges_the_validation_loss_against_the_modules_baseline(tmp_path):
+    _, _, events = _fit(tmp_path, max_epochs=4, baselines={"val_loss": 0.0})  # nothing beats 0
+    assert [(e.code, e.where) for e in events if e.code == "val.below_baseline"] == [("val.below_baseline", "loss")]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert sum('"baseline/loss":0.0' in line for line in lines) == 4
+    _, _, events = _fit(tmp_path / "beaten", max_epochs=4, baselines={"val_loss": 1e6})
+    assert [e for e in events if e.code == "val.below_baseline"] == []
 
 
 def test_callback_zero_lr_is_named(tmp_path):

@@ -6,12 +6,13 @@ on random predictions and targets, and against the gate's ranges at initialisati
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from healthcheck.events import SEVERITIES
+from healthcheck.events import SEVERITIES, Severity
 from healthcheck.monitor import Monitor
 from healthcheck.policy import Policy
 from healthcheck.ris.gate_subject import init_ranges
@@ -112,3 +113,72 @@ def test_gradients_not_cleared_between_steps_fire_from_the_second_step(clear):
     assert got[:1] == ([] if clear else [("grad.not_cleared", "_root", 1)])
     assert {code for code, _, _ in got} <= {"grad.not_cleared"}
     assert not trainer.model.weight._backward_hooks  # fit end takes the hooks off
+
+
+# -- the R_bp baseline the Trainer declares at each evaluation ------------------------------
+class AnswersAtValidation(torch.nn.Module):
+    """Trains the real network, but at validation answers with ``answer(rbp)``: a model whose
+    validation quality the test chooses."""
+
+    def __init__(self, model, answer):
+        super().__init__()
+        self.model, self.answer = model, answer
+
+    def forward(self, rbp, snr_db):
+        out = self.model(rbp, snr_db)
+        return out if self.training else CovPrediction(factor=self.answer(rbp))
+
+
+def _fit_with_answer(tmp_path, make_answer, epochs=8):
+    from healthcheck.detectors import BelowBaseline
+    from ris_model.batches import build_scenes
+    from ris_model.training.train import Trainer
+
+    cfg = load_config("tiny", overrides=["train.batch_size=16", "train.train_scenes=48", "train.val_scenes=16",
+                                         f"train.epochs={epochs}", "train.warmup_steps=2", "model.width=32",
+                                         "model.depth=2"])
+    train, val = build_scenes(cfg.system, 48, seed=0), build_scenes(cfg.system, 16, seed=1)
+    health = RisTrainerHealth(Monitor([BelowBaseline()], policy=RECORD_ALL))
+    trainer = Trainer(cfg, tmp_path, device="cpu", callbacks=[health], train_scenes=train, val_scenes=val)
+    trainer.net = AnswersAtValidation(trainer.model, make_answer(cfg, val))
+    trainer.fit()
+    evals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "eval"]
+    return evals, [e for e in health.monitor.events if e.code == "val.below_baseline"]
+
+
+def _echo_rbp(cfg, val):
+    """R_bp's own eigen-factor: exactly the baseline, so it never beats it."""
+    return lambda rbp: CovPrediction.from_covariance(rbp, cfg.system.k_max).factor
+
+
+def _oracle(cfg, val):
+    """The true covariance's eigen-factor, found by the scene's R_bp: better than R_bp on every score."""
+    flat = val.rbp.flatten(1)
+
+    def answer(rbp):
+        index = (rbp.flatten(1)[:, None] == flat[None]).all(-1).int().argmax(1)
+        return CovPrediction.from_covariance(val.R[index], cfg.system.k_max).factor
+    return answer
+
+
+def test_the_trainer_logs_its_rbp_baseline_and_a_model_no_better_than_rbp_is_flagged(tmp_path):
+    evals, events = _fit_with_answer(tmp_path, _echo_rbp)
+    assert len(evals) == 8
+    for line in evals:
+        m = line["metrics"]
+        assert {"baseline/loss", "baseline/cov", "within_1deg", "baseline_max/within_1deg", "median_angle_deg",
+                "baseline/median_angle_deg"} <= m.keys()
+        assert line["terms"]["cov"] == pytest.approx(m["baseline/cov"], rel=1e-6)  # the echo is R_bp
+    assert {"cov", "within_1deg"} <= {e.where for e in events}
+    assert all(e.step >= evals[3]["step"] for e in events)  # three evaluations of warm-up
+    assert max(e.severity for e in events) == Severity.ERROR
+
+
+def test_a_model_that_beats_rbp_is_not_flagged(tmp_path):
+    evals, events = _fit_with_answer(tmp_path, _oracle, epochs=5)
+    assert events == []
+    last = evals[-1]
+    assert last["loss"] < last["metrics"]["baseline/loss"] and last["terms"]["cov"] < last["metrics"]["baseline/cov"]
+    assert last["metrics"]["within_1deg"] > last["metrics"]["baseline_max/within_1deg"]
+    assert last["metrics"]["median_angle_deg"] < last["metrics"]["baseline/median_angle_deg"]
