@@ -44,6 +44,7 @@ from .reading import (
     open_health,
     open_metrics,
 )
+from .reading.resume import superseded_lines
 from .state import RunState
 
 BAD_LINE = declare(
@@ -160,6 +161,8 @@ class RunWatch:
         self._pending: Iterator | None = None
         # the shapes of this run's lines, learned as they are read (typed=False: dicts only)
         self._layout = LineLayout() if typed else None
+        self._superseded: frozenset[int] = frozenset()  # lines a resume marker replaces
+        self.superseded = 0  # how many of them were read
         self._carry: NumberedItems | StructRows | None = None  # lines read but left for the next poll (max_lines)
         self._position = itertools.count(1).__next__  # numbers the items of a reader without lines, across polls
         self.new_events: list[HealthEvent] = []  # news since the caller last cleared it
@@ -206,7 +209,25 @@ class RunWatch:
         except RunLogError:
             return False  # nothing written yet; `check_readable` decides if that is an error
         self._resolved = fmt
+        if fmt == "jsonl":
+            self._superseded = superseded_lines(self._metrics.path)
+            if self._superseded:
+                self._layout = None  # dict rows, which are dropped one by one below
         return True
+
+    def _resumed(self, items: Any) -> Any:
+        """``items`` less the lines the resumed timeline drops (docs/run-dir.md): those are
+        read (and counted) but neither judged nor shown."""
+        if not self._superseded or not isinstance(items, NumberedItems):
+            return items
+        kept = NumberedItems()
+        for item, line_no in zip(items, items.line_nos):
+            if line_no not in self._superseded:
+                kept.append_row(item, line_no)
+        if len(kept) < len(items):
+            self.state.skip(len(items) - len(kept))
+            self.superseded += len(items) - len(kept)
+        return kept
 
     def poll(self, max_lines: int | None = None) -> int:
         """Read and judge what was appended since the last poll; returns lines read.
@@ -237,6 +258,9 @@ class RunWatch:
             if max_lines is not None and count + len(items) > max_lines:  # the rest: next poll
                 items, self._carry = items.split(max_lines - count)
             count += len(items)
+            items = self._resumed(items)
+            if not items:
+                continue
             item_shapes = getattr(items, "shapes", None)
             if item_shapes is not None or set(map(type, items)) == {dict}:  # no bad line in it
                 if block and item_shapes is not shapes:  # rows of another kind: judge those first
@@ -446,7 +470,7 @@ class RunWatch:
             "reader": {"format": self.format, "lines": self.state.lines,
                        "bad_lines": self.state.bad_lines, "events_dropped": self.book.dropped,
                        "torn_bytes": getattr(status, "torn_bytes", 0), "ended": self.ended,
-                       "steps": self.steps, "ended_early": self.ended_early,
+                       "steps": self.steps, "superseded": self.superseded, "ended_early": self.ended_early,
                        "last_line": self.last_line if self.ended_early else None,
                        "detectors": [d.name for d in self.monitor.detectors]},
         }
