@@ -19,41 +19,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_cases import QUIET, TINY, invoke, trained_run
+from cli_cases import one_sentence as assert_one_sentence
 from click.testing import CliRunner
 
-from ris_model.cli import main
 from ris_model.config import load_config
 from ris_model.training.callbacks import Callback
 from ris_model.training.rundir import RunDir
 from ris_model.training.train import Trainer
 
-TINY = ["--preset", "tiny", "--set", "train.train_scenes=32", "--set", "train.val_scenes=8",
-        "--set", "train.batch_size=16", "--set", "model.width=16", "--set", "model.depth=1"]
-QUIET = ["--wandb", "off", "--no-health", "--eval-n", "0"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_sentence(result, *fragments):
-    """Exit 2, no traceback, and the error is the one line after ``Error:``."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exc_info)
-    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
-    error = result.output[result.output.index("Error: "):].rstrip("\n")
-    assert "\n" not in error, error
-    for fragment in fragments:
-        assert fragment in error, error
-    return error
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A finished one-epoch run, copied by each test that changes it."""
-    run_dir = tmp_path_factory.mktemp("hostile") / "run"
-    result = invoke("train", *TINY, "--epochs", "1", *QUIET, "--run-dir", run_dir)
-    assert result.exit_code == 0, result.output
-    return run_dir
+    return trained_run(tmp_path_factory, "hostile")
 
 
 @pytest.fixture

@@ -2,35 +2,12 @@
 front with one sentence and exit status 2."""
 
 import pytest
-from click.testing import CliRunner
-
-from ris_model.cli import main
-
-TINY = ["--preset", "tiny", "--set", "train.train_scenes=32", "--set", "train.val_scenes=8",
-        "--set", "train.batch_size=16", "--set", "model.width=16", "--set", "model.depth=1"]
-QUIET = ["--wandb", "off", "--no-health", "--eval-n", "0"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_sentence(result, *fragments):
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exc_info)
-    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
-    error = result.output[result.output.index("Error: "):].rstrip("\n")
-    assert "\n" not in error, error
-    for fragment in fragments:
-        assert fragment in error, error
-    return error
+from cli_cases import QUIET, TINY, invoke, one_sentence, trained_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("values") / "run"
-    result = invoke("train", *TINY, "--epochs", "1", *QUIET, "--run-dir", run_dir)
-    assert result.exit_code == 0, result.output
-    return run_dir
+    return trained_run(tmp_path_factory, "values")
 
 
 HUGE = [str(2**63), str(2**64), str(10**30)]
