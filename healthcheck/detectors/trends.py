@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..codes import Code
@@ -22,7 +22,7 @@ from ..record import StepRecord
 from .base import NO_EVENTS, Detector, check_float, check_int, finite, fmt, module_items
 
 
-def total_norm(norms: dict[str, float]) -> float | None:
+def total_norm(norms: Mapping[str, float]) -> float | None:
     """The whole model's norm: the logged "_total", else the modules' norms combined."""
     total = norms.get("_total")
     if finite(total):
@@ -47,6 +47,18 @@ def loss_fell(losses: Sequence[float], by: float) -> bool:
 class _WindowState:
     values: deque[float] = field(default_factory=deque)
     losses: deque[float] = field(default_factory=deque)
+
+    def take(self, record: StepRecord, norms: Mapping[str, float]) -> bool:
+        """Add an applied step's total of ``norms`` and its loss; True once the window is
+        full. A step without a finite, positive norm and a finite loss adds nothing."""
+        if record.kind != "step" or record.skipped:
+            return False
+        norm, loss = total_norm(norms), record.loss
+        if not finite(norm) or not finite(loss) or norm <= 0:
+            return False
+        self.values.append(norm)
+        self.losses.append(loss)
+        return len(self.values) == self.values.maxlen
 
 
 class GradGrowth(Detector):
@@ -77,14 +89,7 @@ class GradGrowth(Detector):
         return _WindowState(deque(maxlen=self.window), deque(maxlen=self.window))
 
     def check(self, record: StepRecord, state: _WindowState, live: LiveView | None) -> Sequence[HealthEvent]:
-        if record.kind != "step" or record.skipped:
-            return NO_EVENTS
-        norm, loss = total_norm(record.grad_norm), record.loss
-        if not finite(norm) or not finite(loss) or norm <= 0:
-            return NO_EVENTS
-        state.values.append(norm)
-        state.losses.append(loss)
-        if len(state.values) < self.window:
+        if not state.take(record, record.grad_norm):
             return NO_EVENTS
         medians = chunk_medians(list(state.values), 5)
         growth = medians[-1] / medians[0]
@@ -204,14 +209,7 @@ class DecayErosion(Detector):
         return _WindowState(deque(maxlen=self.window), deque(maxlen=self.window))
 
     def check(self, record: StepRecord, state: _WindowState, live: LiveView | None) -> Sequence[HealthEvent]:
-        if record.kind != "step" or record.skipped:
-            return NO_EVENTS
-        norm, loss = total_norm(record.param_norm), record.loss
-        if not finite(norm) or not finite(loss) or norm <= 0:
-            return NO_EVENTS
-        state.values.append(norm)
-        state.losses.append(loss)
-        if len(state.values) < self.window:
+        if not state.take(record, record.param_norm):
             return NO_EVENTS
         norms = list(state.values)
         shrink = 1.0 - norms[-1] / norms[0]
