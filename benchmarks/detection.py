@@ -37,6 +37,7 @@ every plain subject or the one ``--subject`` names.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -110,6 +111,25 @@ def collect_faults(args: argparse.Namespace) -> list:
     return select_faults(faults, args.faults) if args.faults else faults
 
 
+@contextlib.contextmanager
+def _progress(console, total):
+    """``on_run(result, done, n)``: a bar on a terminal, a plain line per run otherwise."""
+    if not console.is_terminal:
+
+        def say(r, done, n):
+            verdict = f"error at step {r.first_step} ({r.first_error_code})" if r.detected else "no error"
+            print(f"[{done}/{n}] {r.fault or 'healthy'} seed {r.seed}: {verdict}, {r.wall_s:.1f}s", flush=True)
+
+        yield say
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        bar_id = bar.add_task("detection", total=total)
+        yield lambda r, done, n: bar.update(bar_id, completed=done, description=f"{r.fault or 'healthy'} s{r.seed}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from rich.console import Console
@@ -162,40 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     total = len(faults) * args.seeds + args.healthy
     try:
-        if console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-                transient=True,
-            ) as bar:
-                bar_id = bar.add_task("detection", total=total)
-
-                def on_run(r, done, n):
-                    bar.update(bar_id, completed=done, description=f"{r.fault or 'healthy'} s{r.seed}")
-
-                bench = run_benchmark(
-                    faults,
-                    seeds=args.seeds,
-                    healthy=args.healthy,
-                    preset=args.preset,
-                    steps=args.steps,
-                    device=args.device,
-                    keep_dir=args.keep_runs,
-                    detectors=detectors,
-                    on_run=on_run,
-                    preflight=not args.no_preflight,
-                )
-        else:
-
-            def on_run(r, done, n):
-                verdict = f"error at step {r.first_step} ({r.first_error_code})" if r.detected else "no error"
-                print(f"[{done}/{n}] {r.fault or 'healthy'} seed {r.seed}: {verdict}, {r.wall_s:.1f}s", flush=True)
-
+        with _progress(console, total) as on_run:
             bench = run_benchmark(
                 faults,
                 seeds=args.seeds,
