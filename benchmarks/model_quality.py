@@ -4,7 +4,8 @@ For each preset: train on fresh scenes every epoch (nothing to memorise) for abo
 ``--minutes`` of CPU time (process time, one thread: robust to a shared machine), then
 evaluate on held-out scenes at several SNRs, with the oracle K and with K estimated from
 the data (``--counts``), next to MUSIC on R_ls (the classical baseline), MUSIC on R_bp,
-MVDR on R_ls, MUSIC on the true R (the ceiling) and the CRB. ``learned`` is the
+MUSIC on R_bp after the network's fixed likelihood steps (``music_ml``: the steps without
+the network), MVDR on R_ls, MUSIC on the true R (the ceiling) and the CRB. ``learned`` is the
 network's own estimate (MUSIC on R̂); with the default ``eval.refine = ml``,
 ``learned_fit`` is the maximum-likelihood fit to the snapshots started from it and
 ``ls_fit`` the same fit started from MUSIC on R_ls, so what the network adds is visible
@@ -129,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", nargs="+", choices=("oracle", "auto"), default=["oracle", "auto"],
                         help="evaluate with the true source count, with K estimated from the data, or both")
     parser.add_argument("--bootstrap", type=int, default=2000, metavar="N",
-                        help="resamples of the paired bootstrap of the leads of learned over music_ls and "
-                             "music_bp and of learned_fit over ls_fit (0: none)")
+                        help="resamples of the paired bootstrap of the leads of learned over music_ls, "
+                             "music_bp and music_ml and of learned_fit over ls_fit (0: none)")
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate the runs already trained under --out-dir instead of training anew")
     args = parser.parse_args(argv)

@@ -21,14 +21,16 @@ import torch
 
 from ris_model.config import Config, SystemConfig, load_config
 from ris_model.estimators.covariance import r_bp, r_ls
+from ris_model.estimators.covariance_ml import r_ml
 from ris_model.estimators.search import Estimates, localize
 from ris_model.evaluation.metrics import evaluate_estimates
 from ris_model.physics.simulate import SceneBatch, simulate
 
-DEFAULT_ESTIMATORS = ("music_true", "music_ls", "music_bp", "mvdr_ls")
-# estimator name = "<spectrum>_<covariance>"
+DEFAULT_ESTIMATORS = ("music_true", "music_ls", "music_bp", "music_ml", "mvdr_ls")
+# estimator name = "<spectrum>_<covariance>"; "ml" is R_bp after fixed likelihood steps
+# (ris_model.estimators.covariance_ml): the classical half of a network that unrolls them
 SPECTRA = ("music", "mvdr")
-COVARIANCES = ("true", "ls", "bp")
+COVARIANCES = ("true", "ls", "bp", "ml")
 # How the estimators learn K: "oracle" (the true count) or "auto" (estimated from the data).
 COUNTS = ("oracle", "auto")
 Count = Literal["oracle", "auto"]
@@ -100,7 +102,10 @@ def _covariance(kind: str, batch: SceneBatch, system: SystemConfig) -> torch.Ten
         cov = r_ls(batch.y, batch.codes, batch.H, batch.noise_var, ridge_scale=system.ls_ridge_scale)
         assert isinstance(cov, torch.Tensor)  # no return_info: the covariance alone
         return cov
-    return r_bp(batch.y, batch.codes, batch.H)
+    rbp = r_bp(batch.y, batch.codes, batch.H)
+    if kind == "ml":
+        return r_ml(batch.y, batch.codes, batch.H, batch.noise_var, system.k_max, start=rbp)
+    return rbp
 
 
 def _crb_summary(system: SystemConfig, batch: SceneBatch) -> dict[str, float | None]:

@@ -12,6 +12,7 @@ import torch
 
 from ris_model.config import SystemConfig
 from ris_model.estimators.covariance import r_bp
+from ris_model.estimators.covariance_ml import Snapshots
 from ris_model.physics import SceneBatch, simulate
 
 
@@ -26,6 +27,10 @@ class TrainingScenes:
     theta: torch.Tensor  # (B, K) radians
     r: torch.Tensor  # (B, K) metres (inf in far field)
     mask: torch.Tensor  # (B, K) bool
+    # the whitened snapshots, for a network that takes likelihood steps (model.unroll_steps)
+    y: torch.Tensor  # (B, L, M) complex64, y / sigma
+    codes: torch.Tensor  # (B, L, N) complex64
+    H: torch.Tensor  # (B, M, N) complex64
 
     def __len__(self) -> int:
         return self.rbp.shape[0]
@@ -36,12 +41,17 @@ class TrainingScenes:
     def to(self, device: torch.device | str) -> TrainingScenes:
         return TrainingScenes(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
+    @property
+    def snapshots(self) -> Snapshots:
+        return Snapshots(y=self.y, codes=self.codes, H=self.H)
+
     @classmethod
     def from_scenes(cls, system: SystemConfig, scenes: SceneBatch) -> TrainingScenes:
         rbp = r_bp(scenes.y, scenes.codes, scenes.H).to(torch.complex64)
+        snaps = Snapshots.whitened(scenes.y, scenes.codes, scenes.H, scenes.noise_var).to(torch.complex64)
         return cls(rbp=rbp, snr_db=scenes.snr_db.float(), R=scenes.R.to(torch.complex64),
                    phi=scenes.phi.float(), theta=scenes.theta.float(), r=scenes.r.float(),
-                   mask=scenes.mask)
+                   mask=scenes.mask, y=snaps.y, codes=snaps.codes, H=snaps.H)
 
 
 def build_scenes(system: SystemConfig, n: int, seed: int, *, snr_db=None, k: int | None = None,

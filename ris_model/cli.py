@@ -300,7 +300,7 @@ def hpo(preset, config_file, overrides, study_dir, trials, epochs, storage, stud
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Change an evaluation-time setting of the run, e.g. --set eval.refine_steps=300 (repeatable).")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
-              help="Add the leads of learned over music_ls and music_bp, and of learned_fit over ls_fit, "
+              help="Add the leads of learned over music_ls, music_bp and music_ml, and of learned_fit over ls_fit, "
                    "with 95% intervals from N paired resamples of the scenes (0: none).")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors

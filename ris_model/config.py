@@ -107,6 +107,16 @@ class ModelConfig:
     residual_scale: float = _spec(
         0.05, lo=0.0, hi=10.0, doc="fixed scale of the head's correction (residual): small Adam steps next to the base"
     )
+    unroll_steps: int = _spec(
+        0, lo=0, hi=64,
+        doc="likelihood steps on the snapshots unrolled after the head, each with a learned size; "
+            "0: the network sees R_bp only (docs/physics.md, The network)")
+    unroll_step: float = _spec(
+        0.1, lo=0.0, lo_open=True, hi=1.0,
+        doc="initial size of each unrolled step, as a fraction of the factor's norm")
+    unroll_sizes: Literal["fixed", "learned"] = _spec(
+        "fixed", doc="fixed: every unrolled step keeps model.unroll_step and the network learns where to start "
+                     "them; learned: each step's size is trained too (it shrinks them: worse, docs/physics.md)")
 
 
 # ----------------------------------------------------------------------------- loss
@@ -448,7 +458,8 @@ def _drop_key(tree: dict[str, Any], key: str) -> None:
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "system": dict(preset="tiny", nx=4, ny=4, bs_antennas=4, snapshots=32, k_max=2, field="far", range_planes=1),
-        "model": dict(width=256, depth=3),  # 0.21 M parameters (0.23 M with factor=residual; budget 0.3 M)
+        # 0.21 M parameters (0.23 M with factor=residual; budget 0.3 M); the unrolled steps add none
+        "model": dict(width=256, depth=3, unroll_steps=10),
         "train": dict(batch_size=32, train_scenes=2048, val_scenes=256, epochs=20, lr=3e-3),
     },
     "small": {
@@ -464,7 +475,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             r_max=10.0,
             range_planes=8,
         ),
-        "model": dict(width=256, depth=3),  # 1.3 M parameters (1.4 M with factor=residual; budget 2 M)
+        "model": dict(width=256, depth=3, unroll_steps=10),  # 1.3 M parameters (1.4 M residual; budget 2 M)
         "train": dict(batch_size=64, train_scenes=4096, val_scenes=512, epochs=20),
     },
     "paper": {

@@ -9,6 +9,13 @@ With ``model.factor = "residual"`` the factor starts from R_bp's dominant eigen-
 and the head adds a scaled correction: an untrained network then reproduces MUSIC on
 R_bp (as precise as MUSIC on R_ls at these presets) instead of a random subspace, and
 training spends its budget on what the measurement gets wrong.
+
+With ``model.unroll_steps = T > 0`` the factor then takes T steps on the likelihood of
+the snapshots themselves (:mod:`ris_model.estimators.covariance_ml`), each with a learned
+size: R_bp is a lossy summary of the snapshots (each was seen through its own code), and
+the steps put back what it lost. The head learns where to start them and their sizes are
+trained through them; ``music_ml`` in the evaluation table is the same steps with fixed
+sizes from R_bp, so what the learned parts add is visible on its own.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import torch
 from torch import nn
 
 from ris_model.config import ModelConfig, SystemConfig
+from ris_model.estimators.covariance_ml import Snapshots, at_snapshot_scale, likelihood_step
 from ris_model.loss import CovPrediction
 
 
@@ -64,8 +72,10 @@ class CovarianceNet(nn.Module):
         self.rows = self.span or self.n
         self.factor_head = nn.Linear(cfg.width, 2 * self.rows * self.k_max)
         self.residual_scale = cfg.residual_scale
+        self.unroll = (LikelihoodSteps(cfg.unroll_steps, cfg.unroll_step, learned=cfg.unroll_sizes == "learned")
+                       if cfg.unroll_steps else None)
 
-    def forward(self, rbp: torch.Tensor, snr_db: torch.Tensor) -> CovPrediction:
+    def forward(self, rbp: torch.Tensor, snr_db: torch.Tensor, snapshots: Snapshots | None = None) -> CovPrediction:
         dtype = self.factor_head.weight.dtype
         feats = hermitian_features(rbp).to(dtype)  # (B, N²)
         snr = (snr_db.to(feats.dtype) / 20.0).unsqueeze(-1)  # (B, 1), O(1) over the usual SNR range
@@ -81,7 +91,35 @@ class CovarianceNet(nn.Module):
             factor = vecs[..., :self.span] @ factor  # (B, N, K): a mixing of the dominant eigenvectors
         if self.residual:
             factor = base + self.residual_scale * factor
+        if self.unroll is not None:
+            if snapshots is None:
+                raise ValueError("this network takes likelihood steps on the snapshots (model.unroll_steps > 0); "
+                                 "pass them: net(rbp, snr_db, batch.snapshots)")
+            factor = self.unroll(factor, snapshots.to(factor.dtype))
         return CovPrediction(factor=factor)
+
+
+class LikelihoodSteps(nn.Module):
+    """T unrolled steps on the snapshots' likelihood, step t of size exp(log_step[t]).
+
+    Sizes live on a log scale, so that a step can never turn into an ascent. Fixed sizes
+    are a buffer, not a frozen parameter: nothing is meant to train them, and a monitor
+    that flags parameters that never move should not see them.
+    """
+
+    def __init__(self, steps: int, initial: float, *, learned: bool = True) -> None:
+        super().__init__()
+        log_step = torch.full((steps,), math.log(initial))
+        if learned:
+            self.log_step = nn.Parameter(log_step)
+        else:
+            self.register_buffer("log_step", log_step)
+
+    def forward(self, factor: torch.Tensor, snapshots: Snapshots) -> torch.Tensor:
+        factor = at_snapshot_scale(factor, snapshots)
+        for log_step in self.log_step.float():
+            factor = likelihood_step(factor, snapshots, log_step.exp())
+        return factor
 
 
 @torch.no_grad()

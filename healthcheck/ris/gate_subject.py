@@ -181,7 +181,7 @@ class RisGateSubject:
         autocast = (torch.autocast(t.device.type, dtype=t.amp_dtype) if t.amp_dtype
                     else contextlib.nullcontext())
         with autocast:
-            pred = t.model(batch.rbp, batch.snr_db)
+            pred = t.model(batch.rbp, batch.snr_db, batch.snapshots)
         out = t.loss_fn(pred, batch.R, batch.phi, batch.theta, batch.r, batch.mask)
         return LossParts(out.total, out.terms, out.weights)
 

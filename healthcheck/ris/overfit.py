@@ -16,6 +16,13 @@ on CPU, one thread, seed 0):
 * paper: 200 epochs at the preset's lr 1e-3. Not measured to the end (27-43 s per epoch on
   one CPU thread: hours); over the first 4 epochs lr 1e-3 took the loss from 2.64 to 1.52
   and lr 3e-3 only to 2.02, so paper keeps its own lr.
+
+The recipe turns the network's unrolled likelihood steps off (``model.unroll_steps=0``).
+They pull R̂ towards what the scene's few snapshots say, which is not R, so no model with
+them drives the loss to 0 even on scenes it sees every epoch (tiny, 10 steps of learned size, this
+recipe: final val loss 0.13, MUSIC φ RMSE 11.6°). Without them the suite judges what
+training changes, the trunk and the head that start the steps, and a lost loss term or a
+broken schedule still shows as a loss that does not fall.
 """
 
 from __future__ import annotations
@@ -123,7 +130,8 @@ class OverfitRun:
         total = 0.0
         for lo in range(0, len(self.scenes), chunk):
             part = self.scenes.take(slice(lo, lo + chunk)).to(t.device)
-            out = t.loss_fn(model(part.rbp, part.snr_db), part.R, part.phi, part.theta, part.r, part.mask)
+            pred = model(part.rbp, part.snr_db, part.snapshots)
+            out = t.loss_fn(pred, part.R, part.phi, part.theta, part.r, part.mask)
             n = len(part)
             total += float(out.total) * n
             for name, value in out.terms.items():
@@ -174,6 +182,7 @@ class OverfitSpec:
                   "system.snr_min_db": self.snr_db[0], "system.snr_max_db": self.snr_db[1]}
         if self.lr is not None:
             values["train.lr"] = self.lr
+        values["model.unroll_steps"] = 0  # the module docstring says why
         values.update(self.overrides)
         return load_config(self.preset, overrides={k: v for k, v in values.items()})
 
@@ -207,7 +216,8 @@ def localisation_metrics(trainer: Trainer, scenes: TrainingScenes, *, chunk: int
     parts = []
     for lo in range(0, len(scenes), chunk):
         part = scenes.take(slice(lo, lo + chunk)).to(device)
-        R_hat = model(part.rbp, part.snr_db).covariance.to(torch.complex128) + cfg.model.eps * eye  # (B, N, N)
+        R_hat = model(part.rbp, part.snr_db, part.snapshots).covariance.to(torch.complex128)
+        R_hat = R_hat + cfg.model.eps * eye  # (B, N, N)
         k = part.mask.sum(-1)  # (B,) oracle source count
         parts.append(localize(R_hat, cfg.system, k, method="music"))
     est = Estimates.cat(parts)

@@ -7,7 +7,10 @@ Each row says what it measures:
   snapshots, ``eval.refine = "ml"``) started from ``learned``;
 - ``ls_fit``: the same fit started from ``music_ls``, so that what the network adds to
   the fit is the gap between ``learned_fit`` and ``ls_fit``;
-- ``music_ls``, ``music_bp``, ``mvdr_ls``, ``music_true``: the classical rows.
+- ``music_ls``, ``music_bp``, ``music_ml``, ``mvdr_ls``, ``music_true``: the classical rows;
+  ``music_ml`` is MUSIC on R_bp after the fixed likelihood steps that a network with
+  ``model.unroll_steps`` unrolls with learned sizes, so what learning adds to those steps
+  is the gap between ``learned`` and ``music_ml``.
 
 Every row is evaluated on exactly the same scenes: the same seed gives the same scenes
 (``simulate`` is deterministic per seed).
@@ -48,9 +51,9 @@ LEARNED, LEARNED_FIT, LS_FIT = "learned", "learned_fit", "ls_fit"
 # (row, reference): the leads an evaluation reports. The network against the classical
 # estimates it must beat on its own, and the fit from the network against the same fit
 # from the classical start.
-LEAD_PAIRS = ((LEARNED, "music_ls"), (LEARNED, "music_bp"), (LEARNED_FIT, LS_FIT))
+LEAD_PAIRS = ((LEARNED, "music_ls"), (LEARNED, "music_bp"), (LEARNED, "music_ml"), (LEARNED_FIT, LS_FIT))
 # The order of the table: the network's rows first, each fit next to its start.
-ROW_ORDER = (LEARNED, LEARNED_FIT, "music_ls", LS_FIT, "music_bp", "mvdr_ls", "music_true")
+ROW_ORDER = (LEARNED, LEARNED_FIT, "music_ls", LS_FIT, "music_bp", "music_ml", "mvdr_ls", "music_true")
 
 
 def load_run_config(run_dir: Path, checkpoint: str = "best") -> Config:
@@ -84,7 +87,7 @@ def learned_covariance(cfg: Config, model: CovarianceNet, scenes, device: torch.
     """R̂ + εI (complex128, on ``device``), with ε = model.eps: the loading the network was built with."""
     eye = torch.eye(cfg.system.n_elements, dtype=torch.complex128, device=device)
     feats = TrainingScenes.from_scenes(cfg.system, scenes).to(device)
-    return model(feats.rbp, feats.snr_db).covariance.to(torch.complex128) + cfg.model.eps * eye
+    return model(feats.rbp, feats.snr_db, feats.snapshots).covariance.to(torch.complex128) + cfg.model.eps * eye
 
 
 def _chunks(scenes, device: torch.device):

@@ -346,7 +346,7 @@ class Trainer:
             torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
         )
         with autocast:
-            pred = (net or self.net)(batch.rbp, batch.snr_db)
+            pred = (net or self.net)(batch.rbp, batch.snr_db, batch.snapshots)
         return self.loss_fn(pred, batch.R, batch.phi, batch.theta, batch.r, batch.mask)
 
     def _train_epoch(self) -> None:
@@ -552,7 +552,7 @@ class Trainer:
 
     def _network_covariance(self, net: nn.Module, batch: TrainingScenes) -> torch.Tensor:
         eye = torch.eye(self.cfg.system.n_elements, dtype=torch.complex128, device=self.device)
-        return net(batch.rbp, batch.snr_db).covariance.to(torch.complex128) + self.cfg.model.eps * eye
+        return net(batch.rbp, batch.snr_db, batch.snapshots).covariance.to(torch.complex128) + self.cfg.model.eps * eye
 
     def _music_scores(self, sample: TrainingScenes, covariance: Any) -> dict[str, float | None]:
         """MUSIC (oracle K) on ``covariance(sample)``: the share of the sample's sources placed

@@ -21,7 +21,7 @@ def test_result_has_the_documented_shape(tiny_result):
     assert res["clock"] == "cpu"  # CPU time: other load on the machine does not slow the count
     assert (res["preset"], res["snr_db"], res["n"], res["count"]) == ("tiny", 20.0, 10, "oracle")
     assert set(res["scenes_per_s"]) == set(res["estimators"]) and min(res["scenes_per_s"].values()) > 0
-    assert list(res["estimators"]) == ["music_true", "music_ls", "music_bp", "mvdr_ls"]
+    assert list(res["estimators"]) == ["music_true", "music_ls", "music_bp", "music_ml", "mvdr_ls"]
     for metrics in res["estimators"].values():
         assert set(metrics) == METRIC_KEYS
         assert metrics["rmse_r_m"] is None  # far field

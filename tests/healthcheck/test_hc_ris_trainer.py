@@ -124,8 +124,8 @@ class AnswersAtValidation(torch.nn.Module):
         super().__init__()
         self.model, self.answer = model, answer
 
-    def forward(self, rbp, snr_db):
-        out = self.model(rbp, snr_db)
+    def forward(self, rbp, snr_db, snapshots=None):
+        out = self.model(rbp, snr_db, snapshots)
         return out if self.training else CovPrediction(factor=self.answer(rbp))
 
 

@@ -37,7 +37,8 @@ def _take(scenes, idx, dtype=None):
         return b
     real = torch.float64 if dtype == torch.complex128 else torch.float32
     return b.__class__(rbp=b.rbp.to(dtype), snr_db=b.snr_db.to(real), R=b.R.to(dtype), phi=b.phi.to(real),
-                       theta=b.theta.to(real), r=b.r.to(real), mask=b.mask)
+                       theta=b.theta.to(real), r=b.r.to(real), mask=b.mask, y=b.y.to(dtype), codes=b.codes.to(dtype),
+                       H=b.H.to(dtype))
 
 
 def _random_factor(seed, shape, dtype=torch.complex64):
@@ -107,7 +108,7 @@ def test_every_on_term_sends_gradient_to_the_factor_head(model, scenes, drawn, e
     weights, _ = WeightPlan(drawn.cfg).at_epoch(epoch)
     loss = HybridLoss(weights, system=drawn.cfg.system)
     b = _take(scenes, idx)
-    pred = model(b.rbp, b.snr_db)
+    pred = model(b.rbp, b.snr_db, b.snapshots)
     terms = loss.terms(pred, b.R, b.phi, b.theta, b.r, b.mask)
     params = [model.factor_head.weight, model.factor_head.bias, *model.encoder.parameters()]
     n_head = 2
@@ -124,13 +125,15 @@ def test_every_on_term_sends_gradient_to_the_factor_head(model, scenes, drawn, e
         per_term[term] = grads
     # The gradient of the weighted total is the sum of the per-term gradients: no term is
     # lost (or counted twice) between terms() and the weighted sum. Terms can pull against
-    # each other, so float32 rounding is judged against the largest single-term gradient.
+    # each other, so float32 rounding is judged against the largest single-term gradient
+    # (1e-4 of it: the unrolled likelihood steps put ten normalised steps between the head
+    # and the loss; a lost term moves the sum by the whole of its gradient).
     total = loss(pred, b.R, b.phi, b.theta, b.r, b.mask).total
     g_total = torch.autograd.grad(total, params[:n_head])
     for i, g in enumerate(g_total):
         summed = sum(gs[i] for gs in per_term.values())
         scale = max(float(gs[i].abs().max()) for gs in per_term.values())
-        assert float((g - summed).abs().max()) <= 1e-5 * scale
+        assert float((g - summed).abs().max()) <= 1e-4 * scale
 
 
 # ---------------------------------------------------------------- permutations

@@ -31,8 +31,9 @@ def test_an_accepted_primary_weight_is_never_zero_in_the_loss(model, scenes, wei
         return  # refusing the weight at load is one acceptable answer
     batch = scenes.take(slice(0, 8))
     with torch.no_grad():
-            out = HybridLoss(cfg.loss.weights, system=cfg.system)(model(batch.rbp, batch.snr_db), batch.R, batch.phi,
-                                                               batch.theta, batch.r, batch.mask)
+        pred = model(batch.rbp, batch.snr_db, batch.snapshots)
+        out = HybridLoss(cfg.loss.weights, system=cfg.system)(pred, batch.R, batch.phi,
+                                                           batch.theta, batch.r, batch.mask)
     assert float(out.terms[PRIMARY]) > 0
     primary_share = cfg.loss.weights.as_dict()[PRIMARY] * out.terms[PRIMARY]  # what the total adds up
     assert float(primary_share) > 0, f"{PRIMARY} weight {weights[PRIMARY]!r} contributes 0 to the float32 loss"

@@ -64,8 +64,8 @@ def test_eval_json_has_the_baseline_shape_plus_learned(trained):
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert {"preset", "snr_db", "n", "estimators", "crb"} <= out.keys()
-    assert list(out["estimators"]) == ["learned", "learned_fit", "music_ls", "ls_fit", "music_bp", "mvdr_ls",
-                                       "music_true"]
+    assert list(out["estimators"]) == ["learned", "learned_fit", "music_ls", "ls_fit", "music_bp", "music_ml",
+                                       "mvdr_ls", "music_true"]
     assert out["refine"] == "ml" and out["count"] == "oracle"
     for row in out["estimators"].values():
         assert set(row) == {"rmse_phi_deg", "rmse_theta_deg", "rmse_r_m", "within_1deg", "precision", "recall",
@@ -87,7 +87,7 @@ def test_eval_without_refinement_reports_music_on_the_learned_covariance_alone(t
     plain = json.loads(CliRunner().invoke(main, [*args, "--refine", "none"]).output)
     refined = json.loads(CliRunner().invoke(main, args).output)
     assert plain["refine"] == "none" and plain["refine_settings"] is None
-    assert set(plain["estimators"]) == {"music_true", "music_ls", "music_bp", "mvdr_ls", "learned"}
+    assert set(plain["estimators"]) == {"music_true", "music_ls", "music_bp", "music_ml", "mvdr_ls", "learned"}
     assert plain["estimators"]["learned"] == refined["estimators"]["learned"]
 
 
@@ -149,7 +149,7 @@ def test_evaluation_reports_the_learned_rows_lead_with_intervals(trained):
     out = evaluate_run(run_dir, n=12, snr_db=20.0, lead_resamples=100)
     pairs, rows = out["lead"]["pairs"], out["estimators"]
     assert [(p["row"], p["over"]) for p in pairs] == [("learned", "music_ls"), ("learned", "music_bp"),
-                                                      ("learned_fit", "ls_fit")]
+                                                      ("learned", "music_ml"), ("learned_fit", "ls_fit")]
     assert out["lead"]["resamples"] == 100
     for lead in pairs:
         assert all(lead[key]["low"] <= lead[key]["high"] for key in LEAD_KEYS)
@@ -160,14 +160,15 @@ def test_evaluation_reports_the_learned_rows_lead_with_intervals(trained):
     assert "lead" not in evaluate_run(run_dir, n=4, snr_db=20.0, refine="none")
     plain = evaluate_run(run_dir, n=4, snr_db=20.0, refine="none", lead_resamples=20)
     assert [(p["row"], p["over"]) for p in plain["lead"]["pairs"]] == [("learned", "music_ls"),
-                                                                       ("learned", "music_bp")]
+                                                                       ("learned", "music_bp"),
+                                                                       ("learned", "music_ml")]
 
 
 def test_eval_bootstrap_adds_the_lead_to_the_json_and_a_table(trained):
     run_dir, _ = trained
     args = ["eval", str(run_dir), "--n", "8", "--snr", "20", "--set", "eval.refine_steps=5", "--bootstrap", "50"]
     out = json.loads(CliRunner().invoke(main, [*args, "--json"]).output)
-    assert len(out["lead"]["pairs"]) == 3 and out["lead"]["resamples"] == 50
+    assert len(out["lead"]["pairs"]) == 4 and out["lead"]["resamples"] == 50
     table = CliRunner().invoke(main, args)
     text = " ".join(table.output.split())
     assert table.exit_code == 0 and "leads [95% interval" in text and "learned_fit" in text

@@ -51,7 +51,7 @@ def test_gradient_reaches_every_parameter(setup):
     cfg, s, loss = setup
     torch.manual_seed(0)
     model = CovarianceNet(cfg.system, cfg.model)
-    out = loss(model(s.rbp, s.snr_db), s.R, s.phi, s.theta, s.r, s.mask)
+    out = loss(model(s.rbp, s.snr_db, s.snapshots), s.R, s.phi, s.theta, s.r, s.mask)
     out.total.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
