@@ -266,11 +266,15 @@ def _constant_targets(trainer) -> None:
 
 
 def _input_uninformative(trainer) -> None:
-    # every scene's input is the same trace-N identity: the network can only output one answer
+    # every scene's input is the same: R_bp a trace-N identity, and the snapshots (which a
+    # network with unrolled likelihood steps also reads) the first scene's, so the network
+    # can only output one answer
     for which in ("train_data", "val_data"):
-        rbp = getattr(trainer, which).rbp
-        eye = torch.eye(rbp.shape[-1], dtype=rbp.dtype, device=rbp.device).expand_as(rbp).clone()
-        _replace_data(trainer, which, rbp=eye)
+        data = getattr(trainer, which)
+        eye = torch.eye(data.rbp.shape[-1], dtype=data.rbp.dtype, device=data.rbp.device).expand_as(data.rbp)
+        _replace_data(trainer, which, rbp=eye.clone(),
+                      **{name: getattr(data, name)[:1].expand_as(getattr(data, name)).clone()
+                         for name in ("y", "codes", "H")})
 
 
 def _zero_init(trainer) -> None:

@@ -322,7 +322,9 @@ def check_constant_targets(make):
 def check_input_uninformative(make):
     t = fault(make(), "input_uninformative")
     for d in (t.train_data, t.val_data):
-        assert torch.equal(d.rbp, d.rbp[:1].expand_as(d.rbp))
+        for name in ("rbp", "y", "codes", "H"):  # all the network reads of a scene
+            x = getattr(d, name)
+            assert torch.equal(x, x[:1].expand_as(x)), name
 
 
 CHECKS = {
