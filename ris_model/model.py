@@ -11,11 +11,13 @@ R_bp (as precise as MUSIC on R_ls at these presets) instead of a random subspace
 training spends its budget on what the measurement gets wrong.
 
 With ``model.unroll_steps = T > 0`` the factor then takes T steps on the likelihood of
-the snapshots themselves (:mod:`ris_model.estimators.covariance_ml`), each with a learned
-size: R_bp is a lossy summary of the snapshots (each was seen through its own code), and
-the steps put back what it lost. The head learns where to start them and their sizes are
-trained through them; ``music_ml`` in the evaluation table is the same steps with fixed
-sizes from R_bp, so what the learned parts add is visible on its own.
+the snapshots themselves (:mod:`ris_model.estimators.covariance_ml`): R_bp is a lossy
+summary of the snapshots (each was seen through its own code), and the steps put back
+what it lost. The loss is back-propagated through them, so the trunk and head learn where
+to start them. Their sizes are fixed by default (``model.unroll_sizes``): trained, they
+shrink and the steps stop helping (docs/physics.md). ``music_ml`` in the evaluation
+table takes the same steps from R_bp's dominant factor, without the network, so what
+training adds is visible on its own.
 """
 
 from __future__ import annotations

@@ -86,11 +86,18 @@ def nll_and_gradient(F: torch.Tensor, snaps: Snapshots) -> tuple[torch.Tensor, t
 
 def at_snapshot_scale(F: torch.Tensor, snaps: Snapshots) -> torch.Tensor:
     """F rescaled so that its images carry the snapshots' signal energy (mean ||y_l||^2 - M,
-    floored at -10 dB): a trace-normalised factor is on no scale the likelihood knows."""
+    floored at -10 dB): a trace-normalised factor is on no scale the likelihood knows.
+
+    A factor with no energy at all is left as it is: scaling 0 by 1 / sqrt(tiny) returns 0
+    but multiplies its gradient by ~1e19, which would hide a network that outputs nothing
+    (all-zero weights) behind a gradient that looks alive.
+    """
     m = snaps.y.shape[-1]
     gain = snaps.images(F).abs().square().sum((-1, -2)).mean(-1)  # (B,)
     signal = (snaps.y.abs().square().sum(-1).mean(-1) - m).clamp_min(0.1 * m)
-    return F * (signal / gain.clamp_min(torch.finfo(gain.dtype).tiny)).sqrt().to(F.dtype)[:, None, None]
+    alive = gain > 0
+    scale = torch.where(alive, signal / torch.where(alive, gain, torch.ones_like(gain)), torch.ones_like(gain))
+    return F * scale.sqrt().to(F.dtype)[:, None, None]
 
 
 def likelihood_step(F: torch.Tensor, snaps: Snapshots, step: torch.Tensor | float) -> torch.Tensor:

@@ -101,3 +101,13 @@ def test_r_ml_refuses_a_negative_step_count():
     system, scenes = _scenes()
     with pytest.raises(ValueError, match="steps must be >= 0"):
         r_ml(scenes.y, scenes.codes, scenes.H, scenes.noise_var, 2, start=scenes.R, steps=-1)
+
+
+def test_a_factor_with_no_energy_stays_zero_and_passes_no_gradient_through_the_steps():
+    _, scenes = _scenes()
+    snaps = _snapshots(scenes)
+    F = torch.zeros(len(scenes), 16, 2, dtype=torch.complex128, requires_grad=True)
+    out = refine_factor(F, snaps, [0.1, 0.1])
+    assert out.abs().max() == 0
+    (grad,) = torch.autograd.grad((out.abs().square().sum() + out.real.sum()), F)
+    assert torch.isfinite(grad).all() and grad.abs().max() <= 1.0  # no 1 / sqrt(tiny) amplification
