@@ -14,6 +14,11 @@ Gradients carried over from one optimizer step into the next (``grad.not_cleared
 watched with hooks on the trainer's parameters and optimizer (`GradClearWatch`) from fit
 start to fit end.
 
+Every ``PROBE_EVERY`` training steps, before backward, the callback scores the batch's
+prediction against its own targets and against the targets of other scenes in the batch
+(`pairing_gap`, no extra forward): ``data.no_signal`` fires when a run lowers its loss
+without the two ever parting, e.g. every scene carrying the same targets.
+
 At fit start the callback adds what only the trainer knows: the range each loss term
 can take (`term_ranges`), judged on every step and every evaluation
 (``value.out_of_range``), so a scale bug shows at step 0 instead of as a curve.
@@ -33,10 +38,11 @@ from ..live import LiveView
 from ..monitor import Monitor
 from ..policy import Policy
 from ..record import as_record
-from ..signals import GradClearWatch
+from ..signals import GradClearWatch, pairing_gap
 from ..sinks import ConsoleSink, JsonlSink, OptunaSink, WandbSink
 
 HEALTH_FILE = "health.jsonl"
+PROBE_EVERY = 10  # training steps between pairing probes, as TrainingHealth's default
 
 
 def term_ranges(n_elements: int) -> dict[str, tuple[float, float]]:
@@ -69,6 +75,8 @@ class RisTrainerHealth(Callback):
         self._seen: tuple[Any, Any] = (None, None)  # (trainer's names, live names) last mapped
         self._order: list[int] | None = None  # live parameter i is the trainer's _order[i]
         self._clear_watch: GradClearWatch | None = None
+        self._signals: dict[str, Any] = {}  # this step's probes, handed to the live view after backward
+        self._probe_gen: Any = None
 
     @classmethod
     def build(cls, run_dir: str | Path | None, *, policy: Policy | None = None, context: str = "train",
@@ -95,11 +103,32 @@ class RisTrainerHealth(Callback):
             self.monitor.add_detectors(range_detectors(trainer.cfg.system.n_elements))
             self._ranges_added = True
 
+    def on_before_backward(self, trainer, batch, prediction, out) -> None:
+        if trainer.state.batches_seen % PROBE_EVERY:
+            return
+        import torch
+
+        from ris_model.loss import CovPrediction
+
+        if self._probe_gen is None:
+            self._probe_gen = torch.Generator().manual_seed(trainer.dist.rank)
+
+        def loss_of(factor, targets):
+            return trainer.loss_fn(CovPrediction(factor=factor), *targets).total
+
+        targets = (batch.R, batch.phi, batch.theta, batch.r, batch.mask)
+        gap = pairing_gap(prediction.factor.detach(), targets, loss_of, self._probe_gen)
+        if gap is not None:
+            self._signals["pairing"] = gap
+
     def on_after_backward(self, trainer, metrics) -> None:
         self._offer_grad_norms(trainer, metrics)
-        if self.live is not None and self._clear_watch is not None:
-            uncleared = self._clear_watch.take()
-            self.live.signals = {"uncleared_grads": uncleared} if uncleared else {}
+        if self.live is not None:
+            signals, self._signals = self._signals, {}
+            uncleared = self._clear_watch.take() if self._clear_watch is not None else None
+            if uncleared:
+                signals["uncleared_grads"] = uncleared
+            self.live.signals = signals
         self._observe(trainer, metrics, "after_backward")
 
     def on_after_optimizer_step(self, trainer, metrics) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ris_model.batches import TrainingScenes
+    from ris_model.loss import CovPrediction, LossOutput
     from ris_model.training.train import Trainer
 
 Metrics = dict[str, Any]
@@ -23,6 +25,11 @@ class Callback:
 
     def on_batch_start(self, trainer: Trainer, batch_index: int) -> None:
         """Called before the forward pass of every batch."""
+
+    def on_before_backward(self, trainer: Trainer, batch: TrainingScenes, prediction: CovPrediction,
+                           out: LossOutput) -> None:
+        """Called after a training batch's forward pass and loss, before backward: the batch, the
+        model's prediction (still attached to its graph) and the loss. Read them; change nothing."""
 
     def on_after_backward(self, trainer: Trainer, metrics: Metrics) -> None:
         """Called after loss.backward() (gradients unscaled and present), before clipping and the optimizer step."""
@@ -58,6 +65,10 @@ class CallbackList(Callback):
     def on_batch_start(self, trainer, batch_index):
         for cb in self.callbacks:
             cb.on_batch_start(trainer, batch_index)
+
+    def on_before_backward(self, trainer, batch, prediction, out):
+        for cb in self.callbacks:
+            cb.on_before_backward(trainer, batch, prediction, out)
 
     def on_after_backward(self, trainer, metrics):
         for cb in self.callbacks:

@@ -341,12 +341,17 @@ class Trainer:
                 break
             yield data.take(idx).to(self.device)
 
-    def _forward(self, batch: TrainingScenes, net: nn.Module | None = None) -> LossOutput:
+    def _predict(self, batch: TrainingScenes, net: nn.Module | None = None) -> CovPrediction:
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
         )
         with autocast:
-            pred = (net or self.net)(batch.rbp, batch.snr_db, batch.snapshots)
+            return (net or self.net)(batch.rbp, batch.snr_db, batch.snapshots)
+
+    def _forward(self, batch: TrainingScenes, net: nn.Module | None = None) -> LossOutput:
+        return self._loss(batch, self._predict(batch, net))
+
+    def _loss(self, batch: TrainingScenes, pred: CovPrediction) -> LossOutput:
         return self.loss_fn(pred, batch.R, batch.phi, batch.theta, batch.r, batch.mask)
 
     def _train_epoch(self) -> None:
@@ -356,7 +361,9 @@ class Trainer:
         count = 0
         for batch in self._batches():
             self.callbacks.on_batch_start(self, self.state.batch_in_epoch)
-            out = self._forward(batch)
+            pred = self._predict(batch)
+            out = self._loss(batch, pred)
+            self.callbacks.on_before_backward(self, batch, pred, out)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.total).backward()
             self.scaler.unscale_(self.optimizer)  # norms and clipping see true gradients

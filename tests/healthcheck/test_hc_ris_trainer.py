@@ -182,3 +182,33 @@ def test_a_model_that_beats_rbp_is_not_flagged(tmp_path):
     assert last["loss"] < last["metrics"]["baseline/loss"] and last["terms"]["cov"] < last["metrics"]["baseline/cov"]
     assert last["metrics"]["within_1deg"] > last["metrics"]["baseline_max/within_1deg"]
     assert last["metrics"]["median_angle_deg"] < last["metrics"]["baseline/median_angle_deg"]
+
+
+# -- the pairing probe before backward (data.no_signal) ------------------------------------
+def _fit_probed(tmp_path, fault_name=None, steps=120):
+    from healthcheck.detectors import NoDataSignal
+    from healthcheck.ris.faults import REGISTRY
+    from ris_model.batches import build_scenes
+    from ris_model.training.train import Trainer
+
+    batch, scenes = 16, 64
+    cfg = load_config("tiny", overrides=[f"train.batch_size={batch}", f"train.train_scenes={scenes}",
+                                         "train.val_scenes=16", f"train.epochs={steps * batch // scenes}",
+                                         "train.warmup_steps=5", "model.width=32", "model.depth=2"])
+    health = RisTrainerHealth(Monitor([NoDataSignal()], policy=RECORD_ALL))
+    trainer = Trainer(cfg, tmp_path, device="cpu", callbacks=[health], train_scenes=build_scenes(cfg.system, scenes, 0),
+                      val_scenes=build_scenes(cfg.system, 16, seed=1))
+    if fault_name:
+        next(f for f in REGISTRY if f.name == fault_name).apply(trainer)
+    trainer.fit()
+    return [e for e in health.monitor.events if e.code == "data.no_signal"]
+
+
+def test_targets_that_are_the_same_for_every_scene_fire_no_signal_after_the_warm_up(tmp_path):
+    events = _fit_probed(tmp_path, "constant_targets")
+    assert events and 100 <= events[0].step < 120
+    assert events[0].where == "targets"
+
+
+def test_a_healthy_run_keeps_its_targets_paired(tmp_path):
+    assert _fit_probed(tmp_path) == []
