@@ -30,6 +30,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ris_model.loss import CovPrediction
 from ris_model.training.callbacks import Callback
 from ris_model.training.stop import StopReason
 
@@ -106,10 +109,6 @@ class RisTrainerHealth(Callback):
     def on_before_backward(self, trainer, batch, prediction, out) -> None:
         if trainer.state.batches_seen % PROBE_EVERY:
             return
-        import torch
-
-        from ris_model.loss import CovPrediction
-
         if self._probe_gen is None:
             self._probe_gen = torch.Generator().manual_seed(trainer.dist.rank)
 
