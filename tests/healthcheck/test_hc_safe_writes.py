@@ -5,7 +5,6 @@ a policy file that does not parse, and config.json shapes `healthcheck weights` 
 import errno
 import json
 import os
-import threading
 
 import pytest
 from click.testing import CliRunner
@@ -14,16 +13,7 @@ from healthcheck.cli import cli
 from healthcheck.events import HealthEvent, HealthLogWriter, Severity
 from healthcheck.record import MetricsWriter, resumed_timeline
 from healthcheck.safe_files import RunFileError, write_atomic
-
-
-def one_sentence(result, *fragments):
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exc_info)
-    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
-    error = result.output[result.output.index("Error: "):].rstrip("\n")
-    assert "\n" not in error, error
-    for fragment in fragments:
-        assert fragment in error, error
-    return error
+from tests.hostile import one_sentence, refusal_of_fifo
 
 
 def event():
@@ -43,21 +33,7 @@ def test_a_log_that_is_a_link_is_refused_and_its_target_untouched(tmp_path, writ
 def test_a_fifo_health_log_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "health.jsonl"
     os.mkfifo(fifo)
-    outcome = []
-
-    def construct():
-        try:
-            HealthLogWriter(fifo).close()
-            outcome.append("opened")
-        except OSError as exc:
-            outcome.append(str(exc))
-
-    worker = threading.Thread(target=construct, daemon=True)
-    worker.start()
-    worker.join(timeout=20)
-    if worker.is_alive():
-        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
-        pytest.fail("opening a FIFO health.jsonl blocked")
+    outcome = refusal_of_fifo(fifo, lambda: HealthLogWriter(fifo).close())
     assert outcome and "not a regular file" in outcome[0]
 
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from ris_model.cli import main
+from tests.hostile import one_sentence
+
+__all__ = ["QUIET", "TINY", "invoke", "one_sentence", "trained_run"]
 
 TINY = ["--preset", "tiny", "--set", "train.train_scenes=32", "--set", "train.val_scenes=8",
         "--set", "train.batch_size=16", "--set", "model.width=16", "--set", "model.depth=1"]
@@ -14,17 +17,6 @@ QUIET = ["--wandb", "off", "--no-health", "--eval-n", "0"]
 
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_sentence(result, *fragments):
-    """Exit 2, no traceback, and the error is the one line after ``Error:``."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exc_info)
-    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
-    error = result.output[result.output.index("Error: "):].rstrip("\n")
-    assert "\n" not in error, error
-    for fragment in fragments:
-        assert fragment in error, error
-    return error
 
 
 def trained_run(tmp_path_factory, name):

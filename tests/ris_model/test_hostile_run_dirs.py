@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from ris_model.config import load_config
 from ris_model.training.callbacks import Callback
 from ris_model.training.rundir import RunDir
 from ris_model.training.train import Trainer
+from tests.hostile import refusal_of_fifo
 
 
 @pytest.fixture(scope="module")
@@ -87,21 +87,7 @@ def test_a_fifo_in_place_of_metrics_is_refused_without_blocking(tmp_path):
     run_dir.mkdir()
     fifo = run_dir / "metrics.jsonl"
     os.mkfifo(fifo)
-    outcome = []
-
-    def construct():
-        try:
-            RunDir(run_dir).close()
-            outcome.append("opened")
-        except OSError as exc:
-            outcome.append(str(exc))
-
-    worker = threading.Thread(target=construct, daemon=True)
-    worker.start()
-    worker.join(timeout=20)
-    if worker.is_alive():  # blocked opening the FIFO: release it, then fail
-        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
-        pytest.fail("opening a FIFO metrics.jsonl blocked")
+    outcome = refusal_of_fifo(fifo, lambda: RunDir(run_dir).close())
     assert len(outcome) == 1 and "not a regular file" in outcome[0], outcome
 
 
