@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ris_model.config import MIN_PRIMARY_WEIGHT, ConfigError, LossWeights, SystemConfig
+from ris_model.estimators.covariance_ml import dominant_factor
 from ris_model.physics.geometry import system_positions, wavenumber
 from ris_model.physics.steering import ris_steering
 
@@ -41,9 +42,7 @@ class CovPrediction:
         Its columns are orthogonal, so it is also the optimum of the ``ortho`` term. Used
         by the self-test and by tests; never on a training path (eigh backward).
         """
-        evals, evecs = torch.linalg.eigh(R)  # ascending
-        top = evals[..., -rank:].flip(-1).clamp_min(0).sqrt()  # strongest first, as the model orders them
-        return cls(factor=evecs[..., -rank:].flip(-1) * top.unsqueeze(-2).to(evecs.dtype))
+        return cls(factor=dominant_factor(R, rank))  # strongest first, as the model orders them
 
 
 @dataclass(frozen=True)
