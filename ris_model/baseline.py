@@ -44,10 +44,11 @@ def check_count(count: str) -> None:
         raise ValueError(f"the source count must be 'oracle' or 'auto' but got {count!r}")
 
 
-def count_rule(cfg: Config) -> dict[str, Any]:
-    """How a row estimates K (``--k auto``), as :func:`~ris_model.estimators.search.localize`'s
-    keywords, from the config's ``eval.count_rule`` and ``eval.count_threshold``."""
-    return {"order": cfg.eval.count_rule, "threshold": cfg.eval.count_threshold}
+def localize_rule(cfg: Config) -> dict[str, Any]:
+    """How every row localises, as :func:`~ris_model.estimators.search.localize`'s keywords:
+    how it estimates K (``--k auto``: ``eval.count_rule``, ``eval.count_threshold``) and how
+    MUSIC places the K sources (``eval.music_fit``)."""
+    return {"order": cfg.eval.count_rule, "threshold": cfg.eval.count_threshold, "music_fit": cfg.eval.music_fit}
 
 
 def describe_rule(rule: dict[str, Any]) -> str:
@@ -138,7 +139,7 @@ def baseline_estimates(system: SystemConfig, batch: SceneBatch,
                        rule: dict[str, Any] | None = None, seconds: MutableMapping[str, float] | None = None,
                        clock: Callable[[], float] = time.process_time) -> dict[str, Estimates]:
     """Each named estimator ("<music|mvdr>_<true|ls|bp>") on every scene, with the oracle K
-    or (``count="auto"``) K estimated from its own covariance by ``rule`` (:func:`count_rule`;
+    or (``count="auto"``) K estimated from its own covariance by ``rule`` (:func:`localize_rule`;
     MDL by default).
 
     ``seconds`` receives each estimator's time on ``clock`` (:func:`clock_for`) from the
@@ -146,7 +147,7 @@ def baseline_estimates(system: SystemConfig, batch: SceneBatch,
     as each would pay it alone) and its localisation.
     """
     check_count(count)
-    rule = rule or count_rule(Config())
+    rule = rule or localize_rule(Config())
     parsed = {name: _parse(name) for name in estimators}
     needed = {cov for _, cov in parsed.values()}
     estimates: dict[str, list[Estimates]] = {name: [] for name in parsed}
@@ -195,7 +196,7 @@ def baseline_report(system: SystemConfig, batch: SceneBatch, estimates: dict[str
     check_count(count)
     report: dict[str, Any] = {
         "preset": system.preset, "snr_db": float(snr_db), "n": len(batch), "count": count,
-        "count_rule": describe_rule(rule or count_rule(Config())) if count == "auto" else None,
+        "count_rule": describe_rule(rule or localize_rule(Config())) if count == "auto" else None,
         "estimators": {name: estimator_row(system, est, batch) for name, est in estimates.items()},
         "crb": _crb_summary(system, batch) if crb else None}
     if seconds is not None:
@@ -218,7 +219,7 @@ def run_baseline(cfg_or_system: Config | SystemConfig | str, snr_db: float, n: i
     "<music|mvdr>_<true|ls|bp>".
     """
     cfg = _config_of(cfg_or_system)
-    system, rule = cfg.system, count_rule(cfg)
+    system, rule = cfg.system, localize_rule(cfg)
     estimators = tuple(estimators)
     for name in estimators:
         _parse(name)  # an unknown name fails before any simulation
@@ -331,5 +332,5 @@ def render_baseline(result: dict[str, Any]):
 
 
 __all__ = ["COUNTS", "COVARIANCES", "DEFAULT_ESTIMATORS", "SPECTRA", "baseline_estimates", "baseline_report",
-           "check_count", "clock_for", "count_rule", "describe_rule", "estimator_row", "lead_cells", "oracle_or_none",
-           "render_baseline", "render_lead", "run_baseline", "synchronize", "table_console"]
+           "check_count", "clock_for", "describe_rule", "estimator_row", "lead_cells", "oracle_or_none",
+           "localize_rule", "render_baseline", "render_lead", "run_baseline", "synchronize", "table_console"]

@@ -324,6 +324,12 @@ class EvalConfig:
         "to where the snapshots most want one and keeps the move only if the fit improves; "
         "0 keeps the fit local",
     )
+    music_fit: Literal["joint", "peaks"] = _spec(
+        "joint",
+        doc="how every MUSIC row places its K sources: joint fits them together to the signal "
+        "subspace, so two sources in one spectrum valley are told apart; peaks takes one "
+        "spectrum minimum per source (textbook MUSIC)",
+    )
     count_rule: Literal["mdl", "threshold"] = _spec(
         "mdl",
         doc="with --k auto, how each row counts its sources from the eigenvalues of its covariance: "

@@ -17,9 +17,13 @@ The range is refined as rho = 1/r, the variable in which the phase is (nearly) l
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+# f (B, C), gradient Re(J^H g) (B, C, P) and Gauss-Newton matrix Re(J^H J) (B, C, P, P) at p (B, C, P).
+Objective = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def spherical_phase(w: torch.Tensor, rho: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
@@ -112,41 +116,36 @@ def peak_objective(x: torch.Tensor, residual: PeakResidual, positions: torch.Ten
     return g.real.square().sum(-2) + g.imag.square().sum(-2)
 
 
-def refine_peaks(x0: torch.Tensor, residual: PeakResidual, positions: torch.Tensor, k0: float, *,
-                 lower: torch.Tensor, upper: torch.Tensor, near_field: bool,
-                 iterations: int = 40, damping: float = 1e-3, xtol: float = 1e-12
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimise ||g(a(x))||^2 from x0 (B, C, 3) for every candidate; returns x (B, C, 3), f (B, C).
+def levenberg_marquardt(objective: Objective, p0: torch.Tensor, *, lower: torch.Tensor, upper: torch.Tensor,
+                        iterations: int = 40, damping: float = 1e-3, xtol: float = 1e-12
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise a nonlinear least-squares ``objective`` from p0 (B, C, P), each (B, C) row alone.
 
-    x = (phi, theta, rho) in radians and 1/m, clamped to [lower, upper] (3,). The far
-    field refines (phi, theta) with rho fixed. Every accepted step lowers f, so the result
-    is never worse than the grid point it started from. A candidate stops once its
-    accepted step is below ``xtol`` or no damping makes progress; the loop ends when all
-    have stopped. Cost O(iterations (N K + N)) per candidate for a projector,
-    O(iterations m N) for a matrix.
+    ``objective(p)`` gives f (B, C), gradient Re(J^H g) (B, C, P) and Gauss-Newton matrix
+    Re(J^H J) (B, C, P, P); p is clamped to [lower, upper] (P,). Every accepted step
+    lowers f, so the result is never worse than the start. A row stops once its accepted
+    step is below ``xtol`` or no damping makes progress; the loop ends when all have
+    stopped. Returns p and f.
     """
-    dims = 3 if near_field else 2
-    real = residual.dtype.to_real()
-    x = x0.to(real).clone()
-    positions = positions.to(real)
-    lower, upper = lower.to(x)[:dims], upper.to(x)[:dims]
-    mu = torch.full(x.shape[:2], damping, dtype=real, device=x.device)
-    active = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-    f, grad, gn = _objective(x, residual, positions, k0, dims)
-    eye = torch.eye(dims, dtype=real, device=x.device)
+    p = p0.clone()
+    real = p.dtype
+    dims = p.shape[-1]
+    mu = torch.full(p.shape[:2], damping, dtype=real, device=p.device)
+    active = torch.ones(p.shape[:2], dtype=torch.bool, device=p.device)
+    f, grad, gn = objective(p)
+    eye = torch.eye(dims, dtype=real, device=p.device)
     tiny = torch.finfo(real).tiny
     for _ in range(iterations):
-        diag = torch.diagonal(gn, dim1=-2, dim2=-1)  # (B, C, dims)
+        diag = torch.diagonal(gn, dim1=-2, dim2=-1)  # (B, C, P)
         scale = diag + diag.amax(-1, keepdim=True) * 1e-12 + tiny
         lhs = gn + mu[..., None, None] * torch.diag_embed(scale) + tiny * eye
-        step = -torch.linalg.solve(lhs, grad.unsqueeze(-1)).squeeze(-1)  # (B, C, dims)
+        step = -torch.linalg.solve(lhs, grad.unsqueeze(-1)).squeeze(-1)  # (B, C, P)
         step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
-        x_new = x.clone()
-        x_new[..., :dims] = torch.minimum(torch.maximum(x[..., :dims] + step, lower), upper)
-        f_new, grad_new, gn_new = _objective(x_new, residual, positions, k0, dims)
+        p_new = torch.minimum(torch.maximum(p + step, lower), upper)
+        f_new, grad_new, gn_new = objective(p_new)
         better = (f_new < f) & active
-        moved = (x_new[..., :dims] - x[..., :dims]).abs().amax(-1)
-        x = torch.where(better[..., None], x_new, x)
+        moved = (p_new - p).abs().amax(-1)
+        p = torch.where(better[..., None], p_new, p)
         f = torch.where(better, f_new, f)
         grad = torch.where(better[..., None], grad_new, grad)
         gn = torch.where(better[..., None, None], gn_new, gn)
@@ -154,7 +153,31 @@ def refine_peaks(x0: torch.Tensor, residual: PeakResidual, positions: torch.Tens
         active = active & ~(better & (moved < xtol)) & ~(~better & (mu >= 1e8))
         if not bool(active.any()):
             break
-    return x, f
+    return p, f
 
 
-__all__ = ["PeakResidual", "peak_objective", "refine_peaks", "spherical_phase", "steering_and_jacobian"]
+def refine_peaks(x0: torch.Tensor, residual: PeakResidual, positions: torch.Tensor, k0: float, *,
+                 lower: torch.Tensor, upper: torch.Tensor, near_field: bool,
+                 iterations: int = 40, damping: float = 1e-3, xtol: float = 1e-12
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise ||g(a(x))||^2 from x0 (B, C, 3) for every candidate; returns x (B, C, 3), f (B, C).
+
+    x = (phi, theta, rho) in radians and 1/m, clamped to [lower, upper] (3,). The far
+    field refines (phi, theta) with rho fixed. Cost O(iterations (N K + N)) per candidate
+    for a projector, O(iterations m N) for a matrix.
+    """
+    dims = 3 if near_field else 2
+    real = residual.dtype.to_real()
+    x = x0.to(real).clone()
+    positions = positions.to(real)
+
+    def objective(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _objective(torch.cat([p, x[..., dims:]], dim=-1), residual, positions, k0, dims)
+
+    p, f = levenberg_marquardt(objective, x[..., :dims], lower=lower.to(x)[:dims], upper=upper.to(x)[:dims],
+                               iterations=iterations, damping=damping, xtol=xtol)
+    return torch.cat([p, x[..., dims:]], dim=-1), f
+
+
+__all__ = ["Objective", "PeakResidual", "levenberg_marquardt", "peak_objective", "refine_peaks", "spherical_phase",
+           "steering_and_jacobian"]

@@ -8,6 +8,8 @@
    fewer, its strongest other points fill in, still suppressed).
 3. Refine each candidate off the grid (:mod:`.refine`), in complex128, to far below the
    grid step, and keep the K strongest distinct refined peaks.
+4. MUSIC only: fit those K together to the signal subspace (:mod:`.subspace_fit`), so
+   two sources that share one valley are not reported as one valley and one ripple.
 
 K is the oracle count (an int or a (B,) tensor) or, when None, estimated by MDL or an
 eigenvalue threshold (:mod:`.order`). Everything is batched over scenes and follows the
@@ -29,6 +31,7 @@ from ris_model.estimators.grid import DEFAULT_STEP_DEG, SearchGrid, search_grid
 from ris_model.estimators.order import estimate_order
 from ris_model.estimators.refine import PeakResidual, peak_objective, refine_peaks
 from ris_model.estimators.spectra import NULL_FLOOR, mvdr_whitener, signal_basis_eigh, signal_basis_qr
+from ris_model.estimators.subspace_fit import fit_subspace
 from ris_model.physics.geometry import system_positions, unit_direction, wavenumber
 
 # MVDR's default grid step: its grid stage is O(G N^2) against MUSIC's O(G N K).
@@ -184,10 +187,26 @@ def _grid_candidates(value: torch.Tensor, count: int, grid: SearchGrid, cos_nms:
     return cand_idx.gather(1, sel), valid
 
 
+def _fit_jointly(x: torch.Tensor, basis: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, system: SystemConfig,
+                 grid: SearchGrid, *, iterations: int) -> torch.Tensor:
+    """MUSIC's picks x (B, K, 3) refitted together to each scene's signal basis, scenes grouped
+    by K; a scene with fewer distinct picks than its K keeps them as they are."""
+    x = x.clone()
+    count = torch.where(valid.sum(-1) == k, k, torch.zeros_like(k))
+    for k in torch.unique(count).tolist():
+        if k < 2:
+            continue
+        scenes = (count == k).nonzero().squeeze(-1)
+        fitted, _ = fit_subspace(x[scenes, :k], basis[scenes, :, :k], system, grid, iterations=iterations)
+        x[scenes, :k] = fitted.to(x.dtype)
+    return x
+
+
 def _locate(kind: str, grid_payload: torch.Tensor, grid_mask: torch.Tensor | None, residual: PeakResidual,
             k: torch.Tensor, system: SystemConfig, *, refine: bool, step_deg: float,
-            nms_deg: float | None, iterations: int) -> Estimates:
-    """Grid candidates -> refinement -> the k strongest distinct refined peaks.
+            nms_deg: float | None, iterations: int, joint: bool = False) -> Estimates:
+    """Grid candidates -> refinement -> the k strongest distinct refined peaks -> (MUSIC, ``joint``)
+    all k fitted together to the signal subspace (:mod:`.subspace_fit`).
 
     More candidates than sources are refined (2k + 2): the grid ranks peaks by their value
     at the nearest grid point, which can put a shoulder of a strong peak above a weaker
@@ -219,6 +238,10 @@ def _locate(kind: str, grid_payload: torch.Tensor, grid_mask: torch.Tensor | Non
     sel, valid = _greedy_nms(key, unit_direction(x[..., 0], x[..., 1]), k_out, k, cos_nms)  # (B, K)
     x = x.gather(1, sel.unsqueeze(-1).expand(-1, -1, 3))
     score = score.gather(1, sel)
+    if joint and refine and kind == "music" and x.numel():
+        x = _fit_jointly(x, grid_payload, valid, k, system, grid, iterations=iterations)
+        f = peak_objective(x, residual, positions, wavenumber(system))
+        score = -f.clamp_min(torch.finfo(f.dtype).tiny).log()
     zero = torch.zeros((), dtype=x.dtype, device=device)
     r = 1.0 / x[..., 2] if system.near_field else torch.full_like(x[..., 2], math.inf)
     return Estimates(phi=torch.where(valid, x[..., 0], zero), theta=torch.where(valid, x[..., 1], zero),
@@ -230,7 +253,8 @@ def localize(R: torch.Tensor, system: SystemConfig, k: int | torch.Tensor | None
              method: Literal["music", "mvdr"] = "music", refine: bool = True,
              order: Literal["mdl", "threshold"] = "mdl", threshold: float = 0.05,
              loading: float = 1e-2, step_deg: float | None = None,
-             nms_deg: float | None = None, iterations: int = 40) -> Estimates:
+             nms_deg: float | None = None, iterations: int = 40,
+             music_fit: Literal["joint", "peaks"] = "joint") -> Estimates:
     """Localise the sources of every covariance R (B, N, N) of ``system``.
 
     k: the number of sources (oracle), an int or (B,) tensor; None estimates it by
@@ -239,13 +263,18 @@ def localize(R: torch.Tensor, system: SystemConfig, k: int | torch.Tensor | None
     ``loading`` relative to tr(R)/N. step_deg: grid step; by default 1 deg for MUSIC and
     2 deg for MVDR, whose grid stage costs O(G N^2) and whose peaks are smooth, about a
     beam wide. nms_deg: suppression radius of peak picking (default half the system's
-    minimum source separation). Refinement runs in complex128.
+    minimum source separation). Refinement runs in complex128. music_fit: "joint" refits
+    MUSIC's k picks together to the signal subspace, which separates sources that share one
+    spectrum valley (:mod:`.subspace_fit`); "peaks" keeps one spectrum minimum per source.
+    Both need ``refine``.
 
     Cost per scene: O(N^3) eigh, the grid stage O(G N K) for MUSIC or O(G N^2) for MVDR
     with G = planes x G_phi x G_theta, and O(iterations K N^2) for refinement.
     """
     if method not in ("music", "mvdr"):
         raise ValueError(f"method must be 'music' or 'mvdr' but got {method=}")
+    if music_fit not in ("joint", "peaks"):
+        raise ValueError(f"music_fit must be 'joint' or 'peaks' but got {music_fit=}")
     if R.ndim != 3 or R.shape[-1] != R.shape[-2] or R.shape[-1] != system.n_elements:
         raise ValueError(f"R must be (B, N, N) with N={system.n_elements} but got {tuple(R.shape)=}")
     R = R.to(torch.complex128)
@@ -255,7 +284,7 @@ def localize(R: torch.Tensor, system: SystemConfig, k: int | torch.Tensor | None
     if method == "music":
         basis, mask = signal_basis_eigh(R, k_t)  # (B, N, K), (B, K); masked columns are zero
         return _locate("music", basis, mask, PeakResidual(basis=basis), k_t, system, refine=refine, step_deg=step_deg,
-                       nms_deg=nms_deg, iterations=iterations)
+                       nms_deg=nms_deg, iterations=iterations, joint=music_fit == "joint")
     W = mvdr_whitener(R, loading=loading)
     return _locate("mvdr", W, None, PeakResidual(matrix=W), k_t, system, refine=refine, step_deg=step_deg,
                    nms_deg=nms_deg, iterations=iterations)
@@ -263,7 +292,7 @@ def localize(R: torch.Tensor, system: SystemConfig, k: int | torch.Tensor | None
 
 def localize_factor(F: torch.Tensor, system: SystemConfig, *, refine: bool = True,
                     step_deg: float = DEFAULT_STEP_DEG, nms_deg: float | None = None,
-                    iterations: int = 40) -> Estimates:
+                    iterations: int = 40, music_fit: Literal["joint", "peaks"] = "joint") -> Estimates:
     """MUSIC on the column space of a factor F (B, N, K): K sources per scene, no eigh.
 
     For a learned low-rank R_hat = F F^H: the subspace comes from QR (as in the loss), so
@@ -275,7 +304,7 @@ def localize_factor(F: torch.Tensor, system: SystemConfig, *, refine: bool = Tru
     basis = signal_basis_qr(F)
     k_t = torch.full((F.shape[0],), F.shape[-1], dtype=torch.long, device=F.device)
     return _locate("music", basis, None, PeakResidual(basis=basis), k_t, system, refine=refine, step_deg=step_deg,
-                   nms_deg=nms_deg, iterations=iterations)
+                   nms_deg=nms_deg, iterations=iterations, joint=music_fit == "joint")
 
 
 __all__ = ["Estimates", "MVDR_STEP_DEG", "localize", "localize_factor"]

@@ -31,7 +31,7 @@ from ris_model.baseline import (
     baseline_report,
     check_count,
     clock_for,
-    count_rule,
+    localize_rule,
     oracle_or_none,
     synchronize,
 )
@@ -101,7 +101,7 @@ def learned_estimates(cfg: Config, model: CovarianceNet, scenes, device: torch.d
     or K estimated on R̂ by the run's ``eval.count_rule``."""
     parts = [
         localize(learned_covariance(cfg, model, part, device), cfg.system, oracle_or_none(count, part.k),
-                 method="music", **count_rule(cfg))
+                 method="music", **localize_rule(cfg))
         for part in _chunks(scenes, device)
     ]
     return Estimates.cat(parts)
@@ -175,7 +175,7 @@ def evaluate_run(
     scenes = simulate(cfg.system, n, seed=seed, snr_db=float(snr_db), k=k)
     seconds: dict[str, float] = {}
     clock_name, clock = clock_for(scenes.y.device, dev)
-    estimates = baseline_estimates(cfg.system, scenes, count=count, rule=count_rule(cfg), seconds=seconds,
+    estimates = baseline_estimates(cfg.system, scenes, count=count, rule=localize_rule(cfg), seconds=seconds,
                                    clock=clock)
 
     def timed(name: str, make: Callable[[], Estimates]) -> Estimates:
@@ -191,7 +191,7 @@ def evaluate_run(
             estimates[row] = timed(row, partial(_refined, cfg, estimates[start], scenes, dev))
             seconds[row] += seconds[start]
     estimates = {name: estimates[name] for name in (*ROW_ORDER, *estimates) if name in estimates}
-    result = baseline_report(cfg.system, scenes, estimates, snr_db=snr_db, count=count, rule=count_rule(cfg),
+    result = baseline_report(cfg.system, scenes, estimates, snr_db=snr_db, count=count, rule=localize_rule(cfg),
                              seconds=seconds, clock=clock_name)
     if lead_resamples:
         result["lead"] = _leads(estimates, scenes, lead_resamples)
