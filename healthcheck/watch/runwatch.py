@@ -28,7 +28,7 @@ from ..codes import CODES, Code, declare
 from ..events import HealthEvent, Severity
 from ..monitor import Monitor
 from ..policy import Policy
-from ..record import StepRecord
+from ..record import KINDS, RESUME, StepRecord
 from .book import EventBook
 from .reading import (
     BadLine,
@@ -127,6 +127,29 @@ def numbered_reads(tail: Any, layout: LineLayout | None,
     yield from numbered_batches(tail.poll(), line_no, 1024)
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _may_hold_marker(items: NumberedItems) -> bool:
+    return any(type(item) is dict and item.get("kind") == RESUME for item in items)
+
+
+def _last_step(items: NumberedItems) -> float | None:
+    for item in reversed(items):
+        if type(item) is dict and item.get("kind", "step") in KINDS:
+            step = _number(item.get("step"))
+            if step is not None:
+                return step
+    return None
+
+
+def _row_step(rows: StructRows, i: int) -> float | None:
+    row = rows[i]
+    spec = rows.shapes[type(row)].fields.get("step")
+    return None if spec is None else _number(getattr(row, spec.attr, None))
+
+
 # ------------------------------------------------------------------------- the watcher
 class RunWatch:
     """Everything `watch` knows about one run dir, advanced by `poll()`.
@@ -162,6 +185,9 @@ class RunWatch:
         # the shapes of this run's lines, learned as they are read (typed=False: dicts only)
         self._layout = LineLayout() if typed else None
         self._superseded: frozenset[int] = frozenset()  # lines a resume marker replaces
+        self._through = -math.inf  # the highest step let through to judging so far
+        self._replay: tuple[float, float] | None = None  # steps a marker met while following replays
+        self._layout_in_use: LineLayout | None = None  # the layout of the reads under way
         self.superseded = 0  # how many of them were read
         self._carry: NumberedItems | StructRows | None = None  # lines read but left for the next poll (max_lines)
         self._position = itertools.count(1).__next__  # numbers the items of a reader without lines, across polls
@@ -217,17 +243,53 @@ class RunWatch:
 
     def _resumed(self, items: Any) -> Any:
         """``items`` less the lines the resumed timeline drops (docs/run-dir.md): those are
-        read (and counted) but neither judged nor shown."""
-        if not self._superseded or not isinstance(items, NumberedItems):
+        read (and counted) but neither judged nor shown.
+
+        Markers the file held at open are known by line (``_superseded``). A marker that
+        arrives while following (the run was resumed under ``--follow``) cannot take back
+        the lines already judged, so from it on the watcher drops the marker and the
+        steps the resumed run logs again, up to the last step it had judged: the same
+        timeline, told once.
+        """
+        if isinstance(items, StructRows):  # typed rows hold no marker (their kinds were learned)
+            if items:
+                self._note_through(_row_step(items, -1))
+            return items
+        if not self._superseded and self._replay is None and not _may_hold_marker(items):
+            self._note_through(_last_step(items))
             return items
         kept = NumberedItems()
         for item, line_no in zip(items, items.line_nos):
-            if line_no not in self._superseded:
-                kept.append_row(item, line_no)
+            if line_no in self._superseded or self._replayed(item):
+                continue
+            kept.append_row(item, line_no)
         if len(kept) < len(items):
             self.state.skip(len(items) - len(kept))
             self.superseded += len(items) - len(kept)
         return kept
+
+    def _replayed(self, item: Any) -> bool:
+        """Whether a line read while following is a marker or a step it replays."""
+        if type(item) is not dict:
+            return False
+        kind, step = item.get("kind", "step"), _number(item.get("step"))
+        if kind == RESUME:
+            if step is None:
+                return True  # a marker without a usable step replays nothing
+            self._replay = (step, self._through)
+            self._layout = None  # dicts from here on: the replayed steps are dropped one by one
+            if self._layout_in_use is not None:
+                self._layout_in_use.stop()
+            return True
+        if kind in KINDS and step is not None:
+            if self._replay is not None and self._replay[0] <= step <= self._replay[1]:
+                return True
+            self._through = max(self._through, step)
+        return False
+
+    def _note_through(self, step: float | None) -> None:
+        if step is not None:
+            self._through = max(self._through, step)
 
     def poll(self, max_lines: int | None = None) -> int:
         """Read and judge what was appended since the last poll; returns lines read.
@@ -239,6 +301,7 @@ class RunWatch:
         if not self._open():
             return n
         if self._pending is None:
+            self._layout_in_use = self._layout
             self._pending = numbered_reads(self._metrics, self._layout, self._position)
         with _gc_paused():
             count = self._read_metrics(max_lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from _runfiles import step_line
 from click.testing import CliRunner
 
@@ -71,3 +72,45 @@ def test_report_reads_the_same_timeline(tmp_path):
     res = CliRunner().invoke(cli, ["report", str(run)])
     assert res.exit_code == 0, res.output
     assert "weights.primary_zero" not in (run / "report.html").read_text()
+
+
+def _follow(tmp_path, first, then, *, typed=True):
+    """A RunWatch that read ``first``, then the same file after ``then`` was appended."""
+    from healthcheck.watch.runwatch import RunWatch
+
+    run = write(tmp_path / "run", first)
+    watch = RunWatch(run, typed=typed)
+    watch.poll()
+    judged_first = [(e.code, e.step) for e in watch.new_events]
+    watch.new_events.clear()
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write("".join(json.dumps(line) + "\n" for line in then))
+    watch.poll()
+    return watch, judged_first
+
+
+@pytest.mark.parametrize("typed", [True, False], ids=["typed", "dicts"])
+def test_a_run_resumed_while_followed_is_one_timeline(tmp_path, typed):
+    """The marker and the steps the resumed run logs again are read and counted, not judged."""
+    first = [step_line(i) for i in range(25)]
+    watch, _ = _follow(tmp_path, first, [resume_line(20), *(step_line(i) for i in range(20, 30))], typed=typed)
+    assert watch.steps == 30 and watch.superseded == 6
+    assert watch.new_events == []
+    assert watch.state.last_step["step"] == 29
+
+
+@pytest.mark.parametrize("typed", [True, False], ids=["typed", "dicts"])
+def test_a_fault_after_the_replayed_steps_still_fires_while_followed(tmp_path, typed):
+    first = [step_line(i) for i in range(25)]
+    then = [resume_line(20), *(step_line(i) for i in range(20, 25)), *(step_line(i, "zero") for i in range(25, 30))]
+    watch, _ = _follow(tmp_path, first, then, typed=typed)
+    assert ("weights.primary_zero", 25) in {(e.code, e.step) for e in watch.new_events}
+
+
+def test_a_second_marker_while_followed_replays_from_its_own_step(tmp_path):
+    first = [step_line(i) for i in range(25)]
+    then = [resume_line(20), *(step_line(i) for i in range(20, 28)), resume_line(26),
+            *(step_line(i) for i in range(26, 32))]
+    watch, _ = _follow(tmp_path, first, then)
+    assert watch.steps == 32 and watch.superseded == 2 + 5 + 2
+    assert watch.new_events == []

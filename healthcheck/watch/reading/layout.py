@@ -202,6 +202,10 @@ class LineLayout:
     def active(self) -> bool:
         return msgspec is not None and self.refused <= self.max_refused
 
+    def stop(self) -> None:
+        """Decode nothing from here on: every later read is parsed as dicts."""
+        self.refused = self.max_refused + 1
+
     @property
     def shapes(self) -> Mapping[type, LineShape]:
         return self._by_type
