@@ -172,6 +172,18 @@ class LiveView:
 # Fused measurement
 
 
+# Relative change of a parameter's norm between two steps that counts as a write from
+# outside the optimizer; the same float32 reduction of an unchanged tensor gives exactly
+# the same value, so this only absorbs a reduction computed in another order.
+_MOVED_RTOL = 1e-6
+
+
+def written(settled: Sequence[float], found: Sequence[float]) -> list[int]:
+    """Indices whose norm changed between two reads of the same parameters."""
+    return [i for i, (a, b) in enumerate(zip(settled, found))
+            if math.isfinite(a) and math.isfinite(b) and abs(a - b) > _MOVED_RTOL * max(abs(a), abs(b))]
+
+
 def _norm_tensors(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """float32 L2 norms as 0-d tensors on each input's device; no host sync."""
     import torch
@@ -226,6 +238,12 @@ class ModuleNorms:
         self.track_updates = track_updates
         self._before: list[torch.Tensor] | None = None
         self._have_snapshot = False
+        # Per-parameter norms as the last optimizer step left them, and as the snapshot of
+        # the next step found them (device tensors, read with that step's norms): a
+        # difference means something other than the optimizer wrote the weights in between.
+        self._settled: list[float] | None = None
+        self._found: list[torch.Tensor] = []
+        self.moved_outside: tuple[str, ...] = ()  # groups that changed so, as of the last after_step
 
     def grouping(self) -> dict[str, object]:
         """What a run dir's modules.json records: the bound, the depth names were cut to
@@ -267,6 +285,7 @@ class ModuleNorms:
                 self._before = [p.detach().clone() for p in self._params]
             else:
                 torch._foreach_copy_(self._before, [p.detach() for p in self._params])
+        self._found = _norm_tensors(self._before) if self._settled is not None else []
         self._have_snapshot = True
 
     def after_step(self) -> tuple[dict[str, float], dict[str, float]]:
@@ -280,12 +299,22 @@ class ModuleNorms:
             with torch.no_grad():
                 torch._foreach_sub_(before, current)  # before - after, in place
         have_update = before is not None
-        values = _to_host(_norm_tensors(current + (before or [])))
+        found = self._found if have_update else []
+        values = _to_host(_norm_tensors(current + (before or [])) + found)
         self._have_snapshot = False
+        self._found = []
         n = len(self._params)
         params = self._per_module(values[:n])
-        updates = self._per_module(values[n:]) if have_update else {}
+        updates = self._per_module(values[n:2 * n]) if have_update else {}
+        self.moved_outside = self._changed_since_settled(values[2 * n:]) if found else ()
+        self._settled = values[:n]
         return updates, params
+
+    def _changed_since_settled(self, found: Sequence[float]) -> tuple[str, ...]:
+        """Groups with a parameter whose norm at the snapshot differs from the norm the last
+        step left: the same tensor, read the same way, so any difference is a write."""
+        moved = {self.modules[self._module_of[i]] for i in written(self._settled or [], found)}
+        return tuple(m for m in self.modules if m in moved)
 
 
 def measure(model: torch.nn.Module, max_groups: int = MAX_GROUPS) -> dict[str, float]:

@@ -28,6 +28,8 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .live import per_tensor_norms, written
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -44,6 +46,33 @@ def _unwrapped(optimizer: Any) -> torch.optim.Optimizer:
             break
         optimizer = inner
     return optimizer  # duck-typed: whatever offers register_step_post_hook
+
+
+class WeightWriteWatch:
+    """Which parameters were written between an optimizer step and the end of the next
+    step's backward by something other than the optimizer.
+
+    `settle` after the optimizer step keeps each parameter's norm; `take` when the next
+    step's gradients are complete reads them again and returns (and forgets) the names
+    whose norm changed. Each costs one fused norm reduction and one host read. For a loop
+    whose own per-step measurement cannot carry the comparison (`TrainingHealth` folds it
+    into the norms it reads anyway).
+    """
+
+    def __init__(self, named_params: Sequence[tuple[str, torch.nn.Parameter]]) -> None:
+        self.names = tuple(n for n, _ in named_params)
+        self._params = [p for _, p in named_params]
+        self._settled: list[float] | None = None
+
+    def settle(self) -> None:
+        self._settled = per_tensor_norms(self._params)
+
+    def take(self) -> tuple[str, ...]:
+        """Names of the parameters written since `settle`; () before the first settle."""
+        if self._settled is None:
+            return ()
+        settled, self._settled = self._settled, None
+        return tuple(self.names[i] for i in written(settled, per_tensor_norms(self._params)))
 
 
 class GradClearWatch:

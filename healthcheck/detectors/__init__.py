@@ -13,7 +13,7 @@ from .outputs import ChanceLevel, CollapsedPredictions, ExpectedRange, Saturated
 from .parameters import BlockedUpdate, FrozenParams, NotInOptimizer, UpdateRatio
 from .relations import LossSumMismatch
 from .schedule import InvalidLR, TinyLR, ZeroLR
-from .signals import GradNotCleared, NoDataSignal, TermUnreached
+from .signals import GradNotCleared, NoDataSignal, TermUnreached, WeightsMovedOutside
 from .steps import AmpOverflow, AmpScaleCollapse, SkippedSteps
 from .trends import DecayErosion, GradGrowth, ProgressStall
 from .validation import ValConstant, ValPlateau, ValTrainGap
@@ -35,7 +35,7 @@ def default_detectors() -> list[Detector]:
         ZeroLR(), TinyLR(), WeightDecay(),
         # after the step
         ConstantLoss(), Divergence(), FrozenParams(), UpdateRatio(), BlockedUpdate(), SkippedSteps(),
-        AmpOverflow(), AmpScaleCollapse(), SaturatedOutputs(), ProgressStall(), DecayErosion(),
+        AmpOverflow(), AmpScaleCollapse(), SaturatedOutputs(), ProgressStall(), DecayErosion(), WeightsMovedOutside(),
         # epochs and evaluations
         ValConstant(), ValPlateau(), ValTrainGap(), BelowBaseline(), CollapsedPredictions(),
     ]
@@ -50,5 +50,6 @@ __all__ = [
     "PrimaryWeightZero", "ProgressStall", "SaturatedOutputs", "SkippedSteps", "TermUnreached", "TinyLR",
     "UnplannedWeightChange",
     "UpdateRatio", "ValConstant", "ValPlateau", "ValTrainGap", "VanishingGrad", "WeightChanged", "WeightDecay",
+    "WeightsMovedOutside",
     "ZeroGrad", "ZeroLoss", "ZeroLR",
 ]

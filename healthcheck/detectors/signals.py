@@ -64,6 +64,78 @@ class GradNotCleared(Detector):
         return out
 
 
+@dataclass
+class _MovedState:
+    recent: deque[bool] = field(default_factory=deque)  # whether each of the last steps found a write
+    first_losses: list[float] = field(default_factory=list)
+    recent_losses: deque[float] = field(default_factory=lambda: deque(maxlen=10))
+
+
+class WeightsMovedOutside(Detector):
+    """Weights changed between two optimizer steps without the optimizer
+    (``param.moved_outside``: a warning each time; an error when it keeps happening and the
+    loss does not fall).
+
+    The fact comes from `TrainingHealth`: each parameter's norm as the last optimizer step
+    left it, against its norm when the next step's gradients are complete. Something else
+    wrote the weights in between: a ``reset_parameters()`` or a ``load_state_dict`` inside
+    the loop, EMA weights copied in for an evaluation and never swapped back. A single
+    write can be deliberate (a checkpoint loaded, a stage that re-initialises a head), so
+    it is a warning. Writes on ``share`` (80 %) of the last ``window`` (20) steps while the
+    loss is not ``min_drop`` (10 %) below its start are an error: whatever writes the weights
+    undoes the training. A loop that perturbs the weights on purpose and trains (SAM,
+    weight clipping after the monitor's call) only warns; call ``after_backward`` before
+    the perturbation to keep it quiet.
+    """
+
+    codes = (Code("param.moved_outside", Severity.WARNING, Severity.ERROR,
+                  meaning="Weights changed between two optimizer steps without the optimizer: something "
+                          "else writes them (error when it happens step after step and the loss does not fall).",
+                  fix="Look for code that writes the model between steps: reset_parameters() or "
+                      "load_state_dict() inside the loop, EMA weights copied in and not restored."),)
+    phases = frozenset({"after_step"})
+    needs_live = True
+
+    def __init__(self, window: int = 20, share: float = 0.8, min_drop: float = 0.1) -> None:
+        self.window = check_int("window", window, 1)
+        self.share = check_float("share", share, lo=0.0, hi=1.0, lo_open=True)
+        self.min_drop = check_float("min_drop", min_drop, lo=0.0, hi=1.0)
+
+    def new_state(self) -> _MovedState:
+        return _MovedState(deque(maxlen=self.window))
+
+    def check(self, record: StepRecord, state: _MovedState, live: LiveView | None) -> Sequence[HealthEvent]:
+        if live is None:
+            return NO_EVENTS
+        moved = tuple(_signal(live, "moved_outside") or ())
+        state.recent.append(bool(moved))
+        if record.loss is not None and math.isfinite(record.loss):
+            if len(state.first_losses) < 10:
+                state.first_losses.append(record.loss)
+            state.recent_losses.append(record.loss)
+        if not moved:
+            return NO_EVENTS
+        writes = sum(state.recent)
+        persistent = len(state.recent) == self.window and writes >= self.share * self.window
+        start = statistics.median(state.first_losses) if state.first_losses else math.nan
+        now = statistics.median(state.recent_losses) if state.recent_losses else math.nan
+        stuck = math.isfinite(start) and math.isfinite(now) and not now < (1.0 - self.min_drop) * start
+        error = persistent and stuck
+        where = ", ".join(moved[:3]) + (f" and {len(moved) - 3} more" if len(moved) > 3 else "")
+        detail = (f"The norms of {where} when step {record.step}'s gradients were complete differ from "
+                  f"what step {record.step - 1}'s optimizer step left: something other than the optimizer "
+                  f"wrote them. Writes on {writes} of the last {len(state.recent)} steps.")
+        if error:
+            detail += (f" The loss has not fallen (from {fmt(start)} to {fmt(now)}): those writes undo the "
+                       f"training.")
+        return (self.event(
+            "param.moved_outside", record, where=moved[0], severity=Severity.ERROR if error else None,
+            title=f"weights of {where} changed outside the optimizer",
+            detail=detail,
+            evidence={"modules": len(moved), "writes": writes, "window": len(state.recent),
+                      "loss_start": start, "loss_now": now}),)
+
+
 class TermUnreached(Detector):
     """A loss term with a positive weight has no finite, non-zero gradient with respect to
     the model's output (``loss.term_unreached``, error).

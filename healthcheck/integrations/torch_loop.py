@@ -414,6 +414,8 @@ class TrainingHealth:
         self._guarded = False
         updates, params = self.norms.after_step()
         record.update_norm, record.param_norm = updates, params
+        if self.norms.moved_outside:
+            self.live.signals = {**self.live.signals, "moved_outside": self.norms.moved_outside}
         record.skipped = skipped
         if not skipped:
             self.steps_taken += 1

@@ -41,7 +41,7 @@ from ..live import LiveView
 from ..monitor import Monitor
 from ..policy import Policy
 from ..record import as_record
-from ..signals import GradClearWatch, pairing_gap
+from ..signals import GradClearWatch, WeightWriteWatch, pairing_gap
 from ..sinks import ConsoleSink, JsonlSink, OptunaSink, WandbSink
 
 HEALTH_FILE = "health.jsonl"
@@ -78,6 +78,7 @@ class RisTrainerHealth(Callback):
         self._seen: tuple[Any, Any] = (None, None)  # (trainer's names, live names) last mapped
         self._order: list[int] | None = None  # live parameter i is the trainer's _order[i]
         self._clear_watch: GradClearWatch | None = None
+        self._write_watch: WeightWriteWatch | None = None
         self._signals: dict[str, Any] = {}  # this step's probes, handed to the live view after backward
         self._probe_gen: Any = None
 
@@ -102,6 +103,7 @@ class RisTrainerHealth(Callback):
         self.live = LiveView(trainer.model, trainer.optimizer)
         self._remove_watch()
         self._clear_watch = GradClearWatch(self.live.named_params, trainer.optimizer)
+        self._write_watch = WeightWriteWatch(self.live.named_params)
         if not self._ranges_added:  # a second fit() keeps the detectors it already has
             self.monitor.add_detectors(range_detectors(trainer.cfg.system.n_elements))
             self._ranges_added = True
@@ -127,10 +129,15 @@ class RisTrainerHealth(Callback):
             uncleared = self._clear_watch.take() if self._clear_watch is not None else None
             if uncleared:
                 signals["uncleared_grads"] = uncleared
+            written = self._write_watch.take() if self._write_watch is not None else ()
+            if written:
+                signals["moved_outside"] = tuple(dict.fromkeys(n.rpartition(".")[0] or "_root" for n in written))
             self.live.signals = signals
         self._observe(trainer, metrics, "after_backward")
 
     def on_after_optimizer_step(self, trainer, metrics) -> None:
+        if self._write_watch is not None:
+            self._write_watch.settle()
         self._observe(trainer, metrics, "after_step")
 
     def on_epoch_end(self, trainer, metrics) -> None:
@@ -148,6 +155,7 @@ class RisTrainerHealth(Callback):
         if self._clear_watch is not None:
             self._clear_watch.remove()
             self._clear_watch = None
+        self._write_watch = None
 
     def _offer_grad_norms(self, trainer, metrics: Mapping[str, Any]) -> None:
         """Hand the per-parameter gradient norms the trainer measured for this step to the

@@ -212,3 +212,40 @@ def test_targets_that_are_the_same_for_every_scene_fire_no_signal_after_the_warm
 
 def test_a_healthy_run_keeps_its_targets_paired(tmp_path):
     assert _fit_probed(tmp_path) == []
+
+
+# -- weights written between steps outside the optimizer (param.moved_outside) ------------
+def _fit_written(tmp_path, reset: bool, steps=30):
+    from healthcheck.detectors import WeightsMovedOutside
+    from ris_model.batches import build_scenes
+    from ris_model.training.train import Trainer
+
+    batch, scenes = 16, 64
+    cfg = load_config("tiny", overrides=[f"train.batch_size={batch}", f"train.train_scenes={scenes}",
+                                         "train.val_scenes=16", f"train.epochs={steps * batch // scenes}",
+                                         "train.warmup_steps=5", "model.width=32", "model.depth=2"])
+    health = RisTrainerHealth(Monitor([WeightsMovedOutside()], policy=RECORD_ALL))
+    trainer = Trainer(cfg, tmp_path, device="cpu", callbacks=[health], train_scenes=build_scenes(cfg.system, scenes, 0),
+                      val_scenes=build_scenes(cfg.system, 16, seed=1))
+    if reset:  # reset_parameters() inside the loop: every training forward starts from a fresh init
+
+        def reset_first(module, args):
+            if module.training:
+                with torch.no_grad():
+                    for m in module.modules():
+                        if m is not module and hasattr(m, "reset_parameters"):
+                            m.reset_parameters()
+        trainer.model.register_forward_pre_hook(reset_first)
+    trainer.fit()
+    return [e for e in health.monitor.events if e.code == "param.moved_outside"]
+
+
+def test_weights_reset_inside_the_loop_fire_once_the_writes_persist(tmp_path):
+    events = _fit_written(tmp_path, reset=True)
+    errors = [e for e in events if e.severity == Severity.ERROR]
+    assert events[0].step == 1 and events[0].severity == Severity.WARNING
+    assert errors and errors[0].step == 19
+
+
+def test_a_healthy_run_writes_its_weights_only_by_the_optimizer(tmp_path):
+    assert _fit_written(tmp_path, reset=False) == []

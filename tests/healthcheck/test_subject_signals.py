@@ -5,15 +5,16 @@ loop, in every variation the benchmark uses, stays silent."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import healthcheck.detectors as D
 from healthcheck.events import Severity
-from healthcheck.faults import select_faults
+from healthcheck.faults import Fault, select_faults
 from healthcheck.testing.detection import run_one
 from healthcheck.testing.subjects import SUBJECTS, VARIANTS
 
 MAIN_TERM = {"charlm": "nll", "imgcls": "ce", "autoencoder": "recon"}
-SIGNAL_DETECTORS = (D.GradNotCleared, D.TermUnreached, D.NoDataSignal)
+SIGNAL_DETECTORS = (D.GradNotCleared, D.TermUnreached, D.NoDataSignal, D.WeightsMovedOutside)
 
 
 def _run(subject, fault, steps, detectors, variant="plain"):
@@ -38,6 +39,38 @@ def test_a_detached_prediction_fires_at_the_first_probe(subject):
 def test_targets_shuffled_apart_from_inputs_fire_after_the_warmup(subject):
     run = _run(subject, "targets_shuffled", 130, [D.NoDataSignal])
     assert run.first_code == "data.no_signal" and 100 <= run.first_step <= 130
+
+
+def _writes_weights(every: int, at: int = 0):
+    """A fault: the loop writes the weights outside the optimizer before step ``at`` and every
+    ``every`` steps after (``reset_parameters()`` inside the loop; ``every`` 0: once, like EMA
+    weights copied in for an evaluation and never swapped back)."""
+    def inject(setup):
+        compute, calls = setup.compute, [0]
+
+        def write_then_compute(model, inputs, targets):
+            step, micro = divmod(calls[0], setup.accumulate)
+            calls[0] += 1
+            if micro == 0 and (step == at or (every and step > at and (step - at) % every == 0)):
+                with torch.no_grad():
+                    for module in model.modules():
+                        if module is not model and hasattr(module, "reset_parameters"):
+                            module.reset_parameters()
+            return compute(model, inputs, targets)
+        setup.compute = write_then_compute
+    return Fault(f"weights_written_every_{every}", "weights", inject)
+
+
+@pytest.mark.parametrize("subject", sorted(SUBJECTS))
+def test_weights_reset_inside_the_loop_fire_once_the_writes_persist(subject):
+    run = run_one(subject, 0, fault=_writes_weights(every=1), steps=24, detectors=[D.WeightsMovedOutside()])
+    assert (run.first_code, run.first_step) == ("param.moved_outside", 19)
+
+
+@pytest.mark.parametrize("subject", sorted(SUBJECTS))
+def test_weights_written_once_between_steps_only_warn(subject):
+    run = run_one(subject, 0, fault=_writes_weights(every=0, at=10), steps=40, detectors=[D.WeightsMovedOutside()])
+    assert run.codes == {"param.moved_outside": "warning"} and not run.detected
 
 
 @pytest.mark.parametrize("subject", sorted(SUBJECTS))

@@ -55,3 +55,34 @@ def test_no_signal_is_silent_on_a_learning_run_and_on_one_too_early_to_judge():
     assert learning == []
     not_yet = _pairing_run(D.NoDataSignal(), 200, gap=lambda i: 0.0, loss=lambda i: 1.0 - 1e-5 * i)
     assert not_yet == []
+
+
+def _written_run(n, writes, loss):
+    """n steps; ``writes(i)``: the modules the live view found written before step i."""
+    det, out = D.WeightsMovedOutside(), []
+    state = det.new_state()
+    for i in range(n):
+        moved = writes(i)
+        out.extend(det.check(healthy_step(i, loss=loss(i)), state, live(**({"moved_outside": moved} if moved else {}))))
+    return out
+
+
+def test_moved_outside_warns_on_one_write_and_errs_when_writes_persist_and_the_loss_is_stuck():
+    once = _written_run(60, lambda i: ("head",) if i == 30 else (), loss=lambda i: 1.0)
+    assert [(e.code, e.where, e.step, e.severity.name) for e in once] == [
+        ("param.moved_outside", "head", 30, "WARNING")]
+    every = _written_run(30, lambda i: ("encoder", "head") if i else (), loss=lambda i: 1.0)
+    errors = [e for e in every if e.severity.name == "ERROR"]
+    assert errors and errors[0].step == 19 and errors[0].where == "encoder"
+    assert all(e.severity.name == "WARNING" for e in every if e.step < 19)
+
+
+def test_moved_outside_only_warns_where_the_writes_come_with_learning():
+    """A loop that perturbs its weights on purpose every step (SAM) and learns."""
+    learning = _written_run(60, lambda i: ("encoder",) if i else (), loss=lambda i: 1.0 / (1 + 0.05 * i))
+    assert learning and all(e.severity.name == "WARNING" for e in learning)
+
+
+def test_moved_outside_is_silent_without_writes_or_a_live_view():
+    assert _written_run(60, lambda i: (), loss=lambda i: 1.0) == []
+    assert run(D.WeightsMovedOutside(), [healthy_step(i) for i in range(30)], None) == []
