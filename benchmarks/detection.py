@@ -156,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     plain = run_plain_subjects(args, console, list(SUBJECTS) if args.subject == "all" else [args.subject]
                                ) if args.subject != "ris" and not args.list else None
-    if args.subject not in ("ris", "all"):
-        write_json(args, console, plain)
+    if args.subject not in ("ris", "all") or (plain is not None and args.seeds == 0 and args.healthy == 0):
+        write_json(args, console, plain)  # no ris run asked for: the plain subjects alone
         return 0
     try:
         faults = collect_faults(args)
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     show_results(console, faults, bench)
     out = bench.to_json()
-    if plain is not None and bench.runs:
+    if plain is not None:
         s = bench.summary
         plain["by_subject"]["ris"] = {"recall": s["recall"], "monitor_only_recall": s["monitor_only_recall"],
                                       "false_alarm_rate": s["false_alarm_rate"],

@@ -299,3 +299,15 @@ def test_the_probe_follows_a_warmup_but_not_the_decay_of_a_squeezed_schedule():
     flat = _NoDecay(torch.optim.lr_scheduler.LambdaLR(zero, lambda s: 0.0))
     flat.step()
     assert zero.param_groups[0]["lr"] == 0.0
+
+
+def test_cli_writes_the_plain_subjects_alone_when_no_ris_run_is_asked_for(tmp_path, capsys):
+    """``--subject all --seeds 0 --healthy 0``: the documented way to score the plain subjects."""
+    out = tmp_path / "subjects.json"
+    code = load_cli().main(["--subject", "all", "--seeds", "0", "--healthy", "0", "--subject-seeds", "1",
+                            "--subject-steps", "3", "--json", str(out)])
+    assert code == 0, capsys.readouterr().out
+    blob = json.loads(out.read_text())
+    assert set(blob["by_subject"]) == {"charlm", "imgcls", "autoencoder"}
+    assert {r["subject"] for r in blob["subject_runs"]} == {"charlm", "imgcls", "autoencoder"}
+    assert "ris" not in blob["by_subject"] and "runs" not in blob

@@ -41,35 +41,33 @@ def test_targets_shuffled_apart_from_inputs_fire_after_the_warmup(subject):
     assert run.first_code == "data.no_signal" and 100 <= run.first_step <= 130
 
 
-def _writes_weights(every: int, at: int = 0):
-    """A fault: the loop writes the weights outside the optimizer before step ``at`` and every
-    ``every`` steps after (``reset_parameters()`` inside the loop; ``every`` 0: once, like EMA
-    weights copied in for an evaluation and never swapped back)."""
+def _reset_once(at: int) -> Fault:
+    """The weights written once between two steps, before step ``at`` (EMA weights copied in
+    for an evaluation and never swapped back)."""
     def inject(setup):
         compute, calls = setup.compute, [0]
 
         def write_then_compute(model, inputs, targets):
-            step, micro = divmod(calls[0], setup.accumulate)
-            calls[0] += 1
-            if micro == 0 and (step == at or (every and step > at and (step - at) % every == 0)):
+            if calls[0] == at * setup.accumulate:
                 with torch.no_grad():
                     for module in model.modules():
                         if module is not model and hasattr(module, "reset_parameters"):
                             module.reset_parameters()
+            calls[0] += 1
             return compute(model, inputs, targets)
         setup.compute = write_then_compute
-    return Fault(f"weights_written_every_{every}", "weights", inject)
+    return Fault(f"reset_once@{at}", "weights", inject, start_step=at)
 
 
 @pytest.mark.parametrize("subject", sorted(SUBJECTS))
 def test_weights_reset_inside_the_loop_fire_once_the_writes_persist(subject):
-    run = run_one(subject, 0, fault=_writes_weights(every=1), steps=24, detectors=[D.WeightsMovedOutside()])
+    run = _run(subject, "weights_reset_each_step", 24, [D.WeightsMovedOutside])
     assert (run.first_code, run.first_step) == ("param.moved_outside", 19)
 
 
 @pytest.mark.parametrize("subject", sorted(SUBJECTS))
 def test_weights_written_once_between_steps_only_warn(subject):
-    run = run_one(subject, 0, fault=_writes_weights(every=0, at=10), steps=40, detectors=[D.WeightsMovedOutside()])
+    run = run_one(subject, 0, fault=_reset_once(at=10), steps=40, detectors=[D.WeightsMovedOutside()])
     assert run.codes == {"param.moved_outside": "warning"} and not run.detected
 
 

@@ -4,13 +4,16 @@ Each one is a class of bug that public reports keep showing (forum threads, issu
 trackers, notebooks): a loop that never clears its gradients, a loss term logged but left
 out of the sum, a term entering with the wrong sign, a prediction detached in one term, a
 schedule stuck at its floor, weight decay on every parameter, labels shuffled apart from
-their inputs, a pipeline that feeds constant inputs. None of them is in the failure
+their inputs, a pipeline that feeds constant inputs; and, added later, a schedule stepped
+per batch, a rate 100 times too high, swapped momentum constants, an optimizer holding a
+copy of the model, weights reset inside the loop. None of them is in the failure
 catalogue the built-in detectors were written from. `generic_faults` makes one `Fault`
 per class for a subject, given which of its terms each fault should touch.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +81,56 @@ def _map_batches(change: Callable[[torch.Tensor, torch.Tensor, int], tuple[torch
     return inject
 
 
+def _lr_decays_per_step(gamma: float) -> Callable[[Setup], None]:
+    def inject(setup: Setup) -> None:
+        for g in setup.optimizer.param_groups:
+            g["lr"] = g.get("initial_lr", g["lr"])
+            g.pop("initial_lr", None)
+        setup.scheduler = torch.optim.lr_scheduler.ExponentialLR(setup.optimizer, gamma)
+    return inject
+
+
+def _lr_times(factor: float) -> Callable[[Setup], None]:
+    def inject(setup: Setup) -> None:
+        for g in setup.optimizer.param_groups:
+            g["lr"] *= factor
+            if "initial_lr" in g:
+                g["initial_lr"] *= factor
+        if setup.scheduler is not None:
+            setup.scheduler.base_lrs = [lr * factor for lr in setup.scheduler.base_lrs]
+    return inject
+
+
+def _momentum_swapped(setup: Setup) -> None:
+    for g in setup.optimizer.param_groups:
+        if "betas" in g:
+            g["betas"] = (g["betas"][1], g["betas"][0])
+        elif "momentum" in g:
+            g["momentum"] = 0.999
+
+
+def _optimizer_on_copy(setup: Setup) -> None:
+    twin = copy.deepcopy(setup.model)
+    old = setup.optimizer
+    setup.optimizer = type(old)(twin.parameters(), lr=old.param_groups[0].get("initial_lr", old.param_groups[0]["lr"]))
+    setup.scheduler = None
+
+
+def _reset_each_step(setup: Setup) -> None:
+    compute, calls = setup.compute, [0]
+
+    def reset_then_compute(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Any:
+        if calls[0] % setup.accumulate == 0:  # once per optimizer step, before its first batch
+            with torch.no_grad():
+                for module in model.modules():
+                    reset = getattr(module, "reset_parameters", None)
+                    if module is not model and callable(reset):
+                        reset()
+        calls[0] += 1
+        return compute(model, inputs, targets)
+    setup.compute = reset_then_compute
+
+
 def _shuffle_targets(x: torch.Tensor, y: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(10_000 + i)
     return x, y[torch.randperm(y.shape[0], generator=gen)]
@@ -121,6 +174,22 @@ def generic_faults(*, aux_term: str, main_term: str, head_key: str = "head", lr_
               start_step=constant_from,
               description="from a point in the run the pipeline feeds all-zero inputs with the true "
                           "targets (an exhausted shard padded with zeros, a normalisation by a huge std)"),
+        # added later than the ones above, after the detectors they were first tried on
+        Fault("lr_decays_per_step", "schedule", _lr_decays_per_step(0.95),
+              description="an exponential decay meant per epoch (gamma 0.95) stepped every batch: the rate "
+                          "is below 1 % of its start after 90 steps (scheduler.step() inside the batch loop)"),
+        Fault("lr_x100", "schedule", _lr_times(100.0),
+              description="a learning rate 100 times too high (a unit error, a rate scaled by the batch "
+                          "size twice)"),
+        Fault("momentum_swapped", "optimizer", _momentum_swapped,
+              description="Adam's betas passed in the wrong order (0.999, 0.9), or SGD's momentum set to "
+                          "Adam's beta2 (0.999)"),
+        Fault("optimizer_on_copy", "optimizer", _optimizer_on_copy,
+              description="the optimizer holds a copy of the model (built before the model was deep-copied "
+                          "or re-created), so the model being trained never changes"),
+        Fault("weights_reset_each_step", "model", _reset_each_step,
+              description="reset_parameters() runs inside the loop (an init helper called from the training "
+                          "step, a reload meant for resuming placed in the loop): every step starts afresh"),
     ]
 
 
