@@ -111,8 +111,9 @@ def _momentum_swapped(setup: Setup) -> None:
 
 def _optimizer_on_copy(setup: Setup) -> None:
     twin = copy.deepcopy(setup.model)
-    old = setup.optimizer
-    setup.optimizer = type(old)(twin.parameters(), lr=old.param_groups[0].get("initial_lr", old.param_groups[0]["lr"]))
+    first = setup.optimizer.param_groups[0]
+    optimizer_class: Any = type(setup.optimizer)  # AdamW or SGD: both take lr
+    setup.optimizer = optimizer_class(twin.parameters(), lr=first.get("initial_lr", first["lr"]))
     setup.scheduler = None
 
 
