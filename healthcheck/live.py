@@ -115,6 +115,9 @@ class LiveView:
         # {"uncleared_grads": names, "term_reach": {term: (|term|, grad norm)},
         #  "pairing": (true-pairing loss, shuffled-pairing loss)}; absent: not measured
         self.signals: dict[str, object] = {}
+        # optimizer steps the run plans, where the loop knows them (a scheduler's total,
+        # Lightning's estimated_stepping_batches, the Trainer's max_steps); None: unknown
+        self.planned_steps: int | None = None
         self.refresh()
 
     def refresh(self) -> None:

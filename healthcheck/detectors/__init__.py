@@ -12,7 +12,7 @@ from .optimizer import WeightDecay
 from .outputs import ChanceLevel, CollapsedPredictions, ExpectedRange, SaturatedOutputs
 from .parameters import BlockedUpdate, FrozenParams, NotInOptimizer, UpdateRatio
 from .relations import LossSumMismatch
-from .schedule import InvalidLR, TinyLR, ZeroLR
+from .schedule import InvalidLR, ScheduleSpentEarly, TinyLR, ZeroLR
 from .signals import GradNotCleared, NoDataSignal, TermUnreached, WeightsMovedOutside
 from .steps import AmpOverflow, AmpScaleCollapse, SkippedSteps
 from .trends import DecayErosion, GradGrowth, ProgressStall
@@ -32,7 +32,7 @@ def default_detectors() -> list[Detector]:
         ZeroLoss(), LossSumMismatch(), TermUnreached(), GradNotCleared(), NoDataSignal(),
         DeadTerm(), PrimaryShare(), WeightChanged(), UnplannedWeightChange(),
         NoneGrad(), ZeroGrad(), DeadUnits(), VanishingGrad(), ExplodingGrad(), GradGrowth(), NotInOptimizer(),
-        ZeroLR(), TinyLR(), WeightDecay(),
+        ZeroLR(), TinyLR(), ScheduleSpentEarly(), WeightDecay(),
         # after the step
         ConstantLoss(), Divergence(), FrozenParams(), UpdateRatio(), BlockedUpdate(), SkippedSteps(),
         AmpOverflow(), AmpScaleCollapse(), SaturatedOutputs(), ProgressStall(), DecayErosion(), WeightsMovedOutside(),
@@ -47,7 +47,8 @@ __all__ = [
     "ExpectedRange", "ExplodingGrad", "FrozenParams", "GradGrowth", "GradNotCleared", "InvalidLR",
     "LossSumMismatch", "NO_EVENTS",
     "NoDataSignal", "NoneGrad", "NonFiniteGrad", "NonFiniteLoss", "NotInOptimizer", "PHASES", "PrimaryShare",
-    "PrimaryWeightZero", "ProgressStall", "SaturatedOutputs", "SkippedSteps", "TermUnreached", "TinyLR",
+    "PrimaryWeightZero", "ProgressStall", "SaturatedOutputs", "ScheduleSpentEarly", "SkippedSteps", "TermUnreached",
+    "TinyLR",
     "UnplannedWeightChange",
     "UpdateRatio", "ValConstant", "ValPlateau", "ValTrainGap", "VanishingGrad", "WeightChanged", "WeightDecay",
     "WeightsMovedOutside",

@@ -168,3 +168,64 @@ class TinyLR(Detector):
     def screen(self, block: MetricBlock) -> np.ndarray | None:
         lr = block.lr()
         return np.asarray((~(lr >= self.min_lr)).any(axis=1))
+
+
+@dataclass
+class _SpentState:
+    peaks: list[float] = field(default_factory=list)  # each group's highest rate so far
+    streak: int = 0  # consecutive steps with every group below `fraction` of its peak
+
+
+class ScheduleSpentEarly(Detector):
+    """Every group's learning rate has been below ``fraction`` (1 %) of its own peak for
+    ``patience`` (10) steps while less than ``before`` (80 %) of the run's planned steps
+    have run (``lr.spent_early``, error).
+
+    A schedule built for the wrong length (an exponential decay meant per epoch stepped
+    every batch, a cosine over the steps of one epoch) reaches ~0 long before the run ends,
+    and the rest of the run learns nothing; at any one step it looks like a schedule that
+    ends on time, so the check needs the planned length (``TrainingHealth(total_steps=)``;
+    the Lightning, Hugging Face and ris_model integrations pass their own). Healthy shapes
+    reach 1 % of their peak late or never: cosine to 0 at 94 % of the run, linear to 0 at
+    99 %, OneCycle at 96 %, warm-up then cosine to a floor never, two ×0.1 steps exactly at
+    1 % (not below). Silent without a planned length.
+    """
+
+    codes = (Code("lr.spent_early", Severity.ERROR,
+                  meaning="Every learning rate fell below 1 % of its peak with much of the planned run "
+                          "still to go: the schedule was built for another length.",
+                  fix="Step the scheduler as often as it was built for (per epoch or per batch), and "
+                      "build it for the run's real number of optimizer steps."),)
+    phases = frozenset({"after_backward"})
+    needs_live = True
+
+    def __init__(self, fraction: float = 0.01, before: float = 0.8, patience: int = 10) -> None:
+        self.fraction = check_float("fraction", fraction, lo=0.0, hi=1.0, lo_open=True)
+        self.before = check_float("before", before, lo=0.0, hi=1.0, lo_open=True)
+        self.patience = check_int("patience", patience, 1)
+
+    def new_state(self) -> _SpentState:
+        return _SpentState()
+
+    def check(self, record: StepRecord, state: _SpentState, live: LiveView | None) -> Sequence[HealthEvent]:
+        planned = getattr(live, "planned_steps", None)
+        lrs = record.lr
+        if not planned or not lrs or not all(math.isfinite(lr) for lr in lrs):
+            return NO_EVENTS
+        if len(state.peaks) != len(lrs):
+            state.peaks = [0.0] * len(lrs)
+        state.peaks = [max(p, lr) for p, lr in zip(state.peaks, lrs)]
+        spent = all(peak > 0 and lr < self.fraction * peak for lr, peak in zip(lrs, state.peaks))
+        state.streak = state.streak + 1 if spent else 0
+        done = (record.step + 1) / planned
+        if state.streak < self.patience or done >= self.before:
+            return NO_EVENTS
+        ratio = max(lr / peak for lr, peak in zip(lrs, state.peaks))
+        return (self.event(
+            "lr.spent_early", record, where="schedule",
+            title=f"learning rate at {ratio:.2%} of its peak after {done:.0%} of the planned steps",
+            detail=(f"Every param group's rate has been below {self.fraction:.0%} of its own peak for "
+                    f"{state.streak} steps (now {lrs}, peaks {state.peaks}), at step {record.step + 1} of "
+                    f"{planned} planned: the remaining {planned - record.step - 1} steps can barely move "
+                    f"the weights."),
+            evidence={"ratio": ratio, "done": done, "planned_steps": planned, "streak": state.streak}),)

@@ -96,6 +96,9 @@ def _build() -> type:
             health_kwargs = dict(self.health_kwargs)
             if not main:
                 health_kwargs["sinks"] = []
+            planned = getattr(state, "max_steps", None)
+            if isinstance(planned, int) and not isinstance(planned, bool) and planned >= 1:
+                health_kwargs.setdefault("total_steps", planned)
             self.health = TrainingHealth(model, optimizer, self.run_dir if main else None,
                                          rank=getattr(args, "process_index", 0), **health_kwargs)
             self._hook = model.register_forward_hook(self._keep_loss, with_kwargs=True)

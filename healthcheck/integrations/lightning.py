@@ -35,6 +35,7 @@ not cleared between steps are watched for every module, without any attribute.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -91,6 +92,7 @@ def _build() -> type:
             if not rank0:
                 kwargs["sinks"] = []
             kwargs.setdefault("scaler", getattr(trainer.precision_plugin, "scaler", None))
+            kwargs.setdefault("total_steps", _planned_steps(trainer))
             self.health = TrainingHealth(pl_module, trainer.optimizers[0],
                                          self.run_dir if rank0 else None, rank=trainer.global_rank,
                                          **kwargs)
@@ -182,6 +184,16 @@ def __getattr__(name: str) -> Any:
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _planned_steps(trainer: Any) -> int | None:
+    """The optimizer steps Lightning plans for this fit, or None where it cannot tell
+    (an iterable dataset without max_steps gives inf)."""
+    try:
+        steps = float(trainer.estimated_stepping_batches)
+    except Exception:  # noqa: BLE001 - an estimate that cannot be made leaves the length unknown
+        return None
+    return int(steps) if math.isfinite(steps) and steps >= 1 else None
 
 
 __all__ = ["HealthCallback"]  # noqa: F822 (made on first use by __getattr__)

@@ -142,6 +142,9 @@ class TrainingHealth:
         probe_every: `before_backward` measures every this many steps (0: never).
         max_groups: at most this many modules in the per-module norms
             (`healthcheck.live.module_groups`); the grouping is written to modules.json.
+        total_steps: the optimizer steps the run plans, if the loop knows them (the length
+            its schedule was built for). Lets the monitor tell a schedule that reaches ~0
+            with much of the run left (``lr.spent_early``) from one that ends on time.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -152,7 +155,11 @@ class TrainingHealth:
                  console: bool = True, primary: str | None = None, scaler: Any = None,
                  track_updates: bool = True, guard: bool = True, raise_on_stop: bool = False,
                  rank: int = 0, watch_grad_clearing: bool = True, probe_every: int = 10,
-                 max_groups: int = MAX_GROUPS) -> None:
+                 max_groups: int = MAX_GROUPS, total_steps: int | None = None) -> None:
+        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
+                                        or total_steps < 1):
+            raise ValueError(f"total_steps must be a positive int (the optimizer steps the run plans) or None, "
+                             f"but got {total_steps=}")
         self.model = model
         self.optimizer = optimizer
         self.run_dir = None if run_dir is None else os.fspath(run_dir)
@@ -162,6 +169,7 @@ class TrainingHealth:
         self.raise_on_stop = raise_on_stop
         self.rank = rank
         self.live = LiveView(model, optimizer)
+        self.live.planned_steps = total_steps
         self.norms = ModuleNorms(model, track_updates=track_updates, max_groups=max_groups)
         if self.run_dir is not None:
             write_modules(self.run_dir, self.norms)

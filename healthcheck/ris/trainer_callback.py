@@ -101,6 +101,7 @@ class RisTrainerHealth(Callback):
     # -- hooks ------------------------------------------------------------------------
     def on_fit_start(self, trainer) -> None:
         self.live = LiveView(trainer.model, trainer.optimizer)
+        self.live.planned_steps = getattr(trainer, "total_steps", None)
         self._remove_watch()
         self._clear_watch = GradClearWatch(self.live.named_params, trainer.optimizer)
         self._write_watch = WeightWriteWatch(self.live.named_params)

@@ -74,7 +74,7 @@ def run_one(subject: str, seed: int, *, fault: Fault | None = None, variant: str
     setup = module.build(seed, variant, steps)
     if fault is not None:
         fault.apply(setup)
-    health = monitored(setup, detectors)
+    health = monitored(setup, detectors, total_steps=steps)
     crashed = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -116,6 +116,7 @@ def test_tiny_gpt2_with_accumulation_trains_healthy(tmp_path):
     records = read_records(tmp_path / "run" / "metrics.jsonl")
     steps = [r for r in records if r.kind == "step"]
     assert trainer.state.global_step == len(steps) == 2 * 128 // (4 * ACCUMULATE)
+    assert cb.health.live.planned_steps == trainer.state.max_steps == len(steps)  # for lr.spent_early
     assert [r.step for r in steps] == list(range(len(steps)))  # optimizer steps, as global_step
     assert [r.batches_seen for r in steps] == [ACCUMULATE * (i + 1) for i in range(len(steps))]
     # norms per module inside GPT-2's one `transformer` container, each block's attention named

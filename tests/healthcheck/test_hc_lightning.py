@@ -77,6 +77,7 @@ def test_callback_healthy_fit_is_quiet(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert sum('"kind":"step"' in l for l in lines) == 16 and sum('"kind":"eval"' in l for l in lines) == 2
     assert cb.health.steps_taken == trainer.global_step == 16
+    assert cb.health.live.planned_steps == trainer.estimated_stepping_batches == 16  # for lr.spent_early
 
 
 def test_callback_judges_the_validation_loss_against_the_modules_baseline(tmp_path):

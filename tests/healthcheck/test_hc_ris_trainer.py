@@ -249,3 +249,33 @@ def test_weights_reset_inside_the_loop_fire_once_the_writes_persist(tmp_path):
 
 def test_a_healthy_run_writes_its_weights_only_by_the_optimizer(tmp_path):
     assert _fit_written(tmp_path, reset=False) == []
+
+
+# -- a schedule spent before the planned end (lr.spent_early) ------------------------------
+def _fit_scheduled(tmp_path, gamma=None, steps=40):
+    from healthcheck.detectors import ScheduleSpentEarly
+    from ris_model.batches import build_scenes
+    from ris_model.training.train import Trainer
+
+    batch, scenes = 16, 64
+    cfg = load_config("tiny", overrides=[f"train.batch_size={batch}", f"train.train_scenes={scenes}",
+                                         "train.val_scenes=16", f"train.epochs={steps * batch // scenes}",
+                                         "train.warmup_steps=5", "model.width=32", "model.depth=2"])
+    health = RisTrainerHealth(Monitor([ScheduleSpentEarly()], policy=RECORD_ALL))
+    trainer = Trainer(cfg, tmp_path, device="cpu", callbacks=[health], train_scenes=build_scenes(cfg.system, scenes, 0),
+                      val_scenes=build_scenes(cfg.system, 16, seed=1))
+    if gamma is not None:  # an exponential decay meant per epoch, stepped per batch
+        trainer.scheduler = torch.optim.lr_scheduler.ExponentialLR(trainer.optimizer, gamma)
+    trainer.fit()
+    return trainer, [e for e in health.monitor.events if e.code == "lr.spent_early"]
+
+
+def test_a_schedule_spent_early_fires_in_the_ris_trainer(tmp_path):
+    trainer, events = _fit_scheduled(tmp_path, gamma=0.7)
+    assert trainer.total_steps == 40
+    assert events and events[0].step < 0.8 * 40
+
+
+def test_the_ris_trainers_own_schedule_runs_to_its_end_silently(tmp_path):
+    _, events = _fit_scheduled(tmp_path)
+    assert events == []

@@ -82,3 +82,16 @@ def test_healthy_loop_is_silent(subject):
 def test_healthy_variants_raise_no_signal_error(subject, variant):
     run = _run(subject, None, 12, SIGNAL_DETECTORS, variant)
     assert not any(Severity.parse(s) >= Severity.ERROR for s in run.codes.values()) and run.crashed is None
+
+
+@pytest.mark.parametrize("subject", sorted(SUBJECTS))
+def test_a_per_epoch_decay_stepped_per_batch_fires_with_half_the_run_left(subject):
+    run = _run(subject, "lr_decays_per_step", 200, [D.ScheduleSpentEarly])
+    assert (run.first_code, run.first_step) == ("lr.spent_early", 99)
+
+
+@pytest.mark.parametrize("variant", ["plain", "warmup_small"])
+@pytest.mark.parametrize("subject", sorted(SUBJECTS))
+def test_healthy_schedules_run_to_their_planned_end_silently(subject, variant):
+    run = _run(subject, None, 200, [D.ScheduleSpentEarly], variant)
+    assert run.codes == {}

@@ -16,7 +16,7 @@ from healthcheck.events import Severity
 
 # detectors that need a live model are tested in their family's file with one
 LIVE_ONLY = {"NoneGrad", "NotInOptimizer", "DeadUnits", "WeightDecay", "GradNotCleared", "TermUnreached",
-             "NoDataSignal", "WeightsMovedOutside"}
+             "NoDataSignal", "WeightsMovedOutside", "ScheduleSpentEarly"}
 
 
 def all_detector_classes():
