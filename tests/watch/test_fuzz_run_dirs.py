@@ -163,3 +163,35 @@ def test_hostile_run_dirs_get_a_verdict_or_one_sentence(spec, command):
                 verdict = json.loads(out)
                 assert verdict["healthy"] is (status == 0)
         assert _snapshot(root, run) == before  # nothing written outside the run dir
+
+
+MARKER_STEPS = st.one_of(st.integers(-5, 60), st.floats(allow_nan=True, allow_infinity=True), st.none(),
+                         st.booleans(), st.text(max_size=4))
+
+
+@st.composite
+def resume_line(draw) -> str:
+    return _dumps({"kind": "resume", "step": draw(MARKER_STEPS), "epoch": 0, "checkpoint": "c.pt"})
+
+
+@SETTINGS
+@given(chunks=st.lists(st.lists(st.one_of(LINES, resume_line(), resume_line()), max_size=12), min_size=1,
+                       max_size=5))
+def test_a_followed_run_with_resume_markers_arriving_never_breaks_the_watcher(chunks):
+    """Lines, resume markers with any step among them, appended between polls: each poll
+    returns, and every line read is judged, superseded or reported as bad, at most once."""
+    from healthcheck.watch.runwatch import RunWatch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        run.mkdir()
+        watch = RunWatch(run)
+        written = 0
+        for chunk in chunks:
+            with open(run / "metrics.jsonl", "a", encoding="utf-8") as fh:
+                fh.write("".join(line + "\n" for line in chunk))
+            written += len(chunk)
+            watch.poll()
+        assert watch.steps + watch.superseded <= written
+        assert watch.steps >= 0 and watch.superseded >= 0
+        watch.close()

@@ -114,3 +114,18 @@ def test_a_second_marker_while_followed_replays_from_its_own_step(tmp_path):
     watch, _ = _follow(tmp_path, first, then)
     assert watch.steps == 32 and watch.superseded == 2 + 5 + 2
     assert watch.new_events == []
+
+
+def test_a_deeply_nested_line_after_the_layout_was_learned_does_not_stop_the_watcher(tmp_path):
+    """Typed decoding of a read with a hostile nesting depth falls back to line-by-line reading."""
+    nested = '{"a": ' + "[" * 5000 + "]" * 5000 + "}"
+    first = [step_line(i) for i in range(5)]
+    from healthcheck.watch.runwatch import RunWatch
+
+    run = write(tmp_path / "run", first)
+    watch = RunWatch(run)
+    watch.poll()
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(step_line(5)) + "\n" + nested + "\n" + json.dumps(step_line(6)) + "\n")
+    watch.poll()
+    assert watch.steps == 7

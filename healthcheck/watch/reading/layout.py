@@ -252,7 +252,7 @@ class LineLayout:
             return None
         try:
             rows = self._decoder.decode_lines(block)
-        except (msgspec.DecodeError, ValueError):
+        except (msgspec.DecodeError, ValueError, RecursionError):  # RecursionError: a hostile nesting depth
             self._refuse()
             return None
         if len(rows) != count or not set(map(type, rows)) <= self._by_type.keys():
