@@ -184,10 +184,10 @@ def test_a_model_that_beats_rbp_is_not_flagged(tmp_path):
     assert last["metrics"]["median_angle_deg"] < last["metrics"]["baseline/median_angle_deg"]
 
 
-# -- the pairing probe before backward (data.no_signal) ------------------------------------
-def _fit_probed(tmp_path, fault_name=None, steps=120):
-    from healthcheck.detectors import NoDataSignal
-    from healthcheck.ris.faults import REGISTRY
+# -- small real ris Trainer runs under one detector -------------------------------------------
+def _small_run(tmp_path, detector, steps):
+    """A tiny ris Trainer over ``steps`` steps of 16 scenes (64 training scenes), judged by
+    ``detector`` alone; returns (trainer, health) before fit."""
     from ris_model.batches import build_scenes
     from ris_model.training.train import Trainer
 
@@ -195,9 +195,18 @@ def _fit_probed(tmp_path, fault_name=None, steps=120):
     cfg = load_config("tiny", overrides=[f"train.batch_size={batch}", f"train.train_scenes={scenes}",
                                          "train.val_scenes=16", f"train.epochs={steps * batch // scenes}",
                                          "train.warmup_steps=5", "model.width=32", "model.depth=2"])
-    health = RisTrainerHealth(Monitor([NoDataSignal()], policy=RECORD_ALL))
+    health = RisTrainerHealth(Monitor([detector], policy=RECORD_ALL))
     trainer = Trainer(cfg, tmp_path, device="cpu", callbacks=[health], train_scenes=build_scenes(cfg.system, scenes, 0),
                       val_scenes=build_scenes(cfg.system, 16, seed=1))
+    return trainer, health
+
+
+# -- the pairing probe before backward (data.no_signal) ------------------------------------
+def _fit_probed(tmp_path, fault_name=None, steps=120):
+    from healthcheck.detectors import NoDataSignal
+    from healthcheck.ris.faults import REGISTRY
+
+    trainer, health = _small_run(tmp_path, NoDataSignal(), steps)
     if fault_name:
         next(f for f in REGISTRY if f.name == fault_name).apply(trainer)
     trainer.fit()
@@ -217,16 +226,8 @@ def test_a_healthy_run_keeps_its_targets_paired(tmp_path):
 # -- weights written between steps outside the optimizer (param.moved_outside) ------------
 def _fit_written(tmp_path, reset: bool, steps=30):
     from healthcheck.detectors import WeightsMovedOutside
-    from ris_model.batches import build_scenes
-    from ris_model.training.train import Trainer
 
-    batch, scenes = 16, 64
-    cfg = load_config("tiny", overrides=[f"train.batch_size={batch}", f"train.train_scenes={scenes}",
-                                         "train.val_scenes=16", f"train.epochs={steps * batch // scenes}",
-                                         "train.warmup_steps=5", "model.width=32", "model.depth=2"])
-    health = RisTrainerHealth(Monitor([WeightsMovedOutside()], policy=RECORD_ALL))
-    trainer = Trainer(cfg, tmp_path, device="cpu", callbacks=[health], train_scenes=build_scenes(cfg.system, scenes, 0),
-                      val_scenes=build_scenes(cfg.system, 16, seed=1))
+    trainer, health = _small_run(tmp_path, WeightsMovedOutside(), steps)
     if reset:  # reset_parameters() inside the loop: every training forward starts from a fresh init
 
         def reset_first(module, args):
@@ -254,16 +255,8 @@ def test_a_healthy_run_writes_its_weights_only_by_the_optimizer(tmp_path):
 # -- a schedule spent before the planned end (lr.spent_early) ------------------------------
 def _fit_scheduled(tmp_path, gamma=None, steps=40):
     from healthcheck.detectors import ScheduleSpentEarly
-    from ris_model.batches import build_scenes
-    from ris_model.training.train import Trainer
 
-    batch, scenes = 16, 64
-    cfg = load_config("tiny", overrides=[f"train.batch_size={batch}", f"train.train_scenes={scenes}",
-                                         "train.val_scenes=16", f"train.epochs={steps * batch // scenes}",
-                                         "train.warmup_steps=5", "model.width=32", "model.depth=2"])
-    health = RisTrainerHealth(Monitor([ScheduleSpentEarly()], policy=RECORD_ALL))
-    trainer = Trainer(cfg, tmp_path, device="cpu", callbacks=[health], train_scenes=build_scenes(cfg.system, scenes, 0),
-                      val_scenes=build_scenes(cfg.system, 16, seed=1))
+    trainer, health = _small_run(tmp_path, ScheduleSpentEarly(), steps)
     if gamma is not None:  # an exponential decay meant per epoch, stepped per batch
         trainer.scheduler = torch.optim.lr_scheduler.ExponentialLR(trainer.optimizer, gamma)
     trainer.fit()
