@@ -184,3 +184,14 @@ def test_raise_on_stop(tmp_path):
         loss.backward()
         with pytest.raises(healthcheck.HealthStop, match="loss.nonfinite"):
             health.after_backward(loss)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "100"])
+def test_a_planned_length_that_is_not_a_positive_int_is_refused_in_one_sentence(bad):
+    model = nn.Linear(2, 1)
+    with pytest.raises(ValueError, match=r"^total_steps must be a positive int .* but got total_steps="):
+        healthcheck.TrainingHealth(model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=bad)
+    health = healthcheck.TrainingHealth(model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=100,
+                                        console=False)
+    assert health.live.planned_steps == 100
+    health.close()
