@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -109,9 +110,35 @@ def search_grid(system: SystemConfig, *, step_deg: float = DEFAULT_STEP_DEG,
     return _cached_grid(system, float(step_deg), dtype, device)
 
 
+# Scene-chunk budget of a pass over the grid, in complex entries of the (chunk, G, width)
+# intermediate; about 64 MB in complex64.
+_CHUNK_ENTRIES = 1 << 23
+
+
+def steering_energies(right: torch.Tensor, grid: SearchGrid) -> Iterator[tuple[int, slice, torch.Tensor]]:
+    """|a_g^T r_w|^2 for every grid steering vector a_g and every column r_w of each scene's
+    ``right`` (B, N, W), in the grid's dtype: yields (plane, scenes, energies (G, chunk, W)).
+
+    One 2-D matmul per plane and scene chunk, (G, N) @ (N, chunk W): a batched matmul would
+    broadcast the grid to (chunk, G, N) first. Chunks keep the intermediate near 64 MB.
+    """
+    planes, gp, gt = grid.shape
+    b, n, width = right.shape
+    right = right.to(grid.steering.dtype)
+    chunk = max(1, _CHUNK_ENTRIES // (gp * gt * max(width, 1)))
+    for p in range(planes):
+        steer = grid.steering[p].reshape(gp * gt, n)  # (G, N)
+        for lo in range(0, b, chunk):
+            part = right[lo:lo + chunk]
+            c = part.shape[0]
+            prod = (steer @ part.permute(1, 0, 2).reshape(n, c * width)).view(gp * gt, c, width)
+            yield p, slice(lo, lo + c), prod.real.square() + prod.imag.square()
+
+
 def clear_grid_cache() -> None:
     """Drop every cached grid (they hold up to a few hundred MB for the paper preset)."""
     _cached_grid.cache_clear()
 
 
-__all__ = ["DEFAULT_STEP_DEG", "SearchGrid", "clear_grid_cache", "range_planes", "search_grid"]
+__all__ = ["DEFAULT_STEP_DEG", "SearchGrid", "clear_grid_cache", "range_planes", "search_grid",
+           "steering_energies"]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as nnf
 
 from ris_model.config import SystemConfig
-from ris_model.estimators.grid import DEFAULT_STEP_DEG, SearchGrid, search_grid
+from ris_model.estimators.grid import DEFAULT_STEP_DEG, SearchGrid, search_grid, steering_energies
 from ris_model.estimators.order import estimate_order
 from ris_model.estimators.refine import PeakResidual, peak_objective, refine_peaks
 from ris_model.estimators.spectra import NULL_FLOOR, mvdr_whitener, signal_basis_eigh, signal_basis_qr
@@ -38,9 +38,6 @@ from ris_model.physics.geometry import system_positions, unit_direction, wavenum
 MVDR_STEP_DEG = 2.0
 # Candidates per scene that peak picking considers (local maxima first).
 _CANDIDATES = 256
-# Scene-chunk budget for the grid stage, in complex entries of the (chunk, G, width)
-# intermediate; about 64 MB in complex64.
-_CHUNK_ENTRIES = 1 << 23
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,37 +106,27 @@ def _grid_maps(kind: str, payload: torch.Tensor, mask: torch.Tensor | None, grid
     projector form, O(G N K). MVDR: payload is the whitener W (B, N, N); value
     -log ||W a||^2, O(G N^2).
     """
-    planes, gp, gt = grid.shape
-    b, n, width = payload.shape
-    payload = payload.to(grid.steering.dtype)
-    maskf = None if mask is None else mask.to(grid.steering.real.dtype)
-    chunk = max(1, _CHUNK_ENTRIES // (gp * gt * max(width, 1)))
-    best = torch.full((b, gp * gt), -math.inf, dtype=grid.steering.real.dtype, device=payload.device)
+    _, gp, gt = grid.shape
+    b = payload.shape[0]
+    real = grid.steering.real.dtype
+    maskf = None if mask is None else mask.to(real)
+    best = torch.full((b, gp * gt), -math.inf, dtype=real, device=payload.device)
     plane_idx = torch.zeros((b, gp * gt), dtype=torch.long, device=payload.device)
-    # One 2-D matmul per plane and chunk: (G, N) @ (N, chunk * width). A batched matmul
-    # would broadcast the grid to (chunk, G, N) first.
     if kind == "music":
         right = payload.conj()  # |a^H q|^2 = |a^T conj(q)|^2
     else:
         right = payload.mT  # ||W a||^2 = ||a^T W^T||^2
-    for p in range(planes):
-        A = grid.steering[p].reshape(gp * gt, n)  # (G, N)
-        for lo in range(0, b, chunk):
-            sl = slice(lo, lo + chunk)
-            c = right[sl].shape[0]
-            x = right[sl].permute(1, 0, 2).reshape(n, c * width)
-            prod = (A @ x).view(gp * gt, c, width)  # (G, c, width)
-            energy = prod.real.square() + prod.imag.square()
-            if kind == "music":
-                if maskf is not None:
-                    energy = energy * maskf[sl]
-                value = -(1.0 - energy.sum(-1)).clamp_min(NULL_FLOOR).log()  # ||a||^2 = 1
-            else:
-                value = -energy.sum(-1).log()
-            value = value.T  # (c, G)
-            better = value > best[sl]
-            best[sl] = torch.where(better, value, best[sl])
-            plane_idx[sl] = torch.where(better, torch.full_like(plane_idx[sl], p), plane_idx[sl])
+    for p, sl, energy in steering_energies(right, grid):  # energy (G, c, width)
+        if kind == "music":
+            if maskf is not None:
+                energy = energy * maskf[sl]
+            value = -(1.0 - energy.sum(-1)).clamp_min(NULL_FLOOR).log()  # ||a||^2 = 1
+        else:
+            value = -energy.sum(-1).log()
+        value = value.T  # (c, G)
+        better = value > best[sl]
+        best[sl] = torch.where(better, value, best[sl])
+        plane_idx[sl] = torch.where(better, torch.full_like(plane_idx[sl], p), plane_idx[sl])
     return best.view(b, gp, gt), plane_idx.view(b, gp, gt)
 
 

@@ -28,14 +28,12 @@ import math
 import torch
 
 from ris_model.config import SystemConfig
-from ris_model.estimators.grid import SearchGrid
+from ris_model.estimators.grid import SearchGrid, steering_energies
 from ris_model.estimators.refine import levenberg_marquardt, steering_and_jacobian
 from ris_model.physics.geometry import system_positions, wavenumber
 
 # Below this energy outside the fixed sources' span a grid point is one of them.
 _OWN_SPAN = 0.05
-# Scene-chunk budget of the relocation grid stage, in complex entries.
-_CHUNK_ENTRIES = 1 << 23
 
 
 def _steering(x: torch.Tensor, positions: torch.Tensor, k0: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,28 +106,20 @@ def _relocation_targets(x: torch.Tensor, j: int, basis: torch.Tensor, positions:
     A, _ = _steering(others, positions, k0)
     U, _ = torch.linalg.qr(A, mode="reduced")  # (B, N, K-1)
     left = basis - U @ (U.mH @ basis)  # (B, N, K)
-    planes, gp, gt = grid.shape
-    b, n, k = basis.shape
-    payload = torch.cat([left, U], dim=-1).conj().to(grid.steering.dtype)  # (B, N, 2K-1)
-    width = payload.shape[-1]
-    chunk = max(1, _CHUNK_ENTRIES // (gp * gt * width))
+    gt = grid.shape[2]
+    b, _, k = basis.shape
+    payload = torch.cat([left, U], dim=-1).conj()  # (B, N, 2K-1)
     best = torch.full((b,), -math.inf, dtype=grid.steering.real.dtype, device=basis.device)
     where = torch.zeros((b, 3), dtype=torch.long, device=basis.device)
-    for p in range(planes):
-        steer = grid.steering[p].reshape(gp * gt, n)
-        for lo in range(0, b, chunk):
-            part = payload[lo:lo + chunk]
-            c = part.shape[0]
-            prod = (steer @ part.permute(1, 0, 2).reshape(n, c * width)).view(gp * gt, c, width)
-            energy = prod.real.square() + prod.imag.square()
-            outside = 1.0 - energy[..., k:].sum(-1)  # ||P_U^perp a||^2 with ||a|| = 1
-            gain = torch.where(outside > _OWN_SPAN, energy[..., :k].sum(-1) / outside.clamp_min(_OWN_SPAN),
-                               torch.full_like(outside, -math.inf))
-            value, idx = gain.max(0)  # (c,)
-            better = value > best[lo:lo + c]
-            best[lo:lo + c] = torch.where(better, value, best[lo:lo + c])
-            cell = torch.stack([torch.full_like(idx, p), idx // gt, idx % gt], dim=-1)
-            where[lo:lo + c] = torch.where(better[:, None], cell, where[lo:lo + c])
+    for p, sl, energy in steering_energies(payload, grid):  # energy (G, c, 2K-1)
+        outside = 1.0 - energy[..., k:].sum(-1)  # ||P_U^perp a||^2 with ||a|| = 1
+        gain = torch.where(outside > _OWN_SPAN, energy[..., :k].sum(-1) / outside.clamp_min(_OWN_SPAN),
+                           torch.full_like(outside, -math.inf))
+        value, idx = gain.max(0)  # (c,)
+        better = value > best[sl]
+        best[sl] = torch.where(better, value, best[sl])
+        cell = torch.stack([torch.full_like(idx, p), idx // gt, idx % gt], dim=-1)
+        where[sl] = torch.where(better[:, None], cell, where[sl])
     return torch.stack([grid.phi[where[:, 1]], grid.theta[where[:, 2]], grid.rho[where[:, 0]]], dim=-1).to(x)
 
 
