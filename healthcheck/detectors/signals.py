@@ -18,7 +18,7 @@ from typing import Any
 
 from ..codes import Code
 from ..events import HealthEvent, Severity
-from ..live import LiveView
+from ..live import LiveView, owner_module
 from ..record import StepRecord
 from .base import NO_EVENTS, Detector, check_float, check_int, fmt, group_names, name_list
 
@@ -53,7 +53,7 @@ class GradNotCleared(Detector):
         names = _signal(live, "uncleared_grads")
         if not names:
             return NO_EVENTS
-        owners = [n.rpartition(".")[0] or "_root" for n in names]
+        owners = [owner_module(n) for n in names]
         out = []
         for owner, group in group_names(list(names), owners).items():
             out.append(self.event(

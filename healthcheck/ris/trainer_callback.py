@@ -37,7 +37,7 @@ from ris_model.training.callbacks import Callback
 from ris_model.training.stop import StopReason
 
 from ..detectors import ExpectedRange
-from ..live import LiveView
+from ..live import LiveView, owner_module
 from ..monitor import Monitor
 from ..policy import Policy
 from ..record import as_record
@@ -132,7 +132,7 @@ class RisTrainerHealth(Callback):
                 signals["uncleared_grads"] = uncleared
             written = self._write_watch.take() if self._write_watch is not None else ()
             if written:
-                signals["moved_outside"] = tuple(dict.fromkeys(n.rpartition(".")[0] or "_root" for n in written))
+                signals["moved_outside"] = tuple(dict.fromkeys(owner_module(n) for n in written))
             self.live.signals = signals
         self._observe(trainer, metrics, "after_backward")
 
