@@ -40,6 +40,8 @@ the equivalence tests run every screen against the record-by-record path.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
@@ -143,6 +145,35 @@ class Detector:
 
 
 # -- argument checks shared by detectors (errors print the bad value) --------------------
+class LossSinceStart:
+    """The median of a run's first ``n`` finite losses against the median of its last ``n``:
+    whether training has lowered the loss, robust to single noisy batches."""
+
+    def __init__(self, n: int = 10) -> None:
+        self.n = n
+        self.first: list[float] = []
+        self.recent: deque[float] = deque(maxlen=n)
+
+    def add(self, loss: float | None) -> None:
+        if not finite(loss):
+            return
+        if len(self.first) < self.n:
+            self.first.append(loss)
+        self.recent.append(loss)
+
+    @property
+    def start(self) -> float:
+        return statistics.median(self.first) if self.first else math.nan
+
+    @property
+    def now(self) -> float:
+        return statistics.median(self.recent) if self.recent else math.nan
+
+    def fell(self, min_drop: float) -> bool:
+        """The loss is now more than ``min_drop`` (a fraction) below its start."""
+        return bool(self.first) and self.now < (1.0 - min_drop) * self.start
+
+
 def check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, but got {name}={value!r}")

@@ -20,7 +20,7 @@ from ..codes import Code
 from ..events import HealthEvent, Severity
 from ..live import LiveView, owner_module
 from ..record import StepRecord
-from .base import NO_EVENTS, Detector, check_float, check_int, fmt, group_names, name_list
+from .base import NO_EVENTS, Detector, LossSinceStart, check_float, check_int, fmt, group_names, name_list
 
 
 def _signal(live: LiveView | None, key: str) -> Any:
@@ -67,8 +67,7 @@ class GradNotCleared(Detector):
 @dataclass
 class _MovedState:
     recent: deque[bool] = field(default_factory=deque)  # whether each of the last steps found a write
-    first_losses: list[float] = field(default_factory=list)
-    recent_losses: deque[float] = field(default_factory=lambda: deque(maxlen=10))
+    loss: LossSinceStart = field(default_factory=LossSinceStart)
 
 
 class WeightsMovedOutside(Detector):
@@ -109,18 +108,13 @@ class WeightsMovedOutside(Detector):
             return NO_EVENTS
         moved = tuple(_signal(live, "moved_outside") or ())
         state.recent.append(bool(moved))
-        if record.loss is not None and math.isfinite(record.loss):
-            if len(state.first_losses) < 10:
-                state.first_losses.append(record.loss)
-            state.recent_losses.append(record.loss)
+        state.loss.add(record.loss)
         if not moved:
             return NO_EVENTS
         writes = sum(state.recent)
         persistent = len(state.recent) == self.window and writes >= self.share * self.window
-        start = statistics.median(state.first_losses) if state.first_losses else math.nan
-        now = statistics.median(state.recent_losses) if state.recent_losses else math.nan
-        stuck = math.isfinite(start) and math.isfinite(now) and not now < (1.0 - self.min_drop) * start
-        error = persistent and stuck
+        start, now = state.loss.start, state.loss.now
+        error = persistent and bool(state.loss.first) and not state.loss.fell(self.min_drop)
         where = ", ".join(moved[:3]) + (f" and {len(moved) - 3} more" if len(moved) > 3 else "")
         detail = (f"The norms of {where} when step {record.step}'s gradients were complete differ from "
                   f"what step {record.step - 1}'s optimizer step left: something other than the optimizer "

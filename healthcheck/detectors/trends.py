@@ -19,7 +19,7 @@ from ..codes import Code
 from ..events import HealthEvent, Severity
 from ..live import LiveView
 from ..record import StepRecord
-from .base import NO_EVENTS, Detector, check_float, check_int, finite, fmt, module_items
+from .base import NO_EVENTS, Detector, LossSinceStart, check_float, check_int, finite, fmt, module_items
 
 
 def total_norm(norms: Mapping[str, float]) -> float | None:
@@ -109,8 +109,7 @@ class GradGrowth(Detector):
 class _StallState:
     steps: int = 0
     peak_ratio: float = 0.0
-    first_losses: list[float] = field(default_factory=list)
-    recent_losses: deque[float] = field(default_factory=lambda: deque(maxlen=10))
+    loss: LossSinceStart = field(default_factory=LossSinceStart)
     lrs: deque[float] = field(default_factory=deque)
 
 
@@ -153,15 +152,13 @@ class ProgressStall(Detector):
             return NO_EVENTS
         state.steps += 1
         state.peak_ratio = max(state.peak_ratio, max(ratios))
-        if len(state.first_losses) < 10:
-            state.first_losses.append(record.loss)
-        state.recent_losses.append(record.loss)
+        state.loss.add(record.loss)
         state.lrs.append(max(record.lr) if record.lr else math.nan)
         if state.steps < self.warmup or state.peak_ratio >= self.low or self._warming_up(state):
             return NO_EVENTS
-        start, now = statistics.median(state.first_losses), statistics.median(state.recent_losses)
-        if now < (1.0 - self.min_drop) * start:
+        if state.loss.fell(self.min_drop):
             return NO_EVENTS
+        start, now = state.loss.start, state.loss.now
         return (self.event(
             "progress.stall", record, where="total",
             title=f"no progress: updates at most {state.peak_ratio:.2e} of the weights, loss {fmt(now)}",
